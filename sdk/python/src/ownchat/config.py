@@ -1,0 +1,156 @@
+"""Typed configuration shared by every ownchat process.
+
+Settings come, highest priority first, from constructor arguments, environment
+variables (``OWNCHAT_<SERVICE>_<FIELD>``, plus the shared ``OWNCHAT_HOME`` and
+``OWNCHAT_TOKEN``), a TOML file (``OWNCHAT_CONFIG``, or ``$OWNCHAT_HOME/config.toml``
+when present) and the defaults below. In the TOML file, shared keys sit at the
+top level and each service has its own table::
+
+    home = "/var/lib/ownchat"
+    [trainer]
+    port = 6000
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+DEFAULT_PORTS = {"data": 50051, "trainer": 50052, "evaluator": 50053, "serving": 50054}
+DEFAULT_METRICS_PORTS = {"data": 9451, "trainer": 9452, "evaluator": 9453, "serving": 9454}
+GATEWAY_DEFAULT_PORT = 3000
+
+
+def default_home() -> Path:
+    """The state directory: ``$OWNCHAT_HOME`` or ``./.ownchat``, made absolute."""
+    return Path(os.environ.get("OWNCHAT_HOME", ".ownchat")).resolve()
+
+
+def config_file() -> Path | None:
+    """The TOML file to read, if any."""
+    explicit = os.environ.get("OWNCHAT_CONFIG")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise FileNotFoundError(f"OWNCHAT_CONFIG names {path}, which is not a file")
+        return path
+    candidate = default_home() / "config.toml"
+    return candidate if candidate.is_file() else None
+
+
+class _TomlTableSource(PydanticBaseSettingsSource):
+    """Reads the shared keys and one table of the TOML config file."""
+
+    def __init__(self, settings_cls: type[BaseSettings], table: str | None) -> None:
+        super().__init__(settings_cls)
+        self._values: dict[str, Any] = {}
+        path = config_file()
+        if path is None:
+            return
+        with path.open("rb") as handle:
+            document = tomllib.load(handle)
+        shared = {k: v for k, v in document.items() if not isinstance(v, dict)}
+        section = document.get(table, {}) if table else {}
+        self._values = {**shared, **section}
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        names = set(self.settings_cls.model_fields)
+        return {k: v for k, v in self._values.items() if k in names}
+
+
+class _OwnchatSettings(BaseSettings):
+    """Adds the TOML file as a source below the environment."""
+
+    toml_table: ClassVar[str | None] = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _TomlTableSource(settings_cls, cls.toml_table))
+
+
+class ServerSettings(_OwnchatSettings):
+    """What every gRPC server of ownchat is configured by."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    home: Path = Field(
+        default_factory=default_home,
+        validation_alias=AliasChoices("OWNCHAT_HOME", "home"),
+        description="State directory: stores, artifacts, the token.",
+    )
+    token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OWNCHAT_TOKEN", "token"),
+        description="Bearer token every call must carry; generated into the home when unset.",
+    )
+    host: str = Field(default="127.0.0.1", description="Interface to listen on.")
+    port: int = Field(default=0, ge=0, le=65535, description="Port; 0 picks a free one.")
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="Prometheus port; none disables it."
+    )
+    max_message_bytes: int = Field(
+        default=16 * 1024 * 1024, gt=0, description="Largest message sent or received."
+    )
+    grace_seconds: float = Field(
+        default=10.0, ge=0, description="How long in-flight calls may finish on SIGTERM."
+    )
+    max_workers: int = Field(default=16, gt=0, description="Threads of a threaded server.")
+    tls_cert_file: Path | None = Field(default=None, description="Server certificate (PEM).")
+    tls_key_file: Path | None = Field(default=None, description="Server private key (PEM).")
+    tls_client_ca_file: Path | None = Field(
+        default=None, description="CA that client certificates must chain to (mTLS)."
+    )
+    reflection: bool = Field(default=True, description="Serve gRPC server reflection.")
+    log_level: str = Field(default="INFO", description="Python logging level.")
+
+    @property
+    def artifacts_dir(self) -> Path:
+        """The shared, content-addressed artifact store."""
+        return self.home / "artifacts"
+
+    def state_dir(self, service: str) -> Path:
+        """The directory a service keeps its own store in."""
+        return self.home / service
+
+
+class ClientSettings(_OwnchatSettings):
+    """Where the services are, for the CLI and for services calling each other."""
+
+    model_config = SettingsConfigDict(env_prefix="OWNCHAT_", extra="ignore", populate_by_name=True)
+
+    home: Path = Field(default_factory=default_home)
+    token: SecretStr | None = None
+    data_address: str = f"127.0.0.1:{DEFAULT_PORTS['data']}"
+    trainer_address: str = f"127.0.0.1:{DEFAULT_PORTS['trainer']}"
+    evaluator_address: str = f"127.0.0.1:{DEFAULT_PORTS['evaluator']}"
+    serving_address: str = f"127.0.0.1:{DEFAULT_PORTS['serving']}"
+    gateway_url: str = f"http://127.0.0.1:{GATEWAY_DEFAULT_PORT}"
+    tls_ca_file: Path | None = Field(default=None, description="CA of the servers (PEM).")
+    tls_cert_file: Path | None = Field(default=None, description="Client certificate (mTLS).")
+    tls_key_file: Path | None = Field(default=None, description="Client private key (mTLS).")
+    timeout_seconds: float = Field(default=30.0, gt=0, description="Default call deadline.")
+
+    def address(self, service: str) -> str:
+        """The address of one service by its short name."""
+        value: str = getattr(self, f"{service}_address")
+        return value

@@ -1,0 +1,175 @@
+"""Domain errors that carry their gRPC status, and their mapping to it.
+
+Cores raise these; one interceptor (``ownchat.interceptors``) turns them into
+canonical status codes with ``google.rpc`` details. Clients turn a failed
+call back into a readable message with :func:`describe_rpc_error`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One bad field of a request, or one bad record of an upload."""
+
+    field: str
+    description: str
+
+
+class OwnchatError(Exception):
+    """Base of the errors that cores raise on purpose."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def details(self) -> list[any_pb2.Any]:
+        """The ``google.rpc`` details sent with the status."""
+        return []
+
+    def to_status(self) -> status_pb2.Status:
+        """The rich status for ``context.abort_with_status``."""
+        return status_pb2.Status(
+            code=self.code.value[0], message=self.message, details=self.details()
+        )
+
+
+def _pack(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)  # type: ignore[arg-type]
+    return packed
+
+
+class InvalidArgumentError(OwnchatError):
+    """The request, or an uploaded file, is malformed."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, message: str, violations: list[FieldViolation] | None = None) -> None:
+        super().__init__(message)
+        self.violations = violations or []
+
+    def details(self) -> list[any_pb2.Any]:
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description
+                )
+                for v in self.violations
+            ]
+        )
+        return [_pack(bad_request)]
+
+
+class NotFoundError(OwnchatError):
+    """A named resource does not exist."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+    def __init__(self, resource_type: str, resource_name: str) -> None:
+        super().__init__(f"{resource_type} {resource_name!r} not found")
+        self.resource_type = resource_type
+        self.resource_name = resource_name
+
+    def details(self) -> list[any_pb2.Any]:
+        info = error_details_pb2.ResourceInfo(
+            resource_type=self.resource_type,
+            resource_name=self.resource_name,
+            description=self.message,
+        )
+        return [_pack(info)]
+
+
+@dataclass(frozen=True)
+class PreconditionViolation:
+    """One unmet precondition."""
+
+    type: str
+    subject: str
+    description: str
+
+
+class FailedPreconditionError(OwnchatError):
+    """The system is not in a state that allows the call."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(
+        self, message: str, violations: list[PreconditionViolation] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.violations = violations or []
+
+    def details(self) -> list[any_pb2.Any]:
+        failure = error_details_pb2.PreconditionFailure(
+            violations=[
+                error_details_pb2.PreconditionFailure.Violation(
+                    type=v.type, subject=v.subject, description=v.description
+                )
+                for v in self.violations
+            ]
+        )
+        return [_pack(failure)]
+
+
+class ResourceExhaustedError(OwnchatError):
+    """Overload or a quota: try again later."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, retry_after_seconds: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+    def details(self) -> list[any_pb2.Any]:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromMilliseconds(int(self.retry_after_seconds * 1000))
+        return [_pack(retry)]
+
+
+class UnavailableError(OwnchatError):
+    """A dependency (another service, the engine) is not reachable now."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+@dataclass
+class RpcErrorDescription:
+    """A failed call in plain terms, for people and for the gateway."""
+
+    code: grpc.StatusCode
+    message: str
+    violations: list[FieldViolation] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"{self.code.name}: {self.message}"]
+        lines += [f"  {v.field}: {v.description}" for v in self.violations]
+        return "\n".join(lines)
+
+
+def describe_rpc_error(error: grpc.RpcError) -> RpcErrorDescription:
+    """Reads the code, message and field violations of a failed call."""
+    call = error if isinstance(error, grpc.Call) else None
+    code = call.code() if call else grpc.StatusCode.UNKNOWN
+    message = (call.details() if call else str(error)) or ""
+    violations: list[FieldViolation] = []
+    status = rpc_status.from_call(call) if call else None
+    if status is not None:
+        for detail in status.details:
+            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad_request = error_details_pb2.BadRequest()
+                detail.Unpack(bad_request)
+                violations += [
+                    FieldViolation(v.field, v.description) for v in bad_request.field_violations
+                ]
+    return RpcErrorDescription(code=code, message=message, violations=violations)
+

@@ -1,0 +1,167 @@
+"""Bootstrap shared by every ownchat gRPC server.
+
+A server gets the bearer-token interceptor, ``grpc.health.v1`` health (NOT_SERVING
+until its store or model is ready), reflection, message size limits, optional
+TLS or mTLS, Prometheus metrics, JSON logs, and a graceful drain on SIGTERM or
+SIGINT: health turns NOT_SERVING, new calls are refused, calls in flight get
+``grace_seconds`` to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ownchat.auth import load_or_create_token
+from ownchat.config import ServerSettings
+from ownchat.interceptors import AsyncServerInterceptor, ServerInterceptor
+from ownchat.logs import configure_logging
+from ownchat.metrics import serve_metrics
+
+logger = logging.getLogger("ownchat.server")
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """What a service hands the bootstrap: its names and how to add its servicer."""
+
+    short_name: str
+    full_names: Sequence[str]
+    add_servicers: Callable[[grpc.Server], None]
+
+
+def _options(settings: ServerSettings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def _bind(server: grpc.Server | aio.Server, settings: ServerSettings) -> int:
+    address = f"{settings.host}:{settings.port}"
+    if settings.tls_cert_file and settings.tls_key_file:
+        key = settings.tls_key_file.read_bytes()
+        cert = settings.tls_cert_file.read_bytes()
+        client_ca = (
+            settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
+        )
+        credentials = grpc.ssl_server_credentials(
+            [(key, cert)],
+            root_certificates=client_ca,
+            require_client_auth=client_ca is not None,
+        )
+        port = server.add_secure_port(address, credentials)
+    else:
+        port = server.add_insecure_port(address)
+    if port == 0:
+        raise RuntimeError(f"could not listen on {address}")
+    return port
+
+
+def _add_common(
+    server: grpc.Server | aio.Server, spec: ServiceSpec, settings: ServerSettings
+) -> health.HealthServicer:
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", *spec.full_names):
+        health_servicer.set(name, NOT_SERVING)
+    spec.add_servicers(server)  # type: ignore[arg-type]
+    if settings.reflection:
+        reflection.enable_server_reflection(
+            (*spec.full_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+    return health_servicer
+
+
+def _mark_serving(health_servicer: health.HealthServicer, spec: ServiceSpec) -> None:
+    for name in ("", *spec.full_names):
+        health_servicer.set(name, SERVING)
+
+
+def _announce(spec: ServiceSpec, settings: ServerSettings, port: int) -> None:
+    metrics_port = serve_metrics(settings.host, settings.metrics_port)
+    logger.info(
+        "listening",
+        extra={
+            "address": f"{settings.host}:{port}",
+            "port": port,
+            "metrics_port": metrics_port,
+            "tls": bool(settings.tls_cert_file),
+        },
+    )
+
+
+def run_threaded_server(
+    spec: ServiceSpec,
+    settings: ServerSettings,
+    on_shutdown: Callable[[], None] | None = None,
+) -> None:
+    """Runs a control-plane server until SIGTERM or SIGINT, then drains it."""
+    configure_logging(spec.short_name, settings.log_level)
+    token = load_or_create_token(settings.home, settings.token)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.max_workers),
+        interceptors=[ServerInterceptor(token)],
+        options=_options(settings),
+    )
+    health_servicer = _add_common(server, spec, settings)
+    port = _bind(server, settings)
+    server.start()
+    _mark_serving(health_servicer, spec)
+    _announce(spec, settings, port)
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+    logger.info("draining", extra={"grace_seconds": settings.grace_seconds})
+    health_servicer.enter_graceful_shutdown()
+    server.stop(settings.grace_seconds).wait()
+    if on_shutdown is not None:
+        on_shutdown()
+    logger.info("stopped")
+
+
+async def run_async_server(
+    spec: ServiceSpec,
+    settings: ServerSettings,
+    on_start: Callable[[], Awaitable[None]] | None = None,
+    on_shutdown: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Runs a ``grpc.aio`` server until SIGTERM or SIGINT, then drains it."""
+    configure_logging(spec.short_name, settings.log_level)
+    token = load_or_create_token(settings.home, settings.token)
+    server = aio.server(interceptors=[AsyncServerInterceptor(token)], options=_options(settings))
+    health_servicer = _add_common(server, spec, settings)
+    port = _bind(server, settings)
+    await server.start()
+    if on_start is not None:
+        await on_start()
+    _mark_serving(health_servicer, spec)
+    _announce(spec, settings, port)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    logger.info("draining", extra={"grace_seconds": settings.grace_seconds})
+    health_servicer.enter_graceful_shutdown()
+    await server.stop(settings.grace_seconds)
+    if on_shutdown is not None:
+        await on_shutdown()
+    logger.info("stopped")

@@ -1,0 +1,35 @@
+"""Runs the data service: ``python -m ownchat_data`` (port 50051 by default)."""
+
+from __future__ import annotations
+
+from ownchat.artifacts import ArtifactStore
+from ownchat.data.v1 import data_pb2, data_pb2_grpc
+from ownchat.server import ServiceSpec, run_threaded_server
+
+from ownchat_data.config import DataSettings
+from ownchat_data.core import DataCore
+from ownchat_data.servicer import DataServicer
+from ownchat_data.store import DataStore
+
+
+def main() -> None:
+    settings = DataSettings()
+    store = DataStore(settings.state_dir("data") / "data.db")
+    core = DataCore(
+        store,
+        ArtifactStore(settings.artifacts_dir),
+        max_upload_bytes=settings.max_upload_bytes,
+        max_record_bytes=settings.max_record_bytes,
+    )
+    spec = ServiceSpec(
+        short_name="data",
+        full_names=[data_pb2.DESCRIPTOR.services_by_name["DataService"].full_name],
+        add_servicers=lambda server: data_pb2_grpc.add_DataServiceServicer_to_server(
+            DataServicer(core), server
+        ),
+    )
+    run_threaded_server(spec, settings, on_shutdown=store.close)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""The data service's core: turning an uploaded file into a dataset version.
+
+Knows nothing of gRPC. The upload is parsed as it streams; the source file and
+both splits are written into the artifact store as they go, and become visible
+only when every record was valid: a bad upload leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from enum import Enum
+
+from ownchat.artifacts import Artifact, ArtifactStore
+from ownchat.errors import FieldViolation, InvalidArgumentError, ResourceExhaustedError
+
+from ownchat_data.chat_jsonl import (
+    ChatSample,
+    RecordError,
+    RecordTooLarge,
+    parse_record,
+    split_lines,
+)
+from ownchat_data.store import Dataset, DatasetVersion, DataStore
+
+DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+MAX_REPORTED_ERRORS = 50
+
+
+class SourceFormat(Enum):
+    """Formats an upload can be in (more arrive with the full data service)."""
+
+    OPENAI_CHAT_JSONL = "openai_chat_jsonl"
+
+
+@dataclass(frozen=True)
+class UploadSpec:
+    """What an upload is and how to split it."""
+
+    dataset_name: str
+    file_name: str
+    format: SourceFormat | None
+    validation_fraction: float = 0.1
+    split_seed: int = 0
+
+
+def validate_spec(spec: UploadSpec) -> None:
+    """Refuses a bad header with every problem at once."""
+    violations = []
+    if not DATASET_NAME.match(spec.dataset_name):
+        violations.append(
+            FieldViolation(
+                "header.dataset_name",
+                "must be 1-64 characters of lowercase letters, digits, '-' and '_'",
+            )
+        )
+    if spec.format is not SourceFormat.OPENAI_CHAT_JSONL:
+        violations.append(
+            FieldViolation("header.format", "only SOURCE_FORMAT_OPENAI_CHAT_JSONL is supported")
+        )
+    if not 0 <= spec.validation_fraction <= 0.5:
+        violations.append(FieldViolation("header.validation_fraction", "must be within [0, 0.5]"))
+    if len(spec.file_name) > 255:
+        violations.append(FieldViolation("header.file_name", "must be at most 255 characters"))
+    if violations:
+        raise InvalidArgumentError("invalid upload header", violations)
+
+
+def split_score(sample_line: str, seed: int) -> float:
+    """A sample's place in [0, 1): below the validation fraction means validation."""
+    digest = hashlib.sha256(f"{seed}:{sample_line}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+class DataCore:
+    """Dataset versions: creating them from uploads and reading them back."""
+
+    def __init__(
+        self,
+        store: DataStore,
+        artifacts: ArtifactStore,
+        max_upload_bytes: int,
+        max_record_bytes: int,
+    ) -> None:
+        self._store = store
+        self._artifacts = artifacts
+        self._max_upload_bytes = max_upload_bytes
+        self._max_record_bytes = max_record_bytes
+
+    def _limited(self, chunks: Iterable[bytes], source_writer: object) -> Iterator[bytes]:
+        total = 0
+        for chunk in chunks:
+            total += len(chunk)
+            if total > self._max_upload_bytes:
+                raise ResourceExhaustedError(
+                    f"upload is larger than the limit of {self._max_upload_bytes} bytes"
+                )
+            source_writer.write(chunk)  # type: ignore[attr-defined]
+            yield chunk
+
+    def upload(self, spec: UploadSpec, chunks: Iterable[bytes]) -> DatasetVersion:
+        """Parses, validates, splits and stores one source file as a version."""
+        validate_spec(spec)
+        errors: list[RecordError] = []
+        error_count = 0
+        counts = {"samples": 0, "train": 0, "validation": 0, "messages": 0}
+        # Every writer commits only if its block ends without an exception.
+        with (
+            self._artifacts.writer() as source,
+            self._artifacts.writer() as train,
+            self._artifacts.writer() as validation,
+        ):
+            try:
+                for number, raw in split_lines(
+                    self._limited(chunks, source), self._max_record_bytes
+                ):
+                    parsed = parse_record(number, raw)
+                    if parsed is None:
+                        continue
+                    if isinstance(parsed, RecordError):
+                        error_count += 1
+                        if len(errors) < MAX_REPORTED_ERRORS:
+                            errors.append(parsed)
+                        continue
+                    if error_count:
+                        continue
+                    self._place(parsed, spec, train, validation, counts)
+            except RecordTooLarge as error:
+                raise InvalidArgumentError(
+                    f"{spec.file_name or 'upload'}: {error}",
+                    [FieldViolation(f"line {error.record}", str(error))],
+                ) from None
+            if error_count:
+                more = error_count - len(errors)
+                message = f"{error_count} malformed record(s) in {spec.file_name or 'upload'}"
+                if more:
+                    message += f" (first {len(errors)} listed)"
+                raise InvalidArgumentError(
+                    message,
+                    [FieldViolation(f"line {e.record}", e.reason) for e in errors],
+                )
+            if counts["samples"] == 0:
+                raise InvalidArgumentError(
+                    "the upload holds no conversation",
+                    [FieldViolation("content", "no non-blank line")],
+                )
+        train_split = Artifact(f"sha256:{train.hexdigest}", train.size_bytes)
+        validation_split = Artifact(f"sha256:{validation.hexdigest}", validation.size_bytes)
+        if counts["validation"] == 0 and spec.validation_fraction > 0 and counts["samples"] >= 2:
+            train_split, validation_split = self._hold_out_one(train_split, spec.split_seed)
+            counts["train"] -= 1
+            counts["validation"] = 1
+        content_digest = hashlib.sha256(
+            f"{train_split.digest}\n{validation_split.digest}".encode()
+        ).hexdigest()
+        version_hash = hashlib.sha256(f"{spec.dataset_name}\n{content_digest}".encode())
+        version = DatasetVersion(
+            id=f"dsv_{version_hash.hexdigest()[:20]}",
+            dataset_name=spec.dataset_name,
+            content_digest=f"sha256:{content_digest}",
+            kind="chat",
+            samples=counts["samples"],
+            train_samples=counts["train"],
+            validation_samples=counts["validation"],
+            messages=counts["messages"],
+            skipped_records=0,
+            train_split=train_split,
+            validation_split=validation_split,
+            source=Artifact(f"sha256:{source.hexdigest}", source.size_bytes),
+            source_file_name=spec.file_name,
+            create_time=time.time(),
+        )
+        return self._store.add_version(version)
+
+    @staticmethod
+    def _place(
+        sample: ChatSample,
+        spec: UploadSpec,
+        train: object,
+        validation: object,
+        counts: dict[str, int],
+    ) -> None:
+        line = sample.to_json()
+        held_out = split_score(line, spec.split_seed) < spec.validation_fraction
+        target = validation if held_out else train
+        target.write(line.encode() + b"\n")  # type: ignore[attr-defined]
+        counts["validation" if held_out else "train"] += 1
+        counts["samples"] += 1
+        counts["messages"] += len(sample.messages)
+
+    def _hold_out_one(self, train_split: Artifact, seed: int) -> tuple[Artifact, Artifact]:
+        """Moves the lowest-scoring sample to validation so a small set still has one."""
+        lines = self._artifacts.path(train_split.digest).read_text().splitlines()
+        chosen = min(range(len(lines)), key=lambda i: split_score(lines[i], seed))
+        held = lines.pop(chosen)
+        new_train = self._artifacts.put_bytes("".join(f"{line}\n" for line in lines).encode())
+        new_validation = self._artifacts.put_bytes(f"{held}\n".encode())
+        return new_train, new_validation
+
+    def get_version(self, version_id: str) -> DatasetVersion:
+        return self._store.get_version(version_id)
+
+    def list_versions(self, dataset_name: str, limit: int, offset: int) -> list[DatasetVersion]:
+        return self._store.list_versions(dataset_name, limit, offset)
+
+    def list_datasets(self, limit: int, offset: int) -> list[Dataset]:
+        return self._store.list_datasets(limit, offset)
+
+    def preview(self, version_id: str, validation: bool, limit: int) -> list[ChatSample]:
+        """The first samples of one split."""
+        version = self._store.get_version(version_id)
+        split = version.validation_split if validation else version.train_split
+        samples = []
+        with self._artifacts.path(split.digest).open(encoding="utf-8") as handle:
+            for line in handle:
+                if len(samples) >= limit:
+                    break
+                samples.append(ChatSample.from_json(line))
+        return samples

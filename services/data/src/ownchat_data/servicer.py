@@ -1,0 +1,156 @@
+"""DataService over gRPC: protobuf in, plain Python to the core, protobuf out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+
+from ownchat.common.v1 import common_pb2
+from ownchat.data.v1 import data_pb2, data_pb2_grpc
+from ownchat.errors import FieldViolation, InvalidArgumentError
+from ownchat.paging import next_page_token, page_window
+from ownchat.timestamps import to_timestamp
+
+from ownchat_data.chat_jsonl import ChatSample
+from ownchat_data.core import DataCore, SourceFormat, UploadSpec
+from ownchat_data.store import Dataset, DatasetVersion
+
+_FORMATS = {data_pb2.SOURCE_FORMAT_OPENAI_CHAT_JSONL: SourceFormat.OPENAI_CHAT_JSONL}
+_ROLES = {
+    "system": common_pb2.ROLE_SYSTEM,
+    "user": common_pb2.ROLE_USER,
+    "assistant": common_pb2.ROLE_ASSISTANT,
+}
+MAX_PREVIEW = 1000
+
+
+def version_to_proto(version: DatasetVersion) -> data_pb2.DatasetVersion:
+    return data_pb2.DatasetVersion(
+        id=version.id,
+        dataset_name=version.dataset_name,
+        content_digest=version.content_digest,
+        kind=data_pb2.SAMPLE_KIND_CHAT,
+        stats=data_pb2.DatasetStats(
+            samples=version.samples,
+            train_samples=version.train_samples,
+            validation_samples=version.validation_samples,
+            messages=version.messages,
+            skipped_records=version.skipped_records,
+        ),
+        train_split=common_pb2.ArtifactRef(
+            digest=version.train_split.digest, size_bytes=version.train_split.size_bytes
+        ),
+        validation_split=common_pb2.ArtifactRef(
+            digest=version.validation_split.digest,
+            size_bytes=version.validation_split.size_bytes,
+        ),
+        source=common_pb2.ArtifactRef(
+            digest=version.source.digest, size_bytes=version.source.size_bytes
+        ),
+        source_file_name=version.source_file_name,
+        create_time=to_timestamp(version.create_time),
+    )
+
+
+def _dataset_to_proto(dataset: Dataset) -> data_pb2.Dataset:
+    return data_pb2.Dataset(
+        name=dataset.name,
+        version_count=dataset.version_count,
+        latest_version_id=dataset.latest_version_id,
+        create_time=to_timestamp(dataset.create_time),
+    )
+
+
+def _sample_to_proto(sample: ChatSample, source_digest: str) -> data_pb2.ChatSample:
+    return data_pb2.ChatSample(
+        messages=[
+            common_pb2.ChatMessage(role=_ROLES[m.role], content=m.content)
+            for m in sample.messages
+        ],
+        weight=sample.weight,
+        lineage=data_pb2.SampleLineage(source_digest=source_digest, record=sample.record),
+    )
+
+
+def _upload_spec(header: data_pb2.UploadHeader) -> UploadSpec:
+    return UploadSpec(
+        dataset_name=header.dataset_name,
+        file_name=header.file_name,
+        format=_FORMATS.get(header.format),
+        validation_fraction=(
+            header.validation_fraction if header.HasField("validation_fraction") else 0.1
+        ),
+        split_seed=header.split_seed,
+    )
+
+
+class DataServicer(data_pb2_grpc.DataServiceServicer):
+    """Translates DataService calls for :class:`DataCore`."""
+
+    def __init__(self, core: DataCore) -> None:
+        self._core = core
+
+    def UploadDatasetVersion(
+        self,
+        request_iterator: Iterator[data_pb2.UploadDatasetVersionRequest],
+        context: grpc.ServicerContext,
+    ) -> data_pb2.UploadDatasetVersionResponse:
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("payload") != "header":
+            raise InvalidArgumentError(
+                "the first message of an upload must be its header",
+                [FieldViolation("header", "missing")],
+            )
+
+        def chunks() -> Iterator[bytes]:
+            for message in request_iterator:
+                if message.WhichOneof("payload") != "chunk":
+                    raise InvalidArgumentError(
+                        "only the first message of an upload may be a header",
+                        [FieldViolation("header", "sent twice")],
+                    )
+                yield message.chunk
+
+        version = self._core.upload(_upload_spec(first.header), chunks())
+        return data_pb2.UploadDatasetVersionResponse(dataset_version=version_to_proto(version))
+
+    def GetDatasetVersion(
+        self, request: data_pb2.GetDatasetVersionRequest, context: grpc.ServicerContext
+    ) -> data_pb2.GetDatasetVersionResponse:
+        version = self._core.get_version(request.dataset_version_id)
+        return data_pb2.GetDatasetVersionResponse(dataset_version=version_to_proto(version))
+
+    def ListDatasetVersions(
+        self, request: data_pb2.ListDatasetVersionsRequest, context: grpc.ServicerContext
+    ) -> data_pb2.ListDatasetVersionsResponse:
+        limit, offset = page_window(request.page_size, request.page_token)
+        versions = self._core.list_versions(request.dataset_name, limit, offset)
+        return data_pb2.ListDatasetVersionsResponse(
+            dataset_versions=[version_to_proto(v) for v in versions],
+            next_page_token=next_page_token(limit, offset, len(versions)),
+        )
+
+    def ListDatasets(
+        self, request: data_pb2.ListDatasetsRequest, context: grpc.ServicerContext
+    ) -> data_pb2.ListDatasetsResponse:
+        limit, offset = page_window(request.page_size, request.page_token)
+        datasets = self._core.list_datasets(limit, offset)
+        return data_pb2.ListDatasetsResponse(
+            datasets=[_dataset_to_proto(d) for d in datasets],
+            next_page_token=next_page_token(limit, offset, len(datasets)),
+        )
+
+    def PreviewDatasetVersion(
+        self, request: data_pb2.PreviewDatasetVersionRequest, context: grpc.ServicerContext
+    ) -> data_pb2.PreviewDatasetVersionResponse:
+        if not 0 <= request.limit <= MAX_PREVIEW:
+            raise InvalidArgumentError(
+                "invalid limit", [FieldViolation("limit", f"must be within 0..{MAX_PREVIEW}")]
+            )
+        validation = request.split == data_pb2.SPLIT_VALIDATION
+        samples = self._core.preview(request.dataset_version_id, validation, request.limit or 10)
+        source = self._core.get_version(request.dataset_version_id).source.digest
+        return data_pb2.PreviewDatasetVersionResponse(
+            samples=[_sample_to_proto(s, source) for s in samples]
+        )

@@ -1,0 +1,165 @@
+"""The data service's own store: datasets and their versions, in SQLite."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ownchat.artifacts import Artifact
+from ownchat.errors import NotFoundError
+from ownchat.sqlite import Database
+
+MIGRATIONS = [
+    """
+    CREATE TABLE datasets (
+        name TEXT PRIMARY KEY,
+        create_time REAL NOT NULL
+    );
+    CREATE TABLE dataset_versions (
+        id TEXT PRIMARY KEY,
+        dataset_name TEXT NOT NULL REFERENCES datasets(name),
+        content_digest TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        samples INTEGER NOT NULL,
+        train_samples INTEGER NOT NULL,
+        validation_samples INTEGER NOT NULL,
+        messages INTEGER NOT NULL,
+        skipped_records INTEGER NOT NULL,
+        train_digest TEXT NOT NULL,
+        train_bytes INTEGER NOT NULL,
+        validation_digest TEXT NOT NULL,
+        validation_bytes INTEGER NOT NULL,
+        source_digest TEXT NOT NULL,
+        source_bytes INTEGER NOT NULL,
+        source_file_name TEXT NOT NULL,
+        create_time REAL NOT NULL
+    );
+    CREATE INDEX dataset_versions_by_dataset ON dataset_versions(dataset_name, create_time)
+    """,
+]
+
+
+@dataclass(frozen=True)
+class DatasetVersion:
+    """An immutable version of a dataset and where its splits are stored."""
+
+    id: str
+    dataset_name: str
+    content_digest: str
+    kind: str
+    samples: int
+    train_samples: int
+    validation_samples: int
+    messages: int
+    skipped_records: int
+    train_split: Artifact
+    validation_split: Artifact
+    source: Artifact
+    source_file_name: str
+    create_time: float
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset's name and a summary of its versions."""
+
+    name: str
+    version_count: int
+    latest_version_id: str
+    create_time: float
+
+
+def _version(row: sqlite3.Row) -> DatasetVersion:
+    return DatasetVersion(
+        id=row["id"],
+        dataset_name=row["dataset_name"],
+        content_digest=row["content_digest"],
+        kind=row["kind"],
+        samples=row["samples"],
+        train_samples=row["train_samples"],
+        validation_samples=row["validation_samples"],
+        messages=row["messages"],
+        skipped_records=row["skipped_records"],
+        train_split=Artifact(row["train_digest"], row["train_bytes"]),
+        validation_split=Artifact(row["validation_digest"], row["validation_bytes"]),
+        source=Artifact(row["source_digest"], row["source_bytes"]),
+        source_file_name=row["source_file_name"],
+        create_time=row["create_time"],
+    )
+
+
+class DataStore:
+    """Reads and writes the data service's tables."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = Database(path, MIGRATIONS)
+
+    def add_version(self, version: DatasetVersion) -> DatasetVersion:
+        """Records a version; an identical one already stored is returned instead."""
+        with self._db.transaction() as connection:
+            existing = connection.execute(
+                "SELECT * FROM dataset_versions WHERE id = ?", (version.id,)
+            ).fetchone()
+            if existing is not None:
+                return _version(existing)
+            connection.execute(
+                "INSERT OR IGNORE INTO datasets (name, create_time) VALUES (?, ?)",
+                (version.dataset_name, time.time()),
+            )
+            connection.execute(
+                "INSERT INTO dataset_versions VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    version.id,
+                    version.dataset_name,
+                    version.content_digest,
+                    version.kind,
+                    version.samples,
+                    version.train_samples,
+                    version.validation_samples,
+                    version.messages,
+                    version.skipped_records,
+                    version.train_split.digest,
+                    version.train_split.size_bytes,
+                    version.validation_split.digest,
+                    version.validation_split.size_bytes,
+                    version.source.digest,
+                    version.source.size_bytes,
+                    version.source_file_name,
+                    version.create_time,
+                ),
+            )
+        return version
+
+    def get_version(self, version_id: str) -> DatasetVersion:
+        rows = self._db.query("SELECT * FROM dataset_versions WHERE id = ?", (version_id,))
+        if not rows:
+            raise NotFoundError("dataset version", version_id)
+        return _version(rows[0])
+
+    def list_versions(self, dataset_name: str, limit: int, offset: int) -> list[DatasetVersion]:
+        rows = self._db.query(
+            "SELECT * FROM dataset_versions WHERE dataset_name = ? "
+            "ORDER BY create_time DESC, id LIMIT ? OFFSET ?",
+            (dataset_name, limit, offset),
+        )
+        return [_version(row) for row in rows]
+
+    def list_datasets(self, limit: int, offset: int) -> list[Dataset]:
+        rows = self._db.query(
+            "SELECT d.name, d.create_time, COUNT(v.id) AS version_count, "
+            "(SELECT id FROM dataset_versions WHERE dataset_name = d.name "
+            " ORDER BY create_time DESC LIMIT 1) AS latest "
+            "FROM datasets d LEFT JOIN dataset_versions v ON v.dataset_name = d.name "
+            "GROUP BY d.name ORDER BY d.create_time DESC, d.name LIMIT ? OFFSET ?",
+            (limit, offset),
+        )
+        return [
+            Dataset(row["name"], row["version_count"], row["latest"] or "", row["create_time"])
+            for row in rows
+        ]
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,1 @@
+"""ownchat's evaluator service."""

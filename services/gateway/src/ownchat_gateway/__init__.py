@@ -1,0 +1,1 @@
+"""ownchat's gateway service."""
