@@ -82,8 +82,10 @@ class ArtifactStore:
     def path(self, digest: str) -> Path:
         """The local path of an artifact; NOT_FOUND when it is not stored."""
         algorithm, _, hexdigest = digest.partition(":")
-        if algorithm != "sha256" or len(hexdigest) != 64 or not all(
-            c in "0123456789abcdef" for c in hexdigest
+        if (
+            algorithm != "sha256"
+            or len(hexdigest) != 64
+            or not all(c in "0123456789abcdef" for c in hexdigest)
         ):
             raise NotFoundError("artifact", digest)
         location = self._objects / hexdigest

@@ -67,16 +67,24 @@ class _AuthInterceptor(
             details.compression,
         )
 
-    def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+    def intercept_unary_unary(
+        self, continuation: Callable[..., Any], details: Any, request: Any
+    ) -> Any:
         return continuation(self._details(details, True), request)
 
-    def intercept_unary_stream(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+    def intercept_unary_stream(
+        self, continuation: Callable[..., Any], details: Any, request: Any
+    ) -> Any:
         return continuation(self._details(details, False), request)
 
-    def intercept_stream_unary(self, continuation: Callable[..., Any], details: Any, requests: Any) -> Any:
+    def intercept_stream_unary(
+        self, continuation: Callable[..., Any], details: Any, requests: Any
+    ) -> Any:
         return continuation(self._details(details, False), requests)
 
-    def intercept_stream_stream(self, continuation: Callable[..., Any], details: Any, requests: Any) -> Any:
+    def intercept_stream_stream(
+        self, continuation: Callable[..., Any], details: Any, requests: Any
+    ) -> Any:
         return continuation(self._details(details, False), requests)
 
 
@@ -113,7 +121,9 @@ class OwnchatClient:
     def __init__(self, settings: ClientSettings, token: str) -> None:
         self.settings = settings
         self.token = token
-        self._channels = {name: open_channel(settings.address(name), settings, token) for name in SERVICES}
+        self._channels = {
+            name: open_channel(settings.address(name), settings, token) for name in SERVICES
+        }
         self.data = data_pb2_grpc.DataServiceStub(self._channels["data"])
         self.trainer = trainer_pb2_grpc.TrainerServiceStub(self._channels["trainer"])
         self.evaluator = evaluator_pb2_grpc.EvaluatorServiceStub(self._channels["evaluator"])

@@ -103,9 +103,7 @@ class FailedPreconditionError(OwnchatError):
 
     code = grpc.StatusCode.FAILED_PRECONDITION
 
-    def __init__(
-        self, message: str, violations: list[PreconditionViolation] | None = None
-    ) -> None:
+    def __init__(self, message: str, violations: list[PreconditionViolation] | None = None) -> None:
         super().__init__(message)
         self.violations = violations or []
 
@@ -173,3 +171,36 @@ def describe_rpc_error(error: grpc.RpcError) -> RpcErrorDescription:
                 ]
     return RpcErrorDescription(code=code, message=message, violations=violations)
 
+
+class RemoteError(OwnchatError):
+    """A call to another ownchat service failed; carries that call's status on."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def remote_error(error: grpc.RpcError, service: str) -> RemoteError:
+    """The error to raise when a call to another service fails.
+
+    NOT_FOUND, INVALID_ARGUMENT and FAILED_PRECONDITION pass through unchanged;
+    a service that cannot be reached or answered too late becomes UNAVAILABLE;
+    anything else becomes INTERNAL, naming the service.
+    """
+    description = describe_rpc_error(error)
+    passed_through = {
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    }
+    if description.code in passed_through:
+        return RemoteError(description.code, description.message)
+    if description.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return RemoteError(
+            grpc.StatusCode.UNAVAILABLE,
+            f"the {service} service is unavailable: {description.message}",
+        )
+    return RemoteError(
+        grpc.StatusCode.INTERNAL,
+        f"the {service} service failed: {description.code.name} {description.message}",
+    )

@@ -73,23 +73,29 @@ def _bind(server: grpc.Server | aio.Server, settings: ServerSettings) -> int:
 
 
 def _add_common(
-    server: grpc.Server | aio.Server, spec: ServiceSpec, settings: ServerSettings
-) -> health.HealthServicer:
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    server: grpc.Server | aio.Server,
+    spec: ServiceSpec,
+    settings: ServerSettings,
+    health_servicer: health.HealthServicer | health.aio.HealthServicer,
+) -> None:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", *spec.full_names):
-        health_servicer.set(name, NOT_SERVING)
     spec.add_servicers(server)  # type: ignore[arg-type]
     if settings.reflection:
         reflection.enable_server_reflection(
             (*spec.full_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-    return health_servicer
 
 
-def _mark_serving(health_servicer: health.HealthServicer, spec: ServiceSpec) -> None:
+def mark_serving(health_servicer: health.HealthServicer, spec: ServiceSpec) -> None:
+    """Turns health SERVING for the server and each of its services."""
     for name in ("", *spec.full_names):
         health_servicer.set(name, SERVING)
+
+
+async def mark_serving_async(health_servicer: health.aio.HealthServicer, spec: ServiceSpec) -> None:
+    """Turns health SERVING on an asyncio server."""
+    for name in ("", *spec.full_names):
+        await health_servicer.set(name, SERVING)
 
 
 def _announce(spec: ServiceSpec, settings: ServerSettings, port: int) -> None:
@@ -105,6 +111,33 @@ def _announce(spec: ServiceSpec, settings: ServerSettings, port: int) -> None:
     )
 
 
+@dataclass
+class RunningServer:
+    """A started server, its health servicer and the port it listens on."""
+
+    server: grpc.Server
+    health: health.HealthServicer
+    port: int
+
+
+def start_threaded_server(spec: ServiceSpec, settings: ServerSettings) -> RunningServer:
+    """Builds, binds and starts a threaded server; health turns SERVING."""
+    token = load_or_create_token(settings.home, settings.token)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.max_workers),
+        interceptors=[ServerInterceptor(token)],
+        options=_options(settings),
+    )
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    for name in ("", *spec.full_names):
+        health_servicer.set(name, NOT_SERVING)
+    _add_common(server, spec, settings, health_servicer)
+    port = _bind(server, settings)
+    server.start()
+    mark_serving(health_servicer, spec)
+    return RunningServer(server, health_servicer, port)
+
+
 def run_threaded_server(
     spec: ServiceSpec,
     settings: ServerSettings,
@@ -112,28 +145,41 @@ def run_threaded_server(
 ) -> None:
     """Runs a control-plane server until SIGTERM or SIGINT, then drains it."""
     configure_logging(spec.short_name, settings.log_level)
-    token = load_or_create_token(settings.home, settings.token)
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.max_workers),
-        interceptors=[ServerInterceptor(token)],
-        options=_options(settings),
-    )
-    health_servicer = _add_common(server, spec, settings)
-    port = _bind(server, settings)
-    server.start()
-    _mark_serving(health_servicer, spec)
-    _announce(spec, settings, port)
+    running = start_threaded_server(spec, settings)
+    _announce(spec, settings, running.port)
 
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     stop.wait()
     logger.info("draining", extra={"grace_seconds": settings.grace_seconds})
-    health_servicer.enter_graceful_shutdown()
-    server.stop(settings.grace_seconds).wait()
+    running.health.enter_graceful_shutdown()
+    running.server.stop(settings.grace_seconds).wait()
     if on_shutdown is not None:
         on_shutdown()
     logger.info("stopped")
+
+
+@dataclass
+class RunningAsyncServer:
+    """A started asyncio server, its health servicer and the port it listens on."""
+
+    server: aio.Server
+    health: health.aio.HealthServicer
+    port: int
+
+
+async def start_async_server(spec: ServiceSpec, settings: ServerSettings) -> RunningAsyncServer:
+    """Builds, binds and starts a ``grpc.aio`` server; health stays NOT_SERVING."""
+    token = load_or_create_token(settings.home, settings.token)
+    server = aio.server(interceptors=[AsyncServerInterceptor(token)], options=_options(settings))
+    health_servicer = health.aio.HealthServicer()
+    for name in ("", *spec.full_names):
+        await health_servicer.set(name, NOT_SERVING)
+    _add_common(server, spec, settings, health_servicer)
+    port = _bind(server, settings)
+    await server.start()
+    return RunningAsyncServer(server, health_servicer, port)
 
 
 async def run_async_server(
@@ -142,26 +188,25 @@ async def run_async_server(
     on_start: Callable[[], Awaitable[None]] | None = None,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Runs a ``grpc.aio`` server until SIGTERM or SIGINT, then drains it."""
-    configure_logging(spec.short_name, settings.log_level)
-    token = load_or_create_token(settings.home, settings.token)
-    server = aio.server(interceptors=[AsyncServerInterceptor(token)], options=_options(settings))
-    health_servicer = _add_common(server, spec, settings)
-    port = _bind(server, settings)
-    await server.start()
-    if on_start is not None:
-        await on_start()
-    _mark_serving(health_servicer, spec)
-    _announce(spec, settings, port)
+    """Runs a ``grpc.aio`` server until SIGTERM or SIGINT, then drains it.
 
+    Health turns SERVING only after ``on_start`` (loading a model, say) returns.
+    """
+    configure_logging(spec.short_name, settings.log_level)
+    running = await start_async_server(spec, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    _announce(spec, settings, running.port)
+    if on_start is not None:
+        await on_start()
+    await mark_serving_async(running.health, spec)
+    logger.info("ready")
     await stop.wait()
     logger.info("draining", extra={"grace_seconds": settings.grace_seconds})
-    health_servicer.enter_graceful_shutdown()
-    await server.stop(settings.grace_seconds)
+    await running.health.enter_graceful_shutdown()
+    await running.server.stop(settings.grace_seconds)
     if on_shutdown is not None:
         await on_shutdown()
     logger.info("stopped")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from ownchat.artifacts import ArtifactStore
 from ownchat.data.v1 import data_pb2, data_pb2_grpc
 from ownchat.server import ServiceSpec, run_threaded_server
-
 from ownchat_data.config import DataSettings
 from ownchat_data.core import DataCore
 from ownchat_data.servicer import DataServicer
@@ -25,7 +24,8 @@ def main() -> None:
         short_name="data",
         full_names=[data_pb2.DESCRIPTOR.services_by_name["DataService"].full_name],
         add_servicers=lambda server: data_pb2_grpc.add_DataServiceServicer_to_server(
-            DataServicer(core), server
+            DataServicer(core),  # type: ignore[abstract]
+            server,
         ),
     )
     run_threaded_server(spec, settings, on_shutdown=store.close)

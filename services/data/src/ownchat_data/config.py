@@ -13,7 +13,9 @@ from ownchat.config import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, ServerSettings
 class DataSettings(ServerSettings):
     """Settings of the data service."""
 
-    model_config = SettingsConfigDict(env_prefix="OWNCHAT_DATA_", extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(
+        env_prefix="OWNCHAT_DATA_", extra="ignore", populate_by_name=True
+    )
     toml_table: ClassVar[str | None] = "data"
 
     port: int = Field(default=DEFAULT_PORTS["data"], ge=0, le=65535)

@@ -16,7 +16,6 @@ from enum import Enum
 
 from ownchat.artifacts import Artifact, ArtifactStore
 from ownchat.errors import FieldViolation, InvalidArgumentError, ResourceExhaustedError
-
 from ownchat_data.chat_jsonl import (
     ChatSample,
     RecordError,
@@ -213,7 +212,7 @@ class DataCore:
         """The first samples of one split."""
         version = self._store.get_version(version_id)
         split = version.validation_split if validation else version.train_split
-        samples = []
+        samples: list[ChatSample] = []
         with self._artifacts.path(split.digest).open(encoding="utf-8") as handle:
             for line in handle:
                 if len(samples) >= limit:

@@ -11,7 +11,6 @@ from ownchat.data.v1 import data_pb2, data_pb2_grpc
 from ownchat.errors import FieldViolation, InvalidArgumentError
 from ownchat.paging import next_page_token, page_window
 from ownchat.timestamps import to_timestamp
-
 from ownchat_data.chat_jsonl import ChatSample
 from ownchat_data.core import DataCore, SourceFormat, UploadSpec
 from ownchat_data.store import Dataset, DatasetVersion
@@ -65,8 +64,7 @@ def _dataset_to_proto(dataset: Dataset) -> data_pb2.Dataset:
 def _sample_to_proto(sample: ChatSample, source_digest: str) -> data_pb2.ChatSample:
     return data_pb2.ChatSample(
         messages=[
-            common_pb2.ChatMessage(role=_ROLES[m.role], content=m.content)
-            for m in sample.messages
+            common_pb2.ChatMessage(role=_ROLES[m.role], content=m.content) for m in sample.messages
         ],
         weight=sample.weight,
         lineage=data_pb2.SampleLineage(source_digest=source_digest, record=sample.record),
@@ -86,7 +84,11 @@ def _upload_spec(header: data_pb2.UploadHeader) -> UploadSpec:
 
 
 class DataServicer(data_pb2_grpc.DataServiceServicer):
-    """Translates DataService calls for :class:`DataCore`."""
+    """Translates DataService calls for :class:`DataCore`.
+
+    LintDatasetVersion, EraseRecords and ScrubText are not overridden yet: the
+    generated base answers UNIMPLEMENTED until the full data service lands.
+    """
 
     def __init__(self, core: DataCore) -> None:
         self._core = core

@@ -1,0 +1,1 @@
+"""The ``ownchat`` command line."""

@@ -1,0 +1,402 @@
+"""``ownchat``: start the services and drive them.
+
+    ownchat up                      start all five services, Ctrl-C stops them
+    ownchat demo                    the whole loop on the sample data
+    ownchat data ingest FILE --dataset NAME
+    ownchat train create --base smollm2-135m-instruct --dataset-version dsv_...
+    ownchat eval run --model MODEL --dataset-version dsv_...
+    ownchat deploy MODEL
+    ownchat chat "How do I reset my router?"
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ownchat.cli.common import (
+    client,
+    console,
+    error_console,
+    follow_job,
+    reports_rpc_errors,
+    upload_progress,
+    upload_requests,
+)
+from ownchat.cli.supervisor import SERVICE_MODULES, StartupError, Supervisor, service_status
+from ownchat.client import OwnchatClient
+from ownchat.common.v1 import common_pb2
+from ownchat.config import ClientSettings
+from ownchat.data.v1 import data_pb2
+from ownchat.evaluator.v1 import evaluator_pb2
+from ownchat.serving.v1 import serving_pb2
+from ownchat.trainer.v1 import trainer_pb2
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+data_app = typer.Typer(help="Datasets and their versions.", no_args_is_help=True)
+train_app = typer.Typer(help="Fine-tuning jobs.", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluation runs.", no_args_is_help=True)
+models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(train_app, name="train")
+app.add_typer(eval_app, name="eval")
+app.add_typer(models_app, name="models")
+
+ROLES = {
+    "system": common_pb2.ROLE_SYSTEM,
+    "user": common_pb2.ROLE_USER,
+    "assistant": common_pb2.ROLE_ASSISTANT,
+}
+
+
+def _where(name: str, settings: ClientSettings) -> str:
+    return settings.gateway_url if name == "gateway" else settings.address(name)
+
+
+@app.command()
+def up(
+    only: Annotated[
+        list[str] | None, typer.Option(help="Start only these services (repeatable).")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for health.")] = 180,
+) -> None:
+    """Start the services, wait until each is healthy, and stop them all on Ctrl-C."""
+    names = only or list(SERVICE_MODULES)
+    unknown = [n for n in names if n not in SERVICE_MODULES]
+    if unknown:
+        raise typer.BadParameter(f"unknown service(s): {', '.join(unknown)}")
+    settings = ClientSettings()
+    supervisor = Supervisor(settings)
+    # SIGTERM stops like Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        supervisor.start(names)
+        with console.status("starting " + ", ".join(names)):
+            supervisor.wait_healthy(
+                timeout,
+                on_ready=lambda name: console.print(
+                    f"[green]ready[/green] {name:<10} {_where(name, settings)}"
+                ),
+            )
+        console.print(f"all services up; state in {settings.home}. Ctrl-C stops them.")
+        while all(p.process.poll() is None for p in supervisor.processes):
+            time.sleep(0.5)
+        dead = [p for p in supervisor.processes if p.process.poll() is not None]
+        for service in dead:
+            error_console.print(
+                f"[red]{service.name} exited[/red] (code {service.process.returncode}):\n"
+                f"{service.log_tail()}"
+            )
+        raise typer.Exit(1)
+    except StartupError as error:
+        error_console.print(f"[red]error[/red] {error}")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        console.print("stopping…")
+    finally:
+        supervisor.stop()
+    console.print("all services stopped")
+
+
+@app.command()
+def status() -> None:
+    """Show whether each service answers its health check."""
+    settings = ClientSettings()
+    table = Table("service", "address", "health")
+    for name in SERVICE_MODULES:
+        health = service_status(name, settings)
+        colour = "green" if health == "SERVING" else "red"
+        table.add_row(name, _where(name, settings), f"[{colour}]{health}[/{colour}]")
+    console.print(table)
+
+
+@data_app.command("ingest")
+@reports_rpc_errors
+def data_ingest(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    dataset: Annotated[str, typer.Option(help="Dataset to add the version to.")],
+    validation_fraction: Annotated[float, typer.Option(help="Share held out.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seed of the split.")] = 0,
+) -> None:
+    """Upload an OpenAI chat JSONL file as a new dataset version."""
+    header = data_pb2.UploadHeader(
+        dataset_name=dataset,
+        file_name=file.name,
+        format=data_pb2.SOURCE_FORMAT_OPENAI_CHAT_JSONL,
+        validation_fraction=validation_fraction,
+        split_seed=seed,
+    )
+    with client() as ownchat, upload_progress() as progress:
+        response = ownchat.data.UploadDatasetVersion(
+            upload_requests(file, header, progress), timeout=3600
+        )
+    version = response.dataset_version
+    console.print(
+        f"dataset version [bold]{version.id}[/bold]: {version.stats.samples} conversations "
+        f"({version.stats.train_samples} train, {version.stats.validation_samples} validation)"
+    )
+
+
+@data_app.command("list")
+@reports_rpc_errors
+def data_list() -> None:
+    """List datasets."""
+    with client() as ownchat:
+        response = ownchat.data.ListDatasets(data_pb2.ListDatasetsRequest())
+    table = Table("dataset", "versions", "latest version")
+    for dataset in response.datasets:
+        table.add_row(dataset.name, str(dataset.version_count), dataset.latest_version_id)
+    console.print(table)
+
+
+@data_app.command("show")
+@reports_rpc_errors
+def data_show(version_id: str) -> None:
+    """Show one dataset version."""
+    with client() as ownchat:
+        version = ownchat.data.GetDatasetVersion(
+            data_pb2.GetDatasetVersionRequest(dataset_version_id=version_id)
+        ).dataset_version
+    console.print(version)
+
+
+@train_app.command("create")
+@reports_rpc_errors
+def train_create(
+    dataset_version: Annotated[str, typer.Option(help="Dataset version to train on.")],
+    base: Annotated[str, typer.Option(help="Base model.")] = "smollm2-135m-instruct",
+    suffix: Annotated[str, typer.Option(help="Name part of the new version.")] = "",
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
+    epochs: Annotated[float | None, typer.Option()] = None,
+    learning_rate: Annotated[float | None, typer.Option()] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    max_seq_length: Annotated[int | None, typer.Option()] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    follow: Annotated[bool, typer.Option(help="Show progress until the job ends.")] = True,
+) -> None:
+    """Fine-tune a base model on a dataset version."""
+    hyperparameters = trainer_pb2.Hyperparameters(
+        max_steps=max_steps,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        max_seq_length=max_seq_length,
+    )
+    with client() as ownchat:
+        job = ownchat.trainer.CreateTrainingJob(
+            trainer_pb2.CreateTrainingJobRequest(
+                base_model=base,
+                dataset_version_id=dataset_version,
+                method=trainer_pb2.TRAINING_METHOD_SFT_FULL,
+                hyperparameters=hyperparameters,
+                seed=seed,
+                suffix=suffix,
+            ),
+            timeout=600,
+        ).job
+        console.print(f"job [bold]{job.id}[/bold] {trainer_pb2.JobState.Name(job.state)}")
+        if follow:
+            job = follow_job(ownchat, job.id)
+            _report_job(job)
+
+
+def _report_job(job: trainer_pb2.TrainingJob) -> None:
+    state = trainer_pb2.JobState.Name(job.state)
+    if job.state == trainer_pb2.JOB_STATE_SUCCEEDED:
+        console.print(f"job {job.id} {state}: model version [bold]{job.model_version}[/bold]")
+    else:
+        error_console.print(f"job {job.id} {state} {job.error}")
+        raise typer.Exit(1)
+
+
+@train_app.command("events")
+@reports_rpc_errors
+def train_events(job_id: str) -> None:
+    """Follow a job's progress until it ends."""
+    with client() as ownchat:
+        _report_job(follow_job(ownchat, job_id))
+
+
+@train_app.command("list")
+@reports_rpc_errors
+def train_list() -> None:
+    """List training jobs."""
+    with client() as ownchat:
+        jobs = ownchat.trainer.ListTrainingJobs(trainer_pb2.ListTrainingJobsRequest()).jobs
+    table = Table("job", "state", "base", "dataset version", "model version")
+    for job in jobs:
+        table.add_row(
+            job.id,
+            trainer_pb2.JobState.Name(job.state),
+            job.base_model,
+            job.dataset_version_id,
+            job.model_version,
+        )
+    console.print(table)
+
+
+@train_app.command("show")
+@reports_rpc_errors
+def train_show(job_id: str) -> None:
+    """Show one training job."""
+    with client() as ownchat:
+        console.print(
+            ownchat.trainer.GetTrainingJob(trainer_pb2.GetTrainingJobRequest(job_id=job_id)).job
+        )
+
+
+@train_app.command("cancel")
+@reports_rpc_errors
+def train_cancel(job_id: str) -> None:
+    """Cancel a training job."""
+    with client() as ownchat:
+        job = ownchat.trainer.CancelTrainingJob(
+            trainer_pb2.CancelTrainingJobRequest(job_id=job_id)
+        ).job
+    console.print(f"job {job.id} {trainer_pb2.JobState.Name(job.state)}")
+
+
+@models_app.command("list")
+@reports_rpc_errors
+def models_list() -> None:
+    """List base models and fine-tuned versions."""
+    with client() as ownchat:
+        models = ownchat.trainer.ListModels(trainer_pb2.ListModelsRequest(), timeout=600).models
+    table = Table("model", "kind", "base", "dataset version")
+    for model in models:
+        kind = trainer_pb2.ModelKind.Name(model.kind).removeprefix("MODEL_KIND_").lower()
+        table.add_row(model.id, kind, model.base_model, model.dataset_version_id)
+    console.print(table)
+
+
+def run_evaluation(
+    ownchat: OwnchatClient, model: str, dataset_version: str, max_samples: int = 0
+) -> evaluator_pb2.EvalRun:
+    """Starts an evaluation run and waits for it, showing progress."""
+    run = ownchat.evaluator.CreateEvalRun(
+        evaluator_pb2.CreateEvalRunRequest(
+            model_id=model,
+            dataset_version_id=dataset_version,
+            metrics=[evaluator_pb2.METRIC_PERPLEXITY],
+            max_samples=max_samples,
+        ),
+        timeout=600,
+    ).eval_run
+    ended = (evaluator_pb2.EVAL_RUN_STATE_SUCCEEDED, evaluator_pb2.EVAL_RUN_STATE_FAILED)
+    with console.status(f"evaluating {model}") as spinner:
+        while run.state not in ended:
+            time.sleep(0.5)
+            run = ownchat.evaluator.GetEvalRun(
+                evaluator_pb2.GetEvalRunRequest(eval_run_id=run.id)
+            ).eval_run
+            spinner.update(
+                f"evaluating {model}: {run.progress.completed}/{run.progress.total} samples"
+            )
+    return run
+
+
+@eval_app.command("run")
+@reports_rpc_errors
+def eval_run(
+    model: Annotated[str, typer.Option(help="Model version to evaluate.")],
+    dataset_version: Annotated[str, typer.Option(help="Its validation split is used.")],
+    max_samples: Annotated[int, typer.Option(help="0 for all.")] = 0,
+) -> None:
+    """Measure a model version's perplexity on a dataset version's validation split."""
+    with client() as ownchat:
+        run = run_evaluation(ownchat, model, dataset_version, max_samples)
+    if run.state != evaluator_pb2.EVAL_RUN_STATE_SUCCEEDED:
+        error_console.print(f"[red]evaluation {run.id} failed[/red]: {run.error}")
+        raise typer.Exit(1)
+    for result in run.results:
+        name = evaluator_pb2.Metric.Name(result.metric).removeprefix("METRIC_").lower()
+        console.print(f"{name} [bold]{result.value:.3f}[/bold] ({result.details})")
+
+
+@app.command()
+@reports_rpc_errors
+def deploy(model: str) -> None:
+    """Load a model version into serving and move traffic to it."""
+    with client() as ownchat, console.status(f"loading {model}"):
+        deployment = ownchat.serving.Deploy(
+            serving_pb2.DeployRequest(model_id=model, deployed_by="cli"), timeout=900
+        ).deployment
+    console.print(
+        f"deployment {deployment.id}: {deployment.model_id} "
+        f"{serving_pb2.DeploymentState.Name(deployment.state)}"
+    )
+
+
+@app.command()
+@reports_rpc_errors
+def rollback() -> None:
+    """Move traffic back to the previously live version."""
+    with client() as ownchat, console.status("rolling back"):
+        deployment = ownchat.serving.Rollback(
+            serving_pb2.RollbackRequest(deployed_by="cli"), timeout=900
+        ).deployment
+    console.print(f"live: {deployment.model_id}")
+
+
+@app.command()
+@reports_rpc_errors
+def deployments() -> None:
+    """Show the live deployment and the history."""
+    with client() as ownchat:
+        response = ownchat.serving.ListDeployments(serving_pb2.ListDeploymentsRequest())
+    table = Table("deployment", "model", "state", "by")
+    for item in response.deployments:
+        state = serving_pb2.DeploymentState.Name(item.state).removeprefix("DEPLOYMENT_STATE_")
+        table.add_row(item.id, item.model_id, state, item.deployed_by)
+    console.print(table)
+
+
+@app.command()
+@reports_rpc_errors
+def chat(
+    message: str,
+    model: Annotated[str, typer.Option(help="Model version; the live one when empty.")] = "",
+    system: Annotated[str, typer.Option(help="A system message.")] = "",
+    max_tokens: Annotated[int, typer.Option()] = 256,
+    temperature: Annotated[float, typer.Option()] = 0.0,
+) -> None:
+    """Ask the deployed model one question; the answer streams in."""
+    messages = [common_pb2.ChatMessage(role=ROLES["system"], content=system)] if system else []
+    messages.append(common_pb2.ChatMessage(role=ROLES["user"], content=message))
+    request = serving_pb2.GenerateRequest(
+        model_id=model,
+        messages=messages,
+        sampling=serving_pb2.SamplingParams(max_tokens=max_tokens, temperature=temperature),
+    )
+    with client() as ownchat:
+        for piece in ownchat.serving.Generate(request, timeout=300):
+            console.print(piece.text, end="", soft_wrap=True, highlight=False, markup=False)
+    console.print()
+
+
+@app.command()
+def demo(
+    data: Annotated[Path, typer.Option(help="Chat JSONL to fine-tune on.")] = Path(
+        "examples/support/conversations.jsonl"
+    ),
+    steps: Annotated[int, typer.Option(help="Training steps.")] = 24,
+    keep_running: Annotated[bool, typer.Option(help="Leave the services up at the end.")] = False,
+) -> None:
+    """Run the whole loop on the sample data: ingest, fine-tune, evaluate, deploy, chat."""
+    from ownchat.cli.demo import run_demo
+
+    raise typer.Exit(run_demo(data, steps, keep_running))
+
+
+def main() -> None:
+    """The console script's entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

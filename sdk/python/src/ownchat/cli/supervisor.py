@@ -1,0 +1,151 @@
+"""Starting, watching and stopping the five services as child processes.
+
+Each service runs in its own session (process group), so Ctrl-C in the
+terminal reaches only the supervisor, which then stops the services in order:
+SIGTERM to each (they drain), then SIGKILL to whatever is left of each group
+(engine processes included), so nothing outlives ``ownchat up``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ownchat.config import ClientSettings
+
+SERVICE_MODULES = {
+    "data": "ownchat_data",
+    "trainer": "ownchat_trainer",
+    "evaluator": "ownchat_evaluator",
+    "serving": "ownchat_serving",
+    "gateway": "ownchat_gateway",
+}
+GRPC_SERVICES = ("data", "trainer", "evaluator", "serving")
+
+
+class StartupError(RuntimeError):
+    """A service exited or did not become healthy in time."""
+
+
+@dataclass
+class ServiceProcess:
+    """One running service."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def grpc_health(address: str, timeout: float = 1.0) -> str:
+    """The status of a gRPC server's health check: SERVING, NOT_SERVING, or UNREACHABLE."""
+    with grpc.insecure_channel(address) as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=timeout
+            )
+        except grpc.RpcError:
+            return "UNREACHABLE"
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+
+def http_ready(url: str, timeout: float = 1.0) -> str:
+    """SERVING when the gateway's ``/readyz`` answers 200."""
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=timeout) as response:
+            return "SERVING" if response.status == 200 else "NOT_SERVING"
+    except (urllib.error.URLError, OSError):
+        return "UNREACHABLE"
+
+
+def service_status(name: str, settings: ClientSettings) -> str:
+    """The health of one service by its short name."""
+    if name == "gateway":
+        return http_ready(settings.gateway_url)
+    return grpc_health(settings.address(name))
+
+
+class Supervisor:
+    """Runs services as child processes in their own process groups."""
+
+    def __init__(self, settings: ClientSettings, env: dict[str, str] | None = None) -> None:
+        self.settings = settings
+        self.env = {**os.environ, **(env or {}), "OWNCHAT_HOME": str(settings.home)}
+        self.processes: list[ServiceProcess] = []
+        self.log_dir = settings.home / "logs"
+
+    def start(self, names: list[str]) -> None:
+        """Starts services; refuses when something already answers on a service's port."""
+        busy = [n for n in names if service_status(n, self.settings) != "UNREACHABLE"]
+        if busy:
+            raise StartupError(
+                f"already running: {', '.join(busy)} (stop them first, or use `ownchat status`)"
+            )
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            log_path = self.log_dir / f"{name}.log"
+            with log_path.open("ab") as log:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", SERVICE_MODULES[name]],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=self.env,
+                    start_new_session=True,
+                )
+            self.processes.append(ServiceProcess(name, process, log_path))
+
+    def wait_healthy(self, timeout: float, on_ready: object = None) -> None:
+        """Waits until every started service is healthy; raises if one dies or is late."""
+        pending = {p.name: p for p in self.processes}
+        deadline = time.monotonic() + timeout
+        while pending:
+            for name, service in list(pending.items()):
+                if service.process.poll() is not None:
+                    raise StartupError(
+                        f"{name} exited with code {service.process.returncode}; "
+                        f"its log ({service.log_path}) ends with:\n{service.log_tail()}"
+                    )
+                if service_status(name, self.settings) == "SERVING":
+                    del pending[name]
+                    if callable(on_ready):
+                        on_ready(name)
+            if time.monotonic() > deadline:
+                raise StartupError(f"not healthy after {timeout:.0f} s: {', '.join(pending)}")
+            time.sleep(0.25)
+
+    def stop(self, grace: float = 15.0) -> None:
+        """Stops every service: SIGTERM, wait, then SIGKILL their whole process groups."""
+        for service in self.processes:
+            if service.process.poll() is None:
+                service.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for service in self.processes:
+            remaining = max(0.1, deadline - time.monotonic())
+            try:
+                service.process.wait(timeout=remaining)
+            except subprocess.TimeoutExpired:
+                pass
+        for service in self.processes:
+            try:
+                os.killpg(service.process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            if service.process.poll() is None:
+                service.process.wait(timeout=5)
+        self.processes.clear()

@@ -1,0 +1,53 @@
+"""Runs the evaluator: ``python -m ownchat_evaluator`` (port 50053 by default)."""
+
+from __future__ import annotations
+
+import torch
+
+from ownchat.artifacts import ArtifactStore
+from ownchat.auth import load_or_create_token
+from ownchat.config import ClientSettings
+from ownchat.evaluator.v1 import evaluator_pb2, evaluator_pb2_grpc
+from ownchat.server import ServiceSpec, run_threaded_server
+from ownchat_evaluator.config import EvaluatorSettings
+from ownchat_evaluator.core import EvaluatorCore
+from ownchat_evaluator.lookups import RemoteLookups
+from ownchat_evaluator.servicer import EvaluatorServicer
+from ownchat_evaluator.store import EvalStore
+
+
+def main() -> None:
+    settings = EvaluatorSettings()
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    token = load_or_create_token(settings.home, settings.token)
+    lookups = RemoteLookups(
+        ClientSettings(home=settings.home), token, ArtifactStore(settings.artifacts_dir)
+    )
+    store = EvalStore(settings.state_dir("evaluator") / "evaluator.db")
+    core = EvaluatorCore(
+        store,
+        models=lookups.model_dir,
+        datasets=lookups.validation_split,
+        batch_size=settings.batch_size,
+        max_length=settings.max_length,
+    )
+    core.resume_unfinished()
+    spec = ServiceSpec(
+        short_name="evaluator",
+        full_names=[evaluator_pb2.DESCRIPTOR.services_by_name["EvaluatorService"].full_name],
+        add_servicers=lambda server: evaluator_pb2_grpc.add_EvaluatorServiceServicer_to_server(
+            EvaluatorServicer(core),  # type: ignore[abstract]
+            server,
+        ),
+    )
+
+    def shutdown() -> None:
+        core.close()
+        store.close()
+
+    run_threaded_server(spec, settings, on_shutdown=shutdown)
+
+
+if __name__ == "__main__":
+    main()
