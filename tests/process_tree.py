@@ -1,0 +1,39 @@
+"""Finding the processes a test started, to prove none outlives it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def sessions_alive(session_ids: set[int]) -> list[int]:
+    """Processes still alive in any of these sessions (zombies excluded)."""
+    alive = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Fields after the command name, which is in parentheses and may hold spaces.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        state, session = fields[0], int(fields[3])
+        if session in session_ids and state != "Z":
+            alive.append(int(entry.name))
+    return alive
+
+
+def children_of(pid: int) -> set[int]:
+    """Direct children of a process."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[1]) == pid:
+            found.add(int(entry.name))
+    return found

@@ -1,0 +1,82 @@
+"""`ownchat up` starts services that answer health, and Ctrl-C leaves nothing behind."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from process_tree import children_of, sessions_alive
+
+from ownchat.cli.supervisor import grpc_health
+
+pytestmark = pytest.mark.integration
+
+
+def wait_for_line(process: subprocess.Popen[str], text: str, timeout: float) -> list[str]:
+    seen = []
+    deadline = time.monotonic() + timeout
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if text in line:
+            return seen
+    raise AssertionError(f"{text!r} not printed; output was:\n{''.join(seen)}")
+
+
+def test_up_then_ctrl_c_stops_every_process(ownchat_env: dict[str, str], tmp_path: Path) -> None:
+    ownchat = Path(sys.executable).with_name("ownchat")
+    process = subprocess.Popen(
+        [str(ownchat), "up", "--only", "data", "--only", "evaluator"],
+        env=ownchat_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        output = wait_for_line(process, "all services up", timeout=120)
+        assert any("ready" in line and "data" in line for line in output)
+        sessions = children_of(process.pid)
+        assert len(sessions) == 2
+        for service in ("DATA", "EVALUATOR"):
+            assert grpc_health(ownchat_env[f"OWNCHAT_{service}_ADDRESS"]) == "SERVING"
+        process.send_signal(signal.SIGINT)
+        remaining, _ = process.communicate(timeout=60)
+        assert "all services stopped" in remaining
+        assert process.returncode == 0
+        assert sessions_alive(sessions) == []
+        assert grpc_health(ownchat_env["OWNCHAT_DATA_ADDRESS"]) == "UNREACHABLE"
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_up_refuses_a_second_start_on_busy_ports(ownchat_env: dict[str, str]) -> None:
+    ownchat = Path(sys.executable).with_name("ownchat")
+    first = subprocess.Popen(
+        [str(ownchat), "up", "--only", "data"],
+        env=ownchat_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_for_line(first, "all services up", timeout=120)
+        second = subprocess.run(
+            [str(ownchat), "up", "--only", "data"],
+            env=ownchat_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 1
+        assert "already running: data" in second.stderr
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=60)
