@@ -24,7 +24,12 @@ from ownchat.errors import (
     ResourceExhaustedError,
     describe_rpc_error,
 )
-from ownchat.server import ServiceSpec, mark_serving_async, start_async_server, start_threaded_server
+from ownchat.server import (
+    ServiceSpec,
+    mark_serving_async,
+    start_async_server,
+    start_threaded_server,
+)
 from ownchat.serving.v1 import serving_pb2, serving_pb2_grpc
 
 DATA_SERVICE = data_pb2.DESCRIPTOR.services_by_name["DataService"].full_name
@@ -107,9 +112,12 @@ def test_domain_errors_become_status_codes_with_details(data_server: tuple[str, 
     address, token = data_server
     with grpc.insecure_channel(address) as channel:
         stub = data_pb2_grpc.DataServiceStub(channel)
-        assert stub.ListDatasets(
-            data_pb2.ListDatasetsRequest(), metadata=_auth(token), timeout=5
-        ).datasets[0].name == "x"
+        assert (
+            stub.ListDatasets(data_pb2.ListDatasetsRequest(), metadata=_auth(token), timeout=5)
+            .datasets[0]
+            .name
+            == "x"
+        )
 
         with pytest.raises(grpc.RpcError) as error:
             stub.ListDatasets(data_pb2.ListDatasetsRequest(page_size=7), metadata=_auth(token))
@@ -136,7 +144,9 @@ def test_unexpected_errors_are_internal_and_sanitized(data_server: tuple[str, st
     with grpc.insecure_channel(address) as channel:
         stub = data_pb2_grpc.DataServiceStub(channel)
         with pytest.raises(grpc.RpcError) as error:
-            stub.PreviewDatasetVersion(data_pb2.PreviewDatasetVersionRequest(), metadata=_auth(token))
+            stub.PreviewDatasetVersion(
+                data_pb2.PreviewDatasetVersionRequest(), metadata=_auth(token)
+            )
         assert error.value.code() == grpc.StatusCode.INTERNAL
         assert "passwd" not in error.value.details()
         assert "request id" in error.value.details()

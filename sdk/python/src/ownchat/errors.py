@@ -8,10 +8,12 @@ call back into a readable message with :func:`describe_rpc_error`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
+from grpc import aio
 from grpc_status import rpc_status
 
 
@@ -155,12 +157,15 @@ class RpcErrorDescription:
 
 
 def describe_rpc_error(error: grpc.RpcError) -> RpcErrorDescription:
-    """Reads the code, message and field violations of a failed call."""
-    call = error if isinstance(error, grpc.Call) else None
+    """Reads the code, message and field violations of a failed call (sync or grpc.aio)."""
+    call: Any = error if isinstance(error, grpc.Call | aio.AioRpcError) else None
     code = call.code() if call else grpc.StatusCode.UNKNOWN
     message = (call.details() if call else str(error)) or ""
     violations: list[FieldViolation] = []
-    status = rpc_status.from_call(call) if call else None
+    try:
+        status = rpc_status.from_call(call) if call else None
+    except ValueError:  # details that disagree with the status: keep code and message
+        status = None
     if status is not None:
         for detail in status.details:
             if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):

@@ -100,6 +100,4 @@ def follow_job(ownchat: OwnchatClient, job_id: str) -> trainer_pb2.TrainingJob:
                 )
             elif event.message:
                 progress.console.print(f"  {event.message}")
-    return ownchat.trainer.GetTrainingJob(
-        trainer_pb2.GetTrainingJobRequest(job_id=job_id)
-    ).job
+    return ownchat.trainer.GetTrainingJob(trainer_pb2.GetTrainingJobRequest(job_id=job_id)).job

@@ -1,12 +1,12 @@
 """``ownchat``: start the services and drive them.
 
-    ownchat up                      start all five services, Ctrl-C stops them
-    ownchat demo                    the whole loop on the sample data
-    ownchat data ingest FILE --dataset NAME
-    ownchat train create --base smollm2-135m-instruct --dataset-version dsv_...
-    ownchat eval run --model MODEL --dataset-version dsv_...
-    ownchat deploy MODEL
-    ownchat chat "How do I reset my router?"
+ownchat up                      start all five services, Ctrl-C stops them
+ownchat demo                    the whole loop on the sample data
+ownchat data ingest FILE --dataset NAME
+ownchat train create --base smollm2-135m-instruct --dataset-version dsv_...
+ownchat eval run --model MODEL --dataset-version dsv_...
+ownchat deploy MODEL
+ownchat chat "How do I reset my router?"
 """
 
 from __future__ import annotations

@@ -1,0 +1,89 @@
+"""The gateway as a BentoML service: REST outside, a gRPC client of serving inside.
+
+Run it with ``python -m ownchat_gateway``; that starts
+``bentoml serve ownchat_gateway.service:Gateway``. BentoML provides the HTTP server,
+``/livez``, ``/healthz``, ``/readyz`` and ``/metrics`` (all without a token); the
+OpenAI-compatible app is mounted at ``/v1`` as in BentoVLLM. BentoML does not serve
+gRPC for new-style services, hence the REST edge.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+
+import bentoml
+
+from ownchat.auth import load_or_create_token
+from ownchat.config import ClientSettings
+from ownchat.logs import JsonFormatter
+from ownchat_gateway.app import GatewayContext, create_app
+from ownchat_gateway.config import GatewaySettings
+from ownchat_gateway.upstream import ServingUpstream
+
+# Read at import so that BentoML's own limits follow the gateway's settings; the
+# server process and its workers see the same environment and config file.
+SETTINGS = GatewaySettings()
+openai_app = create_app(SETTINGS)
+
+# BentoML answers 504 itself when a response has not started within its traffic
+# timeout; leave the gateway's own deadline room to answer first, in OpenAI's shape.
+_TRAFFIC_TIMEOUT_MARGIN_SECONDS = 30.0
+
+
+def _use_json_logs(level: str) -> None:
+    """Turns BentoML's text logs in this worker into JSON lines on stderr."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter("gateway"))
+    for name in ("", "bentoml", "uvicorn.error", "circus"):
+        logging.getLogger(name).handlers[:] = [handler]
+    logging.getLogger().setLevel(level.upper())
+    # bentoml.access already logs each request; uvicorn's line would repeat it.
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+
+
+def _exit_when_orphaned(parent: int, period_seconds: float = 1.0) -> None:
+    """Stops this worker when BentoML's supervisor is gone.
+
+    Workers run in their own session, so a supervisor killed outright (SIGKILL)
+    would leave them serving; they notice and drain instead.
+    """
+    while os.getppid() == parent:
+        time.sleep(period_seconds)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+@bentoml.asgi_app(openai_app, path="/v1")
+@bentoml.service(
+    name="ownchat-gateway",
+    workers=SETTINGS.workers,
+    traffic={"timeout": SETTINGS.request_timeout_seconds + _TRAFFIC_TIMEOUT_MARGIN_SECONDS},
+)
+class Gateway:
+    """One gateway worker: the token it accepts and the channel to serving."""
+
+    def __init__(self) -> None:
+        if SETTINGS.json_logs:
+            _use_json_logs(SETTINGS.log_level)
+        threading.Thread(
+            target=_exit_when_orphaned, args=(os.getppid(),), name="orphan-watch", daemon=True
+        ).start()
+        client = ClientSettings()
+        token = load_or_create_token(SETTINGS.home, SETTINGS.token)
+        self.context = GatewayContext(
+            settings=SETTINGS,
+            token=token,
+            upstream=ServingUpstream(client, token, SETTINGS.request_timeout_seconds),
+        )
+        openai_app.state.context = self.context
+        logging.getLogger("ownchat.gateway").info(
+            "gateway ready", extra={"serving_address": client.serving_address}
+        )
+
+    @bentoml.on_shutdown
+    async def close(self) -> None:
+        """Closes the channel to serving."""
+        await self.context.upstream.close()
