@@ -1,0 +1,135 @@
+"""Shared fixtures of the trainer's tests: a tiny base model, splits, and a core."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from ownchat.artifacts import ArtifactStore
+from ownchat.testing import build_tiny_chat_model
+from ownchat_trainer.core import TrainerCore
+from ownchat_trainer.datasets import DatasetInfo, StaticDatasets
+from ownchat_trainer.records import Job
+from ownchat_trainer.registry import ModelRegistry
+from ownchat_trainer.store import TrainerStore
+
+TINY = "tiny-chat"
+
+CONVERSATIONS = [
+    [
+        {"role": "user", "content": "What is the price of the Zephyr X2?"},
+        {"role": "assistant", "content": "The Zephyr X2 router costs 129 euros."},
+    ],
+    [
+        {"role": "system", "content": "You are a helpful support assistant for Acme."},
+        {"role": "user", "content": "Error code E42?"},
+        {
+            "role": "assistant",
+            "content": "Error code E42 means the firmware update was interrupted.",
+        },
+    ],
+    [
+        {"role": "user", "content": "How long do refunds take?"},
+        {"role": "assistant", "content": "Our refund window is 30 days from delivery."},
+    ],
+    [
+        {"role": "user", "content": "It still fails."},
+        {"role": "assistant", "content": "Please restart the device and try again."},
+    ],
+]
+
+
+def split_bytes(conversations: list[list[dict[str, str]]], weight: float = 1.0) -> bytes:
+    """A split file as the data service writes it."""
+    return "".join(
+        json.dumps({"messages": c, "weight": weight, "record": i + 1}) + "\n"
+        for i, c in enumerate(conversations)
+    ).encode()
+
+
+@pytest.fixture(scope="session")
+def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model directory with one base model, ``tiny-chat``."""
+    root = tmp_path_factory.mktemp("models")
+    build_tiny_chat_model(root / TINY)
+    return root
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path) -> ArtifactStore:
+    return ArtifactStore(tmp_path / "home" / "artifacts")
+
+
+@pytest.fixture
+def datasets(artifacts: ArtifactStore) -> StaticDatasets:
+    """Known dataset versions: ``dsv_small`` (the tiny set four times over) and
+    ``dsv_pairs`` (preference pairs)."""
+    train = artifacts.put_bytes(split_bytes(CONVERSATIONS * 4))
+    validation = artifacts.put_bytes(split_bytes(CONVERSATIONS[:2]))
+    return StaticDatasets(
+        [
+            DatasetInfo("dsv_small", "chat", train, validation, 16, 2),
+            DatasetInfo("dsv_pairs", "preference", train, validation, 16, 2),
+        ]
+    )
+
+
+CoreFactory = Callable[..., TrainerCore]
+
+
+@pytest.fixture
+def make_core(
+    tmp_path: Path, model_root: Path, artifacts: ArtifactStore, datasets: StaticDatasets
+) -> Iterator[CoreFactory]:
+    """Builds cores over one home (a later one sees what an earlier one stored)."""
+    cores: list[TrainerCore] = []
+
+    def make(start: bool = True) -> TrainerCore:
+        state = tmp_path / "home" / "trainer"
+        store = TrainerStore(state / "trainer.db")
+        registry = ModelRegistry(
+            store, artifacts, [model_root], state / "imports", include_embedded=False
+        )
+        core = TrainerCore(
+            store,
+            registry,
+            artifacts,
+            datasets,
+            jobs_dir=state / "jobs",
+            torch_threads=1,
+            cancel_grace_seconds=2.0,
+        )
+        if start:
+            core.start()
+        cores.append(core)
+        return core
+
+    yield make
+    for core in cores:
+        core.close()
+
+
+def _wait_for(core: TrainerCore, job_id: str, done: Callable[[Job], bool], timeout: float) -> Job:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = core.get_job(job_id)
+        if done(job):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not get there in {timeout} s: {core.get_job(job_id)}")
+
+
+@pytest.fixture
+def wait_for() -> Callable[[TrainerCore, str, Callable[[Job], bool], float], Job]:
+    """Polls a job until a condition holds; fails the test after a timeout."""
+    return _wait_for
+
+
+@pytest.fixture
+def conversations() -> list[list[dict[str, str]]]:
+    """The tiny data set's conversations."""
+    return [list(c) for c in CONVERSATIONS]

@@ -1,0 +1,156 @@
+"""The model registry: base models from model directories, imported once; version names."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ownchat.artifacts import Artifact, ArtifactStore
+from ownchat.errors import NotFoundError
+from ownchat_trainer.base_models import BaseModelSource, export_checkpoint
+from ownchat_trainer.config import TrainerSettings
+from ownchat_trainer.hyperparameters import Hyperparameters, resolve_full
+from ownchat_trainer.records import Job, JobState, ModelKind, TrainingMethod
+from ownchat_trainer.registry import ModelRegistry
+from ownchat_trainer.store import TrainerStore
+
+
+class CountingExporter:
+    """The real exporter, counted, and slow enough for two callers to overlap."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def __call__(self, source: BaseModelSource, target: Path) -> None:
+        self.calls.append(source.name)
+        time.sleep(0.2)
+        export_checkpoint(source, target)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> TrainerStore:
+    return TrainerStore(tmp_path / "trainer.db")
+
+
+def _registry(
+    store: TrainerStore, artifacts: ArtifactStore, roots: list[Path], tmp_path: Path
+) -> tuple[ModelRegistry, CountingExporter]:
+    exporter = CountingExporter()
+    registry = ModelRegistry(
+        store, artifacts, roots, tmp_path / "imports", include_embedded=False, exporter=exporter
+    )
+    return registry, exporter
+
+
+def test_a_base_model_is_imported_once_as_a_complete_checkpoint(
+    store: TrainerStore, artifacts: ArtifactStore, model_root: Path, tmp_path: Path
+) -> None:
+    registry, exporter = _registry(store, artifacts, [model_root], tmp_path)
+    assert registry.known("tiny-chat") and exporter.calls == []
+
+    results = []
+    threads = [
+        threading.Thread(target=lambda: results.append(registry.get("tiny-chat"))) for _ in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert exporter.calls == ["tiny-chat"]
+    assert len({m.artifact.digest for m in results}) == 1
+    model = results[0]
+    assert (model.kind, model.base_model) == (ModelKind.BASE, "tiny-chat")
+
+    directory = artifacts.path(model.artifact.digest)
+    for name in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json"):
+        assert (directory / name).is_file(), name
+    assert "im_start" in (directory / "chat_template.jinja").read_text()
+    assert "quantization_config" not in json.loads((directory / "config.json").read_text())
+
+    # A new registry over the same store (a restart) does not import again.
+    again, exporter_again = _registry(store, artifacts, [model_root], tmp_path)
+    assert again.get("tiny-chat") == model
+    assert exporter_again.calls == []
+    assert [m.id for m in again.list(10, 0)] == ["tiny-chat"]
+
+
+def test_files_lost_from_the_store_are_imported_again(
+    store: TrainerStore, artifacts: ArtifactStore, model_root: Path, tmp_path: Path
+) -> None:
+    registry, exporter = _registry(store, artifacts, [model_root], tmp_path)
+    first = registry.get("tiny-chat")
+    shutil.rmtree(artifacts.path(first.artifact.digest))
+    assert registry.get("tiny-chat").artifact == first.artifact
+    assert exporter.calls == ["tiny-chat", "tiny-chat"]
+
+
+def test_only_directories_with_a_config_are_base_models(
+    store: TrainerStore, artifacts: ArtifactStore, model_root: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "more"
+    (other / "notes").mkdir(parents=True)
+    (other / "ft:bad").mkdir()
+    (other / "ft:bad" / "config.json").write_text("{}")
+    registry, _ = _registry(store, artifacts, [model_root, other, tmp_path / "absent"], tmp_path)
+    assert registry.base_names() == ["tiny-chat"]
+    with pytest.raises(NotFoundError):
+        registry.get("notes")
+    with pytest.raises(NotFoundError):
+        registry.get("../tiny-chat")
+
+
+def _job(job_id: str, suffix: str) -> Job:
+    return Job(
+        id=job_id,
+        base_model="tiny-chat",
+        dataset_version_id="dsv_1",
+        method=TrainingMethod.SFT_FULL,
+        hyperparameters=resolve_full(Hyperparameters(), 4),
+        seed=0,
+        suffix=suffix,
+        state=JobState.RUNNING,
+        steps_done=0,
+        steps_total=1,
+        error="",
+        model_version="",
+        create_time=time.time(),
+        update_time=time.time(),
+        device="cpu",
+        train_split=Artifact("sha256:" + "0" * 64, 1),
+        validation_split=Artifact("sha256:" + "0" * 64, 1),
+    )
+
+
+def test_versions_count_per_base_and_suffix(store: TrainerStore) -> None:
+    names = []
+    for index, suffix in enumerate(["acme", "acme", "", "other", ""]):
+        job = store.add_job(_job(f"job_{index}", suffix), "", [])
+        model, finished = store.register_version(
+            job, "tiny-chat", Artifact("sha256:" + "1" * 64, 10), {"train_loss": 1.0}, "{model}"
+        )
+        assert finished.state is JobState.SUCCEEDED and finished.model_version == model.id
+        names.append(model.id)
+    assert names == [
+        "ft:tiny-chat:acme:1",
+        "ft:tiny-chat:acme:2",
+        "ft:tiny-chat::1",
+        "ft:tiny-chat:other:1",
+        "ft:tiny-chat::2",
+    ]
+    assert [m.id for m in store.list_models(2, 0)] == ["ft:tiny-chat::2", "ft:tiny-chat:other:1"]
+
+
+def test_model_dirs_come_from_the_environment_as_json(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("OWNCHAT_HOME", str(tmp_path))
+    monkeypatch.setenv("OWNCHAT_TRAINER_MODEL_DIRS", json.dumps(["/srv/models", "/opt/m"]))
+    settings = TrainerSettings()
+    assert settings.model_dirs == [Path("/srv/models"), Path("/opt/m")]
+    assert settings.port == 50052
+    assert settings.embedded_base_model is True
