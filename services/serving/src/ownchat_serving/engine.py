@@ -1,0 +1,249 @@
+"""One model loaded in vLLM's async engine, in this process.
+
+vLLM's engine core runs in its own process (and a worker process beside it on
+CPU); this wrapper owns the client side: it renders conversations with the
+model's chat template, streams one step's new text at a time (DELTA output),
+aborts a request the moment its caller goes away, and shuts the engine's
+processes down. vLLM is imported on first load, so a service with nothing
+deployed starts without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import gc
+import os
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ownchat.chat_template import render
+from ownchat_serving.generation import ChatTurn, ResolvedSampling
+
+if TYPE_CHECKING:
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+# Nothing is fetched or reported over the network: no usage statistics, no hub.
+_OFFLINE_ENVIRONMENT = {
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+}
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How to start an engine (from the service's settings)."""
+
+    max_model_len: int = 2048
+    kv_cache_bytes: int = 1024**3
+    enforce_eager: bool = True
+    dtype: str = "auto"
+    max_num_seqs: int | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EngineStep:
+    """What one engine step produced for one request."""
+
+    text: str
+    new_tokens: int
+    prompt_tokens: int
+    # vLLM's reason on the request's last step: "stop", "length" or "abort".
+    finish_reason: str | None
+
+
+class EngineLoadError(Exception):
+    """The model could not be loaded or warmed up."""
+
+
+class EngineUnavailableError(Exception):
+    """The engine stopped (shut down or crashed) while a request was running."""
+
+
+class EngineRequestError(Exception):
+    """The engine refused a request as malformed."""
+
+
+def _configure_environment() -> None:
+    for key, value in _OFFLINE_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
+
+
+def _start_engine(model_dir: Path, options: EngineOptions) -> AsyncLLM:
+    """Builds the engine; blocks for the whole start, so it runs in a thread."""
+    _configure_environment()
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    args = AsyncEngineArgs(
+        model=str(model_dir),
+        tokenizer=str(model_dir),
+        trust_remote_code=False,
+        load_format="safetensors",
+        dtype=options.dtype,  # type: ignore[arg-type]
+        kv_cache_memory_bytes=options.kv_cache_bytes,
+        enforce_eager=options.enforce_eager,
+        max_num_seqs=options.max_num_seqs,
+        seed=options.seed,
+        disable_log_stats=True,
+    )
+    config = args.create_engine_config()
+    # The configured length is a ceiling; a model with a shorter context keeps its own.
+    if options.max_model_len < config.model_config.max_model_len:
+        args = dataclasses.replace(args, max_model_len=options.max_model_len)
+        config = args.create_engine_config()
+    return AsyncLLM.from_vllm_config(config, disable_log_stats=True)
+
+
+def _load_tokenizer(model_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_dir, local_files_only=True, trust_remote_code=False
+    )
+    if not getattr(tokenizer, "chat_template", None):
+        raise EngineLoadError("the model's tokenizer has no chat template")
+    return tokenizer
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}".strip().rstrip(":")
+
+
+class VllmEngine:
+    """A loaded model taking requests."""
+
+    def __init__(self, llm: AsyncLLM, tokenizer: Any, model_dir: Path) -> None:
+        self._llm = llm
+        self._tokenizer = tokenizer
+        self.model_dir = model_dir
+        self.max_model_len: int = llm.model_config.max_model_len
+        self._closed = False
+        self._running: set[str] = set()
+
+    @classmethod
+    async def load(cls, model_dir: Path, options: EngineOptions) -> VllmEngine:
+        """Starts an engine on a model directory (safetensors only, no remote code)."""
+        try:
+            tokenizer = await asyncio.to_thread(_load_tokenizer, model_dir)
+            # Handed over through a box, not as the thread's result: the
+            # executor's futures keep their result alive, and the engine must
+            # be freed once shut down.
+            box: list[AsyncLLM] = []
+            await asyncio.to_thread(lambda: box.append(_start_engine(model_dir, options)))
+            llm = box.pop()
+        except EngineLoadError:
+            raise
+        except Exception as error:  # noqa: BLE001 - vLLM raises many kinds while loading
+            raise EngineLoadError(_first_line(error)) from error
+        return cls(llm, tokenizer, model_dir)
+
+    def render(self, turns: Sequence[ChatTurn]) -> list[int]:
+        """The prompt's token ids: the conversation through the chat template."""
+        text = render(
+            self._tokenizer, [{"role": t.role, "content": t.content} for t in turns], prompt=True
+        )
+        # The template writes its own special tokens.
+        ids = self._tokenizer(text, add_special_tokens=False)["input_ids"]
+        return list(ids)
+
+    def _params(self, sampling: ResolvedSampling, final_only: bool) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        return SamplingParams(
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens,
+            stop=list(sampling.stop) or None,
+            seed=sampling.seed,
+            output_kind=RequestOutputKind.FINAL_ONLY if final_only else RequestOutputKind.DELTA,
+        )
+
+    async def _run(
+        self, prompt_ids: list[int], params: Any, request_id: str
+    ) -> AsyncIterator[EngineStep]:
+        from vllm.exceptions import VLLMClientError
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        if self._closed:
+            raise EngineUnavailableError("the engine has been shut down")
+        finished = False
+        self._running.add(request_id)
+        try:
+            async for output in self._llm.generate(
+                {"prompt_token_ids": prompt_ids}, params, request_id=request_id
+            ):
+                completion = output.outputs[0]
+                finished = output.finished
+                yield EngineStep(
+                    text=completion.text,
+                    new_tokens=len(completion.token_ids),
+                    prompt_tokens=len(output.prompt_token_ids or prompt_ids),
+                    finish_reason=completion.finish_reason if finished else None,
+                )
+        except (VLLMClientError, ValueError) as error:
+            finished = True
+            raise EngineRequestError(str(error)) from error
+        except EngineDeadError as error:
+            finished = True
+            raise EngineUnavailableError("the engine stopped") from error
+        finally:
+            self._running.discard(request_id)
+            # Cancelled, timed out or abandoned: free the request's KV cache now.
+            if not finished and not self._closed:
+                try:
+                    await self._llm.abort(request_id)
+                except Exception:  # noqa: BLE001 - the engine may be going away
+                    pass
+
+    def stream(
+        self, prompt_ids: list[int], sampling: ResolvedSampling, request_id: str
+    ) -> AsyncIterator[EngineStep]:
+        """Generates a reply, one step's new text at a time."""
+        return self._run(prompt_ids, self._params(sampling, final_only=False), request_id)
+
+    async def complete(
+        self, prompt_ids: list[int], sampling: ResolvedSampling, request_id: str
+    ) -> EngineStep:
+        """Generates a whole reply and returns it at once (warm-up, reference runs)."""
+        last: EngineStep | None = None
+        async for step in self._run(
+            prompt_ids, self._params(sampling, final_only=True), request_id
+        ):
+            last = step
+        if last is None:
+            raise EngineUnavailableError("the engine returned nothing")
+        return last
+
+    def unfinished_requests(self) -> int:
+        """Requests the engine still holds."""
+        if self._closed:
+            return 0
+        return int(self._llm.get_num_unfinished_requests())
+
+    async def shutdown(self) -> None:
+        """Stops the engine's processes; waiting for them runs off the event loop."""
+        if self._closed:
+            return
+        self._closed = True
+        # Replies still running end now, as aborted, rather than wait forever
+        # for outputs that will not come.
+        if self._running:
+            await self._llm.abort(list(self._running))
+        # Stop reading outputs: otherwise the reader sees the engine's
+        # processes exit and logs it as a crash.
+        reader = getattr(self._llm, "output_handler", None)
+        if reader is not None:
+            reader.cancel()
+        await asyncio.to_thread(self._llm.shutdown)
+        # vLLM's finalizer would shut down again at interpreter exit, when the
+        # modules it needs are gone: let it run now, while they are there.
+        del self._llm
+        gc.collect()

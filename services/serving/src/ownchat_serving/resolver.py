@@ -1,0 +1,35 @@
+"""How a model id becomes files: the resolver the core is given.
+
+In the service the trainer's model registry answers (``trainer_resolver``);
+tests hand the core a plain function over a local artifact store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import Enum
+
+
+class ModelKind(Enum):
+    """What a registered model is; only full models can be served for now."""
+
+    BASE = "base"
+    FULL = "full"
+    LORA_ADAPTER = "lora_adapter"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model version's files in the artifact store and whether it may be deployed."""
+
+    model_id: str
+    artifact_digest: str
+    kind: ModelKind = ModelKind.FULL
+    blocked_reason: str = ""
+
+
+# Raises NotFoundError for an unknown id, UnavailableError when the registry
+# cannot be reached.
+ModelResolver = Callable[[str], Awaitable[ResolvedModel]]

@@ -1,0 +1,29 @@
+"""The serving settings: defaults, environment, and the engine's part."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ownchat.config import DEFAULT_METRICS_PORTS, DEFAULT_PORTS
+from ownchat_serving.config import ServingSettings
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("OWNCHAT_HOME", str(tmp_path))
+    settings = ServingSettings()
+    assert settings.port == DEFAULT_PORTS["serving"] == 50054
+    assert settings.metrics_port == DEFAULT_METRICS_PORTS["serving"]
+    options = settings.engine_options()
+    assert options.max_model_len == 2048 and options.enforce_eager
+    assert settings.state_dir("serving") == tmp_path / "serving"
+
+
+def test_environment_and_toml(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text("[serving]\nkv_cache_bytes = 12345\n")
+    monkeypatch.setenv("OWNCHAT_HOME", str(tmp_path))
+    monkeypatch.setenv("OWNCHAT_SERVING_MAX_MODEL_LEN", "1024")
+    options = ServingSettings().engine_options()
+    assert options.max_model_len == 1024
+    assert options.kv_cache_bytes == 12345

@@ -1,0 +1,61 @@
+"""Translation between the protobuf messages and the core's plain types."""
+
+from __future__ import annotations
+
+import pytest
+
+from ownchat.common.v1 import common_pb2
+from ownchat.errors import InvalidArgumentError
+from ownchat.serving.v1 import serving_pb2
+from ownchat_serving.servicer import deploy_spec, deployment_to_proto, generate_input
+from ownchat_serving.store import Deployment, DeploymentState, EngineKind
+
+
+def test_unset_sampling_fields_stay_unset() -> None:
+    request = serving_pb2.GenerateRequest(
+        messages=[
+            common_pb2.ChatMessage(role=common_pb2.ROLE_SYSTEM, content="Be brief."),
+            common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content="Hi"),
+        ],
+        sampling=serving_pb2.SamplingParams(temperature=0.0, stop=["\n"]),
+        model_id="m",
+        request_id="r1",
+    )
+    plain = generate_input(request)
+    assert [(t.role, t.content) for t in plain.messages] == [
+        ("system", "Be brief."),
+        ("user", "Hi"),
+    ]
+    # An explicit 0 is greedy, not "unset".
+    assert plain.sampling.temperature == 0.0
+    assert plain.sampling.top_p is None and plain.sampling.max_tokens is None
+    assert plain.sampling.seed is None and plain.sampling.stop == ("\n",)
+    assert (plain.model_id, plain.request_id) == ("m", "r1")
+
+
+def test_an_unspecified_role_reaches_validation() -> None:
+    request = serving_pb2.GenerateRequest(messages=[common_pb2.ChatMessage(content="x")])
+    assert generate_input(request).messages[0].role not in ("system", "user", "assistant")
+
+
+def test_deploy_engines() -> None:
+    assert deploy_spec(serving_pb2.DeployRequest(model_id="m")).engine is None
+    vllm = serving_pb2.DeployRequest(model_id="m", engine=serving_pb2.ENGINE_VLLM)
+    assert deploy_spec(vllm).engine is EngineKind.VLLM
+    with pytest.raises(InvalidArgumentError):
+        deploy_spec(serving_pb2.DeployRequest(model_id="m", engine=42))  # type: ignore[arg-type]
+
+
+def test_only_the_live_deployment_takes_traffic() -> None:
+    base = Deployment("dep_1", "m", EngineKind.VLLM, DeploymentState.LIVE, "alice", 1.5)
+    live = deployment_to_proto(base)
+    assert live.traffic_percent == 100
+    assert live.state == serving_pb2.DEPLOYMENT_STATE_LIVE
+    assert live.engine == serving_pb2.ENGINE_VLLM
+    assert live.create_time.seconds == 1 and live.create_time.nanos == 500_000_000
+    failed = Deployment(
+        "dep_2", "m", EngineKind.VLLM, DeploymentState.FAILED, "bob", 2.0, error="boom"
+    )
+    proto = deployment_to_proto(failed)
+    assert proto.traffic_percent == 0 and proto.error == "boom"
+    assert proto.state == serving_pb2.DEPLOYMENT_STATE_FAILED
