@@ -79,18 +79,18 @@ def follow_job(ownchat: OwnchatClient, job_id: str) -> trainer_pb2.TrainingJob:
     with Progress(
         TextColumn("[bold]training"),
         BarColumn(),
-        TextColumn("step {task.completed:.0f}/{task.total:.0f}"),
+        TextColumn("{task.fields[step]}"),
         TextColumn("{task.fields[loss]}"),
         TextColumn("{task.fields[speed]}"),
         TimeRemainingColumn(),
         console=console,
     ) as progress:
-        task = progress.add_task("train", total=None, loss="", speed="")
+        task = progress.add_task("train", total=None, step="", loss="", speed="")
         request = trainer_pb2.StreamTrainingJobEventsRequest(job_id=job_id)
         for response in ownchat.trainer.StreamTrainingJobEvents(request):
             event = response.event
             if event.kind == trainer_pb2.EVENT_KIND_METRICS:
-                fields: dict[str, Any] = {}
+                fields: dict[str, Any] = {"step": f"step {event.step}/{event.total_steps}"}
                 if event.HasField("loss"):
                     fields["loss"] = f"loss {event.loss:.3f}"
                 if event.HasField("tokens_per_second"):
