@@ -10,17 +10,13 @@ from ownchat.common.v1 import common_pb2
 from ownchat.data.v1 import data_pb2, data_pb2_grpc
 from ownchat.errors import FieldViolation, InvalidArgumentError
 from ownchat.paging import next_page_token, page_window
+from ownchat.roles import ROLE_BY_NAME
 from ownchat.timestamps import to_timestamp
 from ownchat_data.chat_jsonl import ChatSample
 from ownchat_data.core import DataCore, SourceFormat, UploadSpec
 from ownchat_data.store import Dataset, DatasetVersion
 
 _FORMATS = {data_pb2.SOURCE_FORMAT_OPENAI_CHAT_JSONL: SourceFormat.OPENAI_CHAT_JSONL}
-_ROLES = {
-    "system": common_pb2.ROLE_SYSTEM,
-    "user": common_pb2.ROLE_USER,
-    "assistant": common_pb2.ROLE_ASSISTANT,
-}
 MAX_PREVIEW = 1000
 
 
@@ -64,7 +60,8 @@ def _dataset_to_proto(dataset: Dataset) -> data_pb2.Dataset:
 def _sample_to_proto(sample: ChatSample, source_digest: str) -> data_pb2.ChatSample:
     return data_pb2.ChatSample(
         messages=[
-            common_pb2.ChatMessage(role=_ROLES[m.role], content=m.content) for m in sample.messages
+            common_pb2.ChatMessage(role=ROLE_BY_NAME[m.role], content=m.content)
+            for m in sample.messages
         ],
         weight=sample.weight,
         lineage=data_pb2.SampleLineage(source_digest=source_digest, record=sample.record),

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ownchat.common.v1 import common_pb2
+from ownchat.roles import ROLE_BY_NAME
 from ownchat.serving.v1 import serving_pb2
 from ownchat_gateway.protocol import (
     AssistantMessage,
@@ -33,12 +34,8 @@ from ownchat_gateway.protocol import (
 # Names that mean "whatever is live" rather than a model version id.
 DEFAULT_MODEL_NAMES = frozenset({"", "default"})
 
-_ROLES = {
-    "system": common_pb2.ROLE_SYSTEM,
-    "developer": common_pb2.ROLE_SYSTEM,
-    "user": common_pb2.ROLE_USER,
-    "assistant": common_pb2.ROLE_ASSISTANT,
-}
+# OpenAI's "developer" role is its newer name for "system".
+_ROLES = {**ROLE_BY_NAME, "developer": common_pb2.ROLE_SYSTEM}
 
 _FINISH_REASONS: dict[int, FinishReason] = {
     serving_pb2.FINISH_REASON_STOP: "stop",

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ownchat.common.v1 import common_pb2
 from ownchat.errors import FieldViolation, InvalidArgumentError
 from ownchat.paging import next_page_token, page_window
+from ownchat.roles import NAME_BY_ROLE
 from ownchat.serving.v1 import serving_pb2, serving_pb2_grpc
 from ownchat.timestamps import to_timestamp
 from ownchat_serving.core import DeploySpec, ServingCore
@@ -30,11 +30,6 @@ _STATES = {
     DeploymentState.LIVE: serving_pb2.DEPLOYMENT_STATE_LIVE,
     DeploymentState.RETIRED: serving_pb2.DEPLOYMENT_STATE_RETIRED,
     DeploymentState.FAILED: serving_pb2.DEPLOYMENT_STATE_FAILED,
-}
-_ROLES = {
-    common_pb2.ROLE_SYSTEM: "system",
-    common_pb2.ROLE_USER: "user",
-    common_pb2.ROLE_ASSISTANT: "assistant",
 }
 _FINISH = {
     FinishReason.STOP: serving_pb2.FINISH_REASON_STOP,
@@ -76,7 +71,7 @@ def generate_input(request: serving_pb2.GenerateRequest) -> GenerateInput:
     sampling = request.sampling
     return GenerateInput(
         messages=[
-            ChatTurn(role=_ROLES.get(m.role, "unspecified"), content=m.content)
+            ChatTurn(role=NAME_BY_ROLE.get(m.role, "unspecified"), content=m.content)
             for m in request.messages
         ],
         sampling=Sampling(

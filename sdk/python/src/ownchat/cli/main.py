@@ -47,12 +47,6 @@ app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
 app.add_typer(models_app, name="models")
 
-ROLES = {
-    "system": common_pb2.ROLE_SYSTEM,
-    "user": common_pb2.ROLE_USER,
-    "assistant": common_pb2.ROLE_ASSISTANT,
-}
-
 
 def _where(name: str, settings: ClientSettings) -> str:
     return settings.gateway_url if name == "gateway" else settings.address(name)
@@ -366,8 +360,10 @@ def chat(
     temperature: Annotated[float, typer.Option()] = 0.0,
 ) -> None:
     """Ask the deployed model one question; the answer streams in."""
-    messages = [common_pb2.ChatMessage(role=ROLES["system"], content=system)] if system else []
-    messages.append(common_pb2.ChatMessage(role=ROLES["user"], content=message))
+    messages = (
+        [common_pb2.ChatMessage(role=common_pb2.ROLE_SYSTEM, content=system)] if system else []
+    )
+    messages.append(common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content=message))
     request = serving_pb2.GenerateRequest(
         model_id=model,
         messages=messages,
