@@ -37,3 +37,26 @@ def children_of(pid: int) -> set[int]:
         if int(fields[1]) == pid:
             found.add(int(entry.name))
     return found
+
+
+def processes_with_env(key: str, value: str) -> list[int]:
+    """Live processes whose environment holds ``key=value``.
+
+    Every descendant inherits the environment, also one that left its parent's
+    session, so this finds what a session-based search would miss.
+    """
+    wanted = f"{key}={value}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            state = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if state[state.rindex(")") + 2] == "Z":
+            continue
+        if wanted in environ.split(b"\0"):
+            found.append(int(entry.name))
+    return found

@@ -24,7 +24,7 @@ from pathlib import Path
 import grpc
 import openai
 import pytest
-from process_tree import children_of, sessions_alive
+from process_tree import children_of, processes_with_env, sessions_alive
 from test_up import wait_for_line
 
 from ownchat.cli.supervisor import grpc_health, http_ready
@@ -173,3 +173,4 @@ def test_the_whole_path_through_every_service(ownchat_env: dict[str, str], tmp_p
                 up.kill()
     assert up.returncode == 0
     assert sessions_alive(sessions) == []
+    assert processes_with_env("OWNCHAT_HOME", env["OWNCHAT_HOME"]) == []

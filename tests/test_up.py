@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from process_tree import children_of, sessions_alive
+from process_tree import children_of, processes_with_env, sessions_alive
 
 from ownchat.cli.supervisor import grpc_health
 
@@ -51,6 +51,7 @@ def test_up_then_ctrl_c_stops_every_process(ownchat_env: dict[str, str], tmp_pat
         assert "all services stopped" in remaining
         assert process.returncode == 0
         assert sessions_alive(sessions) == []
+        assert processes_with_env("OWNCHAT_HOME", ownchat_env["OWNCHAT_HOME"]) == []
         assert grpc_health(ownchat_env["OWNCHAT_DATA_ADDRESS"]) == "UNREACHABLE"
     finally:
         if process.poll() is None:
