@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-ROLES = ("system", "user", "assistant")
+from ownchat_data.records import ROLES, RecordError, RecordTooLarge
 
 
 @dataclass(frozen=True)
@@ -53,23 +53,6 @@ class ChatSample:
         )
 
 
-@dataclass(frozen=True)
-class RecordError:
-    """Why one record of a source file was refused."""
-
-    record: int
-    reason: str
-
-
-class RecordTooLarge(Exception):
-    """A single line is longer than allowed; parsing cannot go on safely."""
-
-    def __init__(self, record: int, limit: int) -> None:
-        super().__init__(f"line {record} is longer than {limit} bytes")
-        self.record = record
-        self.limit = limit
-
-
 def split_lines(chunks: Iterable[bytes], max_line_bytes: int) -> Iterator[tuple[int, bytes]]:
     """Yields (line number, line bytes) from a stream of chunks, in constant memory."""
     pending = bytearray()
@@ -90,8 +73,29 @@ def split_lines(chunks: Iterable[bytes], max_line_bytes: int) -> Iterator[tuple[
         yield number + 1, bytes(pending)
 
 
-def parse_record(number: int, raw: bytes) -> ChatSample | RecordError | None:
-    """Parses one line; None for a blank line."""
+def parse_messages(
+    number: int, messages: object, field: str = "messages"
+) -> list[ChatMessage] | RecordError:
+    """Validates a list of {"role", "content"} objects."""
+    if not isinstance(messages, list) or not messages:
+        return RecordError(number, f"'{field}' must be a non-empty list")
+    parsed: list[ChatMessage] = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            return RecordError(number, f"{field}[{index}] must be an object")
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLES:
+            return RecordError(
+                number, f"{field}[{index}].role must be one of {', '.join(ROLES)}, got {role!r}"
+            )
+        if not isinstance(content, str) or not content.strip():
+            return RecordError(number, f"{field}[{index}].content must be a non-empty string")
+        parsed.append(ChatMessage(role, content))
+    return parsed
+
+
+def decode_json_line(number: int, raw: bytes) -> object | RecordError | None:
+    """A line's JSON value; None for a blank line."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -99,31 +103,36 @@ def parse_record(number: int, raw: bytes) -> ChatSample | RecordError | None:
     if not text.strip():
         return None
     try:
-        value = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as error:
         return RecordError(number, f"not valid JSON: {error.msg} at column {error.colno}")
     except RecursionError:
         return RecordError(number, "JSON nested too deeply")
+
+
+def parse_record(number: int, raw: bytes) -> ChatSample | RecordError | None:
+    """Parses one line; None for a blank line."""
+    value = decode_json_line(number, raw)
+    if value is None or isinstance(value, RecordError):
+        return value
     if not isinstance(value, dict):
         return RecordError(number, "expected a JSON object with a 'messages' list")
-    messages = value.get("messages")
-    if not isinstance(messages, list) or not messages:
-        return RecordError(number, "'messages' must be a non-empty list")
-    parsed: list[ChatMessage] = []
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict):
-            return RecordError(number, f"messages[{index}] must be an object")
-        role, content = message.get("role"), message.get("content")
-        if role not in ROLES:
-            return RecordError(
-                number, f"messages[{index}].role must be one of {', '.join(ROLES)}, got {role!r}"
-            )
-        if not isinstance(content, str) or not content.strip():
-            return RecordError(number, f"messages[{index}].content must be a non-empty string")
-        parsed.append(ChatMessage(role, content))
+    parsed = parse_messages(number, value.get("messages"))
+    if isinstance(parsed, RecordError):
+        return parsed
     if not any(m.role == "assistant" for m in parsed):
         return RecordError(number, "the conversation has no assistant message to learn from")
     weight = value.get("weight", 1.0)
     if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight <= 100:
         return RecordError(number, "'weight' must be a number between 0 and 100")
     return ChatSample(tuple(parsed), float(weight), number)
+
+
+def parse_chat_jsonl(
+    chunks: Iterable[bytes], max_line_bytes: int
+) -> Iterator[ChatSample | RecordError]:
+    """Every conversation or refused line of an OpenAI chat JSONL stream."""
+    for number, raw in split_lines(chunks, max_line_bytes):
+        parsed = parse_record(number, raw)
+        if parsed is not None:
+            yield parsed

@@ -14,25 +14,41 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 
-from ownchat.artifacts import Artifact, ArtifactStore
+from ownchat.artifacts import Artifact, ArtifactStore, HashingWriter
 from ownchat.errors import FieldViolation, InvalidArgumentError, ResourceExhaustedError
-from ownchat_data.chat_jsonl import (
-    ChatSample,
-    RecordError,
-    RecordTooLarge,
-    parse_record,
-    split_lines,
-)
-from ownchat_data.store import Dataset, DatasetVersion, DataStore
+from ownchat_data.chat_jsonl import ChatSample, parse_chat_jsonl
+from ownchat_data.csv_transcript import CsvColumns, parse_csv_transcript
+from ownchat_data.preference_jsonl import PreferenceSample, parse_preference_jsonl
+from ownchat_data.records import MalformedSource, RecordError, RecordTooLarge, Sample
+from ownchat_data.sharegpt import parse_sharegpt
+from ownchat_data.store import Dataset, DatasetVersion, DataStore, RecordIssue
 
 DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 MAX_REPORTED_ERRORS = 50
 
 
 class SourceFormat(Enum):
-    """Formats an upload can be in (more arrive with the full data service)."""
+    """Formats an upload can be in."""
 
     OPENAI_CHAT_JSONL = "openai_chat_jsonl"
+    SHAREGPT_JSON = "sharegpt_json"
+    CSV_TRANSCRIPT = "csv_transcript"
+    PREFERENCE_JSONL = "preference_jsonl"
+
+
+class BadRecordPolicy(Enum):
+    """What to do with records that fail validation."""
+
+    REJECT_ALL = "reject_all"
+    SKIP_AND_REPORT = "skip_and_report"
+
+
+KIND_BY_FORMAT = {
+    SourceFormat.OPENAI_CHAT_JSONL: "chat",
+    SourceFormat.SHAREGPT_JSON: "chat",
+    SourceFormat.CSV_TRANSCRIPT: "chat",
+    SourceFormat.PREFERENCE_JSONL: "preference",
+}
 
 
 @dataclass(frozen=True)
@@ -44,6 +60,8 @@ class UploadSpec:
     format: SourceFormat | None
     validation_fraction: float = 0.1
     split_seed: int = 0
+    bad_record_policy: BadRecordPolicy = BadRecordPolicy.REJECT_ALL
+    csv_columns: CsvColumns = CsvColumns()
 
 
 def validate_spec(spec: UploadSpec) -> None:
@@ -56,10 +74,9 @@ def validate_spec(spec: UploadSpec) -> None:
                 "must be 1-64 characters of lowercase letters, digits, '-' and '_'",
             )
         )
-    if spec.format is not SourceFormat.OPENAI_CHAT_JSONL:
-        violations.append(
-            FieldViolation("header.format", "only SOURCE_FORMAT_OPENAI_CHAT_JSONL is supported")
-        )
+    if spec.format is None:
+        supported = ", ".join(f"SOURCE_FORMAT_{f.name}" for f in SourceFormat)
+        violations.append(FieldViolation("header.format", f"must be one of {supported}"))
     if not 0 <= spec.validation_fraction <= 0.5:
         violations.append(FieldViolation("header.validation_fraction", "must be within [0, 0.5]"))
     if len(spec.file_name) > 255:
@@ -72,6 +89,34 @@ def split_score(sample_line: str, seed: int) -> float:
     """A sample's place in [0, 1): below the validation fraction means validation."""
     digest = hashlib.sha256(f"{seed}:{sample_line}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _records(
+    spec: UploadSpec, chunks: Iterable[bytes], max_record_bytes: int
+) -> Iterator[Sample | RecordError]:
+    if spec.format is SourceFormat.SHAREGPT_JSON:
+        return parse_sharegpt(chunks, max_record_bytes)
+    if spec.format is SourceFormat.CSV_TRANSCRIPT:
+        return parse_csv_transcript(chunks, max_record_bytes, spec.csv_columns)
+    if spec.format is SourceFormat.PREFERENCE_JSONL:
+        return parse_preference_jsonl(chunks, max_record_bytes)
+    return parse_chat_jsonl(chunks, max_record_bytes)
+
+
+def _position(spec: UploadSpec, record: int) -> str:
+    if spec.format is SourceFormat.SHAREGPT_JSON:
+        return f"item {record}"
+    if spec.format is SourceFormat.CSV_TRANSCRIPT:
+        return f"row {record}"
+    return f"line {record}"
+
+
+def _messages(sample: Sample) -> int:
+    if isinstance(sample, ChatSample):
+        return len(sample.messages)
+    if isinstance(sample, PreferenceSample):
+        return len(sample.prompt) + 1
+    return 0
 
 
 class DataCore:
@@ -89,7 +134,7 @@ class DataCore:
         self._max_upload_bytes = max_upload_bytes
         self._max_record_bytes = max_record_bytes
 
-    def _limited(self, chunks: Iterable[bytes], source_writer: object) -> Iterator[bytes]:
+    def _limited(self, chunks: Iterable[bytes], source_writer: HashingWriter) -> Iterator[bytes]:
         total = 0
         for chunk in chunks:
             total += len(chunk)
@@ -97,14 +142,16 @@ class DataCore:
                 raise ResourceExhaustedError(
                     f"upload is larger than the limit of {self._max_upload_bytes} bytes"
                 )
-            source_writer.write(chunk)  # type: ignore[attr-defined]
+            source_writer.write(chunk)
             yield chunk
 
     def upload(self, spec: UploadSpec, chunks: Iterable[bytes]) -> DatasetVersion:
         """Parses, validates, splits and stores one source file as a version."""
         validate_spec(spec)
+        name = spec.file_name or "upload"
         errors: list[RecordError] = []
         error_count = 0
+        skip = spec.bad_record_policy is BadRecordPolicy.SKIP_AND_REPORT
         counts = {"samples": 0, "train": 0, "validation": 0, "messages": 0}
         # Every writer commits only if its block ends without an exception.
         with (
@@ -113,38 +160,38 @@ class DataCore:
             self._artifacts.writer() as validation,
         ):
             try:
-                for number, raw in split_lines(
-                    self._limited(chunks, source), self._max_record_bytes
-                ):
-                    parsed = parse_record(number, raw)
-                    if parsed is None:
-                        continue
+                for parsed in _records(spec, self._limited(chunks, source), self._max_record_bytes):
                     if isinstance(parsed, RecordError):
                         error_count += 1
                         if len(errors) < MAX_REPORTED_ERRORS:
                             errors.append(parsed)
                         continue
-                    if error_count:
+                    if error_count and not skip:
                         continue
                     self._place(parsed, spec, train, validation, counts)
             except RecordTooLarge as error:
+                where = _position(spec, error.record) if error.record else "a record"
+                reason = f"{where} is longer than {error.limit} bytes"
                 raise InvalidArgumentError(
-                    f"{spec.file_name or 'upload'}: {error}",
-                    [FieldViolation(f"line {error.record}", str(error))],
+                    f"{name}: {reason}", [FieldViolation(where, reason)]
                 ) from None
-            if error_count:
+            except MalformedSource as error:
+                where = _position(spec, error.record) if error.record else "content"
+                raise InvalidArgumentError(
+                    f"{name}: {error.reason}", [FieldViolation(where, error.reason)]
+                ) from None
+            if error_count and not (skip and counts["samples"]):
                 more = error_count - len(errors)
-                message = f"{error_count} malformed record(s) in {spec.file_name or 'upload'}"
+                message = f"{error_count} malformed record(s) in {name}"
                 if more:
                     message += f" (first {len(errors)} listed)"
                 raise InvalidArgumentError(
                     message,
-                    [FieldViolation(f"line {e.record}", e.reason) for e in errors],
+                    [FieldViolation(_position(spec, e.record), e.reason) for e in errors],
                 )
             if counts["samples"] == 0:
                 raise InvalidArgumentError(
-                    "the upload holds no conversation",
-                    [FieldViolation("content", "no non-blank line")],
+                    "the upload holds no sample", [FieldViolation("content", "no record")]
                 )
         train_split = Artifact(f"sha256:{train.hexdigest}", train.size_bytes)
         validation_split = Artifact(f"sha256:{validation.hexdigest}", validation.size_bytes)
@@ -160,35 +207,36 @@ class DataCore:
             id=f"dsv_{version_hash.hexdigest()[:20]}",
             dataset_name=spec.dataset_name,
             content_digest=f"sha256:{content_digest}",
-            kind="chat",
+            kind=KIND_BY_FORMAT[spec.format] if spec.format else "chat",
             samples=counts["samples"],
             train_samples=counts["train"],
             validation_samples=counts["validation"],
             messages=counts["messages"],
-            skipped_records=0,
+            skipped_records=error_count,
             train_split=train_split,
             validation_split=validation_split,
             source=Artifact(f"sha256:{source.hexdigest}", source.size_bytes),
             source_file_name=spec.file_name,
             create_time=time.time(),
+            skipped=tuple(RecordIssue(e.record, e.reason) for e in errors),
         )
         return self._store.add_version(version)
 
     @staticmethod
     def _place(
-        sample: ChatSample,
+        sample: Sample,
         spec: UploadSpec,
-        train: object,
-        validation: object,
+        train: HashingWriter,
+        validation: HashingWriter,
         counts: dict[str, int],
     ) -> None:
         line = sample.to_json()
         held_out = split_score(line, spec.split_seed) < spec.validation_fraction
         target = validation if held_out else train
-        target.write(line.encode() + b"\n")  # type: ignore[attr-defined]
+        target.write(line.encode() + b"\n")
         counts["validation" if held_out else "train"] += 1
         counts["samples"] += 1
-        counts["messages"] += len(sample.messages)
+        counts["messages"] += _messages(sample)
 
     def _hold_out_one(self, train_split: Artifact, seed: int) -> tuple[Artifact, Artifact]:
         """Moves the lowest-scoring sample to validation so a small set still has one."""
@@ -208,14 +256,19 @@ class DataCore:
     def list_datasets(self, limit: int, offset: int) -> list[Dataset]:
         return self._store.list_datasets(limit, offset)
 
-    def preview(self, version_id: str, validation: bool, limit: int) -> list[ChatSample]:
+    def preview(
+        self, version_id: str, validation: bool, limit: int
+    ) -> list[ChatSample | PreferenceSample]:
         """The first samples of one split."""
         version = self._store.get_version(version_id)
         split = version.validation_split if validation else version.train_split
-        samples: list[ChatSample] = []
+        preference = version.kind == "preference"
+        samples: list[ChatSample | PreferenceSample] = []
         with self._artifacts.path(split.digest).open(encoding="utf-8") as handle:
             for line in handle:
                 if len(samples) >= limit:
                     break
-                samples.append(ChatSample.from_json(line))
+                samples.append(
+                    PreferenceSample.from_json(line) if preference else ChatSample.from_json(line)
+                )
         return samples

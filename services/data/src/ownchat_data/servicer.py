@@ -13,10 +13,27 @@ from ownchat.paging import next_page_token, page_window
 from ownchat.roles import ROLE_BY_NAME
 from ownchat.timestamps import to_timestamp
 from ownchat_data.chat_jsonl import ChatSample
-from ownchat_data.core import DataCore, SourceFormat, UploadSpec
+from ownchat_data.core import BadRecordPolicy, DataCore, SourceFormat, UploadSpec
+from ownchat_data.csv_transcript import CsvColumns
+from ownchat_data.preference_jsonl import PreferenceSample
 from ownchat_data.store import Dataset, DatasetVersion
 
-_FORMATS = {data_pb2.SOURCE_FORMAT_OPENAI_CHAT_JSONL: SourceFormat.OPENAI_CHAT_JSONL}
+_FORMATS = {
+    data_pb2.SOURCE_FORMAT_OPENAI_CHAT_JSONL: SourceFormat.OPENAI_CHAT_JSONL,
+    data_pb2.SOURCE_FORMAT_SHAREGPT_JSON: SourceFormat.SHAREGPT_JSON,
+    data_pb2.SOURCE_FORMAT_CSV_TRANSCRIPT: SourceFormat.CSV_TRANSCRIPT,
+    data_pb2.SOURCE_FORMAT_PREFERENCE_JSONL: SourceFormat.PREFERENCE_JSONL,
+}
+_POLICIES = {
+    data_pb2.BAD_RECORD_POLICY_UNSPECIFIED: BadRecordPolicy.REJECT_ALL,
+    data_pb2.BAD_RECORD_POLICY_REJECT_ALL: BadRecordPolicy.REJECT_ALL,
+    data_pb2.BAD_RECORD_POLICY_SKIP_AND_REPORT: BadRecordPolicy.SKIP_AND_REPORT,
+}
+_KINDS = {
+    "chat": data_pb2.SAMPLE_KIND_CHAT,
+    "preference": data_pb2.SAMPLE_KIND_PREFERENCE,
+    "text": data_pb2.SAMPLE_KIND_TEXT,
+}
 MAX_PREVIEW = 1000
 
 
@@ -25,7 +42,7 @@ def version_to_proto(version: DatasetVersion) -> data_pb2.DatasetVersion:
         id=version.id,
         dataset_name=version.dataset_name,
         content_digest=version.content_digest,
-        kind=data_pb2.SAMPLE_KIND_CHAT,
+        kind=_KINDS[version.kind],
         stats=data_pb2.DatasetStats(
             samples=version.samples,
             train_samples=version.train_samples,
@@ -45,6 +62,7 @@ def version_to_proto(version: DatasetVersion) -> data_pb2.DatasetVersion:
         ),
         source_file_name=version.source_file_name,
         create_time=to_timestamp(version.create_time),
+        skipped=[data_pb2.RecordIssue(record=i.record, reason=i.reason) for i in version.skipped],
     )
 
 
@@ -68,6 +86,18 @@ def _sample_to_proto(sample: ChatSample, source_digest: str) -> data_pb2.ChatSam
     )
 
 
+def _preference_to_proto(sample: PreferenceSample, source_digest: str) -> data_pb2.PreferenceSample:
+    return data_pb2.PreferenceSample(
+        prompt=[
+            common_pb2.ChatMessage(role=ROLE_BY_NAME[m.role], content=m.content)
+            for m in sample.prompt
+        ],
+        chosen=sample.chosen,
+        rejected=sample.rejected,
+        lineage=data_pb2.SampleLineage(source_digest=source_digest, record=sample.record),
+    )
+
+
 def _upload_spec(header: data_pb2.UploadHeader) -> UploadSpec:
     return UploadSpec(
         dataset_name=header.dataset_name,
@@ -77,6 +107,13 @@ def _upload_spec(header: data_pb2.UploadHeader) -> UploadSpec:
             header.validation_fraction if header.HasField("validation_fraction") else 0.1
         ),
         split_seed=header.split_seed,
+        bad_record_policy=_POLICIES.get(header.bad_record_policy, BadRecordPolicy.REJECT_ALL),
+        csv_columns=CsvColumns(
+            conversation_id=header.csv_columns.conversation_id or "conversation_id",
+            role=header.csv_columns.role or "role",
+            content=header.csv_columns.content or "content",
+            order=header.csv_columns.order,
+        ),
     )
 
 
@@ -150,6 +187,10 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
         validation = request.split == data_pb2.SPLIT_VALIDATION
         samples = self._core.preview(request.dataset_version_id, validation, request.limit or 10)
         source = self._core.get_version(request.dataset_version_id).source.digest
-        return data_pb2.PreviewDatasetVersionResponse(
-            samples=[_sample_to_proto(s, source) for s in samples]
-        )
+        response = data_pb2.PreviewDatasetVersionResponse()
+        for sample in samples:
+            if isinstance(sample, PreferenceSample):
+                response.preference_samples.append(_preference_to_proto(sample, source))
+            else:
+                response.samples.append(_sample_to_proto(sample, source))
+        return response

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -38,7 +39,18 @@ MIGRATIONS = [
     );
     CREATE INDEX dataset_versions_by_dataset ON dataset_versions(dataset_name, create_time)
     """,
+    """
+    ALTER TABLE dataset_versions ADD COLUMN skipped TEXT NOT NULL DEFAULT '[]'
+    """,
 ]
+
+
+@dataclass(frozen=True)
+class RecordIssue:
+    """A record skipped under the skip-and-report policy, and why."""
+
+    record: int
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -59,6 +71,7 @@ class DatasetVersion:
     source: Artifact
     source_file_name: str
     create_time: float
+    skipped: tuple[RecordIssue, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,6 +100,7 @@ def _version(row: sqlite3.Row) -> DatasetVersion:
         source=Artifact(row["source_digest"], row["source_bytes"]),
         source_file_name=row["source_file_name"],
         create_time=row["create_time"],
+        skipped=tuple(RecordIssue(**issue) for issue in json.loads(row["skipped"])),
     )
 
 
@@ -110,7 +124,7 @@ class DataStore:
             )
             connection.execute(
                 "INSERT INTO dataset_versions VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     version.id,
                     version.dataset_name,
@@ -129,6 +143,7 @@ class DataStore:
                     version.source.size_bytes,
                     version.source_file_name,
                     version.create_time,
+                    json.dumps([vars(issue) for issue in version.skipped]),
                 ),
             )
         return version

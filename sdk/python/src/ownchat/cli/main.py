@@ -109,21 +109,57 @@ def status() -> None:
     console.print(table)
 
 
+FORMATS = {
+    "openai": data_pb2.SOURCE_FORMAT_OPENAI_CHAT_JSONL,
+    "sharegpt": data_pb2.SOURCE_FORMAT_SHAREGPT_JSON,
+    "csv": data_pb2.SOURCE_FORMAT_CSV_TRANSCRIPT,
+    "preference": data_pb2.SOURCE_FORMAT_PREFERENCE_JSONL,
+}
+FORMAT_BY_SUFFIX = {".jsonl": "openai", ".json": "sharegpt", ".csv": "csv"}
+
+
 @data_app.command("ingest")
 @reports_rpc_errors
 def data_ingest(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
     dataset: Annotated[str, typer.Option(help="Dataset to add the version to.")],
+    format: Annotated[
+        str | None,
+        typer.Option(help="openai, sharegpt, csv or preference; from the file name when unset."),
+    ] = None,
+    skip_bad_records: Annotated[
+        bool, typer.Option(help="Skip and report bad records instead of refusing the file.")
+    ] = False,
     validation_fraction: Annotated[float, typer.Option(help="Share held out.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed of the split.")] = 0,
+    csv_conversation_column: Annotated[str, typer.Option(help="CSV: conversation id.")] = "",
+    csv_role_column: Annotated[str, typer.Option(help="CSV: author column.")] = "",
+    csv_content_column: Annotated[str, typer.Option(help="CSV: message column.")] = "",
+    csv_order_column: Annotated[str, typer.Option(help="CSV: ordering column.")] = "",
 ) -> None:
-    """Upload an OpenAI chat JSONL file as a new dataset version."""
+    """Upload a source file (chat JSONL, ShareGPT, CSV transcript, preference pairs)."""
+    chosen = format or FORMAT_BY_SUFFIX.get(file.suffix.lower())
+    if chosen not in FORMATS:
+        raise typer.BadParameter(
+            f"say which format {file.name} is with --format ({', '.join(FORMATS)})"
+        )
     header = data_pb2.UploadHeader(
         dataset_name=dataset,
         file_name=file.name,
-        format=data_pb2.SOURCE_FORMAT_OPENAI_CHAT_JSONL,
+        format=FORMATS[chosen],
         validation_fraction=validation_fraction,
         split_seed=seed,
+        bad_record_policy=(
+            data_pb2.BAD_RECORD_POLICY_SKIP_AND_REPORT
+            if skip_bad_records
+            else data_pb2.BAD_RECORD_POLICY_REJECT_ALL
+        ),
+        csv_columns=data_pb2.CsvColumns(
+            conversation_id=csv_conversation_column,
+            role=csv_role_column,
+            content=csv_content_column,
+            order=csv_order_column,
+        ),
     )
     with client() as ownchat, upload_progress() as progress:
         response = ownchat.data.UploadDatasetVersion(
@@ -131,9 +167,13 @@ def data_ingest(
         )
     version = response.dataset_version
     console.print(
-        f"dataset version [bold]{version.id}[/bold]: {version.stats.samples} conversations "
+        f"dataset version [bold]{version.id}[/bold]: {version.stats.samples} samples "
         f"({version.stats.train_samples} train, {version.stats.validation_samples} validation)"
     )
+    if version.stats.skipped_records:
+        console.print(f"skipped {version.stats.skipped_records} bad record(s):")
+        for issue in version.skipped:
+            console.print(f"  record {issue.record}: {issue.reason}")
 
 
 @data_app.command("list")

@@ -145,6 +145,7 @@ class UploadHeader(_message.Message):
     VALIDATION_FRACTION_FIELD_NUMBER: _builtins.int
     SPLIT_SEED_FIELD_NUMBER: _builtins.int
     BAD_RECORD_POLICY_FIELD_NUMBER: _builtins.int
+    CSV_COLUMNS_FIELD_NUMBER: _builtins.int
     dataset_name: _builtins.str
     """The dataset to add a version to; created on first upload.
     Lowercase letters, digits, "-" and "_", at most 64 characters.
@@ -159,6 +160,10 @@ class UploadHeader(_message.Message):
     """The seed of the deterministic split."""
     bad_record_policy: Global___BadRecordPolicy.ValueType
     """What to do with bad records."""
+    @_builtins.property
+    def csv_columns(self) -> Global___CsvColumns:
+        """Which columns of a CSV transcript hold what; defaults when unset."""
+
     def __init__(
         self,
         *,
@@ -168,16 +173,83 @@ class UploadHeader(_message.Message):
         validation_fraction: _builtins.float | None = ...,
         split_seed: _builtins.int = ...,
         bad_record_policy: Global___BadRecordPolicy.ValueType = ...,
+        csv_columns: Global___CsvColumns | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_validation_fraction", b"_validation_fraction", "validation_fraction", b"validation_fraction"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_validation_fraction", b"_validation_fraction", "csv_columns", b"csv_columns", "validation_fraction", b"validation_fraction"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_validation_fraction", b"_validation_fraction", "bad_record_policy", b"bad_record_policy", "dataset_name", b"dataset_name", "file_name", b"file_name", "format", b"format", "split_seed", b"split_seed", "validation_fraction", b"validation_fraction"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_validation_fraction", b"_validation_fraction", "bad_record_policy", b"bad_record_policy", "csv_columns", b"csv_columns", "dataset_name", b"dataset_name", "file_name", b"file_name", "format", b"format", "split_seed", b"split_seed", "validation_fraction", b"validation_fraction"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__validation_fraction: _TypeAlias = _typing.Literal["validation_fraction"]  # noqa: Y015
     _WhichOneofArgType__validation_fraction: _TypeAlias = _typing.Literal["_validation_fraction", b"_validation_fraction"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__validation_fraction) -> _WhichOneofReturnType__validation_fraction | None: ...
 
 Global___UploadHeader: _TypeAlias = UploadHeader  # noqa: Y015
+
+@_typing.final
+class CsvColumns(_message.Message):
+    """The columns of a CSV transcript export (one row per message). Empty names
+    take the defaults given on each field.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    ORDER_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    """The column grouping rows into conversations; "conversation_id" by default."""
+    role: _builtins.str
+    """The column with the author (system/user/assistant, or agent/customer/bot
+    and similar); "role" by default.
+    """
+    content: _builtins.str
+    """The column with the message text; "content" by default."""
+    order: _builtins.str
+    """A column that orders messages within a conversation (a number or an ISO
+    timestamp); file order when empty.
+    """
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        role: _builtins.str = ...,
+        content: _builtins.str = ...,
+        order: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "conversation_id", b"conversation_id", "order", b"order", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CsvColumns: _TypeAlias = CsvColumns  # noqa: Y015
+
+@_typing.final
+class RecordIssue(_message.Message):
+    """One record of a source file that was refused, and why."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORD_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    record: _builtins.int
+    """The 1-based line, row or item number in the source file."""
+    reason: _builtins.str
+    """Why it was refused."""
+    def __init__(
+        self,
+        *,
+        record: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "record", b"record"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordIssue: _TypeAlias = RecordIssue  # noqa: Y015
 
 @_typing.final
 class UploadDatasetVersionRequest(_message.Message):
@@ -287,6 +359,7 @@ class DatasetVersion(_message.Message):
     SOURCE_FIELD_NUMBER: _builtins.int
     SOURCE_FILE_NAME_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The version's id, "dsv_" and the start of its content hash."""
     dataset_name: _builtins.str
@@ -317,6 +390,12 @@ class DatasetVersion(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the version was created."""
 
+    @_builtins.property
+    def skipped(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecordIssue]:
+        """The first records skipped under BAD_RECORD_POLICY_SKIP_AND_REPORT, with
+        why (stats.skipped_records counts them all).
+        """
+
     def __init__(
         self,
         *,
@@ -330,10 +409,11 @@ class DatasetVersion(_message.Message):
         source: _common_pb2.ArtifactRef | None = ...,
         source_file_name: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        skipped: _abc.Iterable[Global___RecordIssue] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "source", b"source", "stats", b"stats", "train_split", b"train_split", "validation_split", b"validation_split"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_digest", b"content_digest", "create_time", b"create_time", "dataset_name", b"dataset_name", "id", b"id", "kind", b"kind", "source", b"source", "source_file_name", b"source_file_name", "stats", b"stats", "train_split", b"train_split", "validation_split", b"validation_split"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_digest", b"content_digest", "create_time", b"create_time", "dataset_name", b"dataset_name", "id", b"id", "kind", b"kind", "skipped", b"skipped", "source", b"source", "source_file_name", b"source_file_name", "stats", b"stats", "train_split", b"train_split", "validation_split", b"validation_split"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -534,6 +614,44 @@ class ListDatasetsResponse(_message.Message):
 Global___ListDatasetsResponse: _TypeAlias = ListDatasetsResponse  # noqa: Y015
 
 @_typing.final
+class PreferenceSample(_message.Message):
+    """One preference pair as stored in a dataset version."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMPT_FIELD_NUMBER: _builtins.int
+    CHOSEN_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
+    LINEAGE_FIELD_NUMBER: _builtins.int
+    chosen: _builtins.str
+    """The better reply."""
+    rejected: _builtins.str
+    """The worse reply."""
+    @_builtins.property
+    def prompt(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]:
+        """The conversation up to the reply being judged."""
+
+    @_builtins.property
+    def lineage(self) -> Global___SampleLineage:
+        """Where the sample came from."""
+
+    def __init__(
+        self,
+        *,
+        prompt: _abc.Iterable[_common_pb2.ChatMessage] | None = ...,
+        chosen: _builtins.str = ...,
+        rejected: _builtins.str = ...,
+        lineage: Global___SampleLineage | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lineage", b"lineage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chosen", b"chosen", "lineage", b"lineage", "prompt", b"prompt", "rejected", b"rejected"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreferenceSample: _TypeAlias = PreferenceSample  # noqa: Y015
+
+@_typing.final
 class ChatSample(_message.Message):
     """One chat sample as stored in a dataset version."""
 
@@ -630,18 +748,24 @@ class PreviewDatasetVersionResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SAMPLES_FIELD_NUMBER: _builtins.int
+    PREFERENCE_SAMPLES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def samples(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatSample]:
-        """The samples."""
+        """The samples, for a chat dataset version."""
+
+    @_builtins.property
+    def preference_samples(self) -> _containers.RepeatedCompositeFieldContainer[Global___PreferenceSample]:
+        """The samples, for a preference dataset version."""
 
     def __init__(
         self,
         *,
         samples: _abc.Iterable[Global___ChatSample] | None = ...,
+        preference_samples: _abc.Iterable[Global___PreferenceSample] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["samples", b"samples"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["preference_samples", b"preference_samples", "samples", b"samples"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
