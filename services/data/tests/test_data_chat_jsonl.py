@@ -41,9 +41,6 @@ def test_any_bytes_parse_to_a_sample_an_error_or_nothing(raw: bytes) -> None:
 @given(messages)
 def test_valid_conversations_round_trip(conversation: list[dict[str, str]]) -> None:
     result = parse_record(1, json.dumps({"messages": conversation}).encode())
-    if not any(m["role"] == "assistant" for m in conversation):
-        assert isinstance(result, RecordError)
-        return
     assert isinstance(result, ChatSample)
     assert ChatSample.from_json(result.to_json()) == result
     assert [m.content for m in result.messages] == [m["content"] for m in conversation]

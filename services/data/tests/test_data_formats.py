@@ -70,11 +70,12 @@ def test_sharegpt_bad_items_are_named_by_position(core: DataCore) -> None:
     items = [
         GOOD_SHAREGPT,
         {"conversations": [{"from": "robot", "value": "beep"}]},
-        {"conversations": [{"from": "human", "value": "hello?"}]},
+        {"conversations": [{"from": "human", "value": ""}]},
     ]
     with pytest.raises(InvalidArgumentError) as error:
         core.upload(spec(SourceFormat.SHAREGPT_JSON), chunked(sharegpt(items)))
     assert [v.field for v in error.value.violations] == ["item 2", "item 3"]
+    assert "non-empty string" in error.value.violations[1].description
     assert "robot" in error.value.violations[0].description
 
 
@@ -106,11 +107,14 @@ def test_csv_rows_become_ordered_conversations(core: DataCore, tmp_path: Path) -
         spec(SourceFormat.CSV_TRANSCRIPT, csv_columns=COLUMNS, validation_fraction=0.0),
         chunked(CSV.encode()),
     )
-    assert (version.samples, version.messages) == (2, 5)
+    # Ticket 2's two agent rows in a row become one assistant turn.
+    assert (version.samples, version.messages) == (2, 4)
+    assert version.sanitization.changed["turns_merged"] == 1
     lines = ArtifactStore(tmp_path / "artifacts").path(version.train_split.digest).read_text()
     conversations = [json.loads(line) for line in lines.splitlines()]
     second = next(c for c in conversations if c["record"] == 4)
-    assert [m["role"] for m in second["messages"]] == ["user", "assistant", "assistant"]
+    assert [m["role"] for m in second["messages"]] == ["user", "assistant"]
+    assert second["messages"][1]["content"] == "How can I help?\n\nAbove 50 euros."
     first = next(c for c in conversations if c["record"] == 2)
     assert "then reinstall" in first["messages"][1]["content"]
 

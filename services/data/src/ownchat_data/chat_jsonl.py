@@ -120,8 +120,6 @@ def parse_record(number: int, raw: bytes) -> ChatSample | RecordError | None:
     parsed = parse_messages(number, value.get("messages"))
     if isinstance(parsed, RecordError):
         return parsed
-    if not any(m.role == "assistant" for m in parsed):
-        return RecordError(number, "the conversation has no assistant message to learn from")
     weight = value.get("weight", 1.0)
     if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight <= 100:
         return RecordError(number, "'weight' must be a number between 0 and 100")

@@ -20,6 +20,7 @@ from ownchat_data.chat_jsonl import ChatSample, parse_chat_jsonl
 from ownchat_data.csv_transcript import CsvColumns, parse_csv_transcript
 from ownchat_data.preference_jsonl import PreferenceSample, parse_preference_jsonl
 from ownchat_data.records import MalformedSource, RecordError, RecordTooLarge, Sample
+from ownchat_data.sanitize import SanitizeOptions, Sanitizer
 from ownchat_data.sharegpt import parse_sharegpt
 from ownchat_data.store import Dataset, DatasetVersion, DataStore, RecordIssue
 
@@ -62,6 +63,7 @@ class UploadSpec:
     split_seed: int = 0
     bad_record_policy: BadRecordPolicy = BadRecordPolicy.REJECT_ALL
     csv_columns: CsvColumns = CsvColumns()
+    sanitize: SanitizeOptions = SanitizeOptions()
 
 
 def validate_spec(spec: UploadSpec) -> None:
@@ -153,6 +155,7 @@ class DataCore:
         error_count = 0
         skip = spec.bad_record_policy is BadRecordPolicy.SKIP_AND_REPORT
         counts = {"samples": 0, "train": 0, "validation": 0, "messages": 0}
+        sanitizer = Sanitizer(spec.sanitize)
         # Every writer commits only if its block ends without an exception.
         with (
             self._artifacts.writer() as source,
@@ -168,7 +171,9 @@ class DataCore:
                         continue
                     if error_count and not skip:
                         continue
-                    self._place(parsed, spec, train, validation, counts)
+                    sample = sanitizer.apply(parsed)
+                    if sample is not None:
+                        self._place(sample, spec, train, validation, counts)
             except RecordTooLarge as error:
                 where = _position(spec, error.record) if error.record else "a record"
                 reason = f"{where} is longer than {error.limit} bytes"
@@ -190,8 +195,16 @@ class DataCore:
                     [FieldViolation(_position(spec, e.record), e.reason) for e in errors],
                 )
             if counts["samples"] == 0:
+                removed = sanitizer.report().removed
+                reason = (
+                    "every sample was removed by sanitization ("
+                    + ", ".join(f"{why}: {n}" for why, n in sorted(removed.items()))
+                    + ")"
+                    if removed
+                    else "no record"
+                )
                 raise InvalidArgumentError(
-                    "the upload holds no sample", [FieldViolation("content", "no record")]
+                    "the upload holds no usable sample", [FieldViolation("content", reason)]
                 )
         train_split = Artifact(f"sha256:{train.hexdigest}", train.size_bytes)
         validation_split = Artifact(f"sha256:{validation.hexdigest}", validation.size_bytes)
@@ -219,6 +232,7 @@ class DataCore:
             source_file_name=spec.file_name,
             create_time=time.time(),
             skipped=tuple(RecordIssue(e.record, e.reason) for e in errors),
+            sanitization=sanitizer.report(),
         )
         return self._store.add_version(version)
 

@@ -95,11 +95,6 @@ def _finish(conversation: _Conversation) -> ChatSample | RecordError:
         return conversation.error
     rows = sorted(conversation.rows, key=lambda row: (row[0], row[1]))
     messages = tuple(message for _, _, message in rows)
-    if not any(m.role == "assistant" for m in messages):
-        return RecordError(
-            conversation.first_row,
-            f"conversation {conversation.id!r} has no assistant message to learn from",
-        )
     return ChatSample(messages, 1.0, conversation.first_row)
 
 

@@ -16,6 +16,7 @@ from ownchat_data.chat_jsonl import ChatSample
 from ownchat_data.core import BadRecordPolicy, DataCore, SourceFormat, UploadSpec
 from ownchat_data.csv_transcript import CsvColumns
 from ownchat_data.preference_jsonl import PreferenceSample
+from ownchat_data.sanitize import SanitizeOptions
 from ownchat_data.store import Dataset, DatasetVersion
 
 _FORMATS = {
@@ -63,6 +64,9 @@ def version_to_proto(version: DatasetVersion) -> data_pb2.DatasetVersion:
         source_file_name=version.source_file_name,
         create_time=to_timestamp(version.create_time),
         skipped=[data_pb2.RecordIssue(record=i.record, reason=i.reason) for i in version.skipped],
+        sanitization=data_pb2.SanitizationReport(
+            changed=version.sanitization.changed, removed=version.sanitization.removed
+        ),
     )
 
 
@@ -113,6 +117,10 @@ def _upload_spec(header: data_pb2.UploadHeader) -> UploadSpec:
             role=header.csv_columns.role or "role",
             content=header.csv_columns.content or "content",
             order=header.csv_columns.order,
+        ),
+        sanitize=SanitizeOptions(
+            clean=not header.sanitize.skip_cleaning,
+            quality_filters=not header.sanitize.skip_quality_filters,
         ),
     )
 

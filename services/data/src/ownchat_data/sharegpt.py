@@ -49,8 +49,6 @@ def _conversation(number: int, item: object) -> ChatSample | RecordError:
         if not isinstance(value, str) or not value.strip():
             return RecordError(number, f"conversations[{index}].value must be a non-empty string")
         messages.append(ChatMessage(role, value))
-    if not any(m.role == "assistant" for m in messages):
-        return RecordError(number, "the conversation has no assistant message to learn from")
     return ChatSample(tuple(messages), 1.0, number)
 
 

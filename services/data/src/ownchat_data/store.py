@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ownchat.artifacts import Artifact
@@ -42,7 +42,18 @@ MIGRATIONS = [
     """
     ALTER TABLE dataset_versions ADD COLUMN skipped TEXT NOT NULL DEFAULT '[]'
     """,
+    """
+    ALTER TABLE dataset_versions ADD COLUMN sanitization TEXT NOT NULL DEFAULT '{}'
+    """,
 ]
+
+
+@dataclass(frozen=True)
+class SanitizationReport:
+    """Messages changed by step and samples removed by reason."""
+
+    changed: dict[str, int] = field(default_factory=dict)
+    removed: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -72,6 +83,7 @@ class DatasetVersion:
     source_file_name: str
     create_time: float
     skipped: tuple[RecordIssue, ...] = ()
+    sanitization: SanitizationReport = SanitizationReport()
 
 
 @dataclass(frozen=True)
@@ -101,6 +113,7 @@ def _version(row: sqlite3.Row) -> DatasetVersion:
         source_file_name=row["source_file_name"],
         create_time=row["create_time"],
         skipped=tuple(RecordIssue(**issue) for issue in json.loads(row["skipped"])),
+        sanitization=SanitizationReport(**json.loads(row["sanitization"])),
     )
 
 
@@ -124,7 +137,7 @@ class DataStore:
             )
             connection.execute(
                 "INSERT INTO dataset_versions VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     version.id,
                     version.dataset_name,
@@ -144,6 +157,7 @@ class DataStore:
                     version.source_file_name,
                     version.create_time,
                     json.dumps([vars(issue) for issue in version.skipped]),
+                    json.dumps(vars(version.sanitization)),
                 ),
             )
         return version

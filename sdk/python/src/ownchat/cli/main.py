@@ -170,6 +170,11 @@ def data_ingest(
         f"dataset version [bold]{version.id}[/bold]: {version.stats.samples} samples "
         f"({version.stats.train_samples} train, {version.stats.validation_samples} validation)"
     )
+    report = version.sanitization
+    for step, count in sorted(report.changed.items()):
+        console.print(f"  {step.replace('_', ' ')}: {count} message(s)")
+    for reason, count in sorted(report.removed.items()):
+        console.print(f"  removed ({reason.replace('_', ' ')}): {count} sample(s)")
     if version.stats.skipped_records:
         console.print(f"skipped {version.stats.skipped_records} bad record(s):")
         for issue in version.skipped:

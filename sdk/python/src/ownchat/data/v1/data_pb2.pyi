@@ -146,6 +146,7 @@ class UploadHeader(_message.Message):
     SPLIT_SEED_FIELD_NUMBER: _builtins.int
     BAD_RECORD_POLICY_FIELD_NUMBER: _builtins.int
     CSV_COLUMNS_FIELD_NUMBER: _builtins.int
+    SANITIZE_FIELD_NUMBER: _builtins.int
     dataset_name: _builtins.str
     """The dataset to add a version to; created on first upload.
     Lowercase letters, digits, "-" and "_", at most 64 characters.
@@ -164,6 +165,10 @@ class UploadHeader(_message.Message):
     def csv_columns(self) -> Global___CsvColumns:
         """Which columns of a CSV transcript hold what; defaults when unset."""
 
+    @_builtins.property
+    def sanitize(self) -> Global___SanitizeOptions:
+        """Which sanitization steps run; all of them when unset."""
+
     def __init__(
         self,
         *,
@@ -174,16 +179,115 @@ class UploadHeader(_message.Message):
         split_seed: _builtins.int = ...,
         bad_record_policy: Global___BadRecordPolicy.ValueType = ...,
         csv_columns: Global___CsvColumns | None = ...,
+        sanitize: Global___SanitizeOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_validation_fraction", b"_validation_fraction", "csv_columns", b"csv_columns", "validation_fraction", b"validation_fraction"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_validation_fraction", b"_validation_fraction", "csv_columns", b"csv_columns", "sanitize", b"sanitize", "validation_fraction", b"validation_fraction"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_validation_fraction", b"_validation_fraction", "bad_record_policy", b"bad_record_policy", "csv_columns", b"csv_columns", "dataset_name", b"dataset_name", "file_name", b"file_name", "format", b"format", "split_seed", b"split_seed", "validation_fraction", b"validation_fraction"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_validation_fraction", b"_validation_fraction", "bad_record_policy", b"bad_record_policy", "csv_columns", b"csv_columns", "dataset_name", b"dataset_name", "file_name", b"file_name", "format", b"format", "sanitize", b"sanitize", "split_seed", b"split_seed", "validation_fraction", b"validation_fraction"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__validation_fraction: _TypeAlias = _typing.Literal["validation_fraction"]  # noqa: Y015
     _WhichOneofArgType__validation_fraction: _TypeAlias = _typing.Literal["_validation_fraction", b"_validation_fraction"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__validation_fraction) -> _WhichOneofReturnType__validation_fraction | None: ...
 
 Global___UploadHeader: _TypeAlias = UploadHeader  # noqa: Y015
+
+@_typing.final
+class SanitizeOptions(_message.Message):
+    """Sanitization steps that can be turned off for one upload (all run by default)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SKIP_CLEANING_FIELD_NUMBER: _builtins.int
+    SKIP_QUALITY_FILTERS_FIELD_NUMBER: _builtins.int
+    skip_cleaning: _builtins.bool
+    """Keep messages as uploaded: no encoding repair, markup stripping,
+    boilerplate removal or whitespace normalisation.
+    """
+    skip_quality_filters: _builtins.bool
+    """Keep conversations that are one-sided, out of role order or empty."""
+    def __init__(
+        self,
+        *,
+        skip_cleaning: _builtins.bool = ...,
+        skip_quality_filters: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["skip_cleaning", b"skip_cleaning", "skip_quality_filters", b"skip_quality_filters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SanitizeOptions: _TypeAlias = SanitizeOptions  # noqa: Y015
+
+@_typing.final
+class SanitizationReport(_message.Message):
+    """What sanitization changed in an upload."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ChangedEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class RemovedEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CHANGED_FIELD_NUMBER: _builtins.int
+    REMOVED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def changed(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Messages changed, by step (for example "markup_stripped")."""
+
+    @_builtins.property
+    def removed(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Samples removed, by reason (for example "one_sided")."""
+
+    def __init__(
+        self,
+        *,
+        changed: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        removed: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "removed", b"removed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SanitizationReport: _TypeAlias = SanitizationReport  # noqa: Y015
 
 @_typing.final
 class CsvColumns(_message.Message):
@@ -360,6 +464,7 @@ class DatasetVersion(_message.Message):
     SOURCE_FILE_NAME_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     SKIPPED_FIELD_NUMBER: _builtins.int
+    SANITIZATION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The version's id, "dsv_" and the start of its content hash."""
     dataset_name: _builtins.str
@@ -396,6 +501,10 @@ class DatasetVersion(_message.Message):
         why (stats.skipped_records counts them all).
         """
 
+    @_builtins.property
+    def sanitization(self) -> Global___SanitizationReport:
+        """What sanitization changed and removed."""
+
     def __init__(
         self,
         *,
@@ -410,10 +519,11 @@ class DatasetVersion(_message.Message):
         source_file_name: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         skipped: _abc.Iterable[Global___RecordIssue] | None = ...,
+        sanitization: Global___SanitizationReport | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "source", b"source", "stats", b"stats", "train_split", b"train_split", "validation_split", b"validation_split"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "sanitization", b"sanitization", "source", b"source", "stats", b"stats", "train_split", b"train_split", "validation_split", b"validation_split"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_digest", b"content_digest", "create_time", b"create_time", "dataset_name", b"dataset_name", "id", b"id", "kind", b"kind", "skipped", b"skipped", "source", b"source", "source_file_name", b"source_file_name", "stats", b"stats", "train_split", b"train_split", "validation_split", b"validation_split"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_digest", b"content_digest", "create_time", b"create_time", "dataset_name", b"dataset_name", "id", b"id", "kind", b"kind", "sanitization", b"sanitization", "skipped", b"skipped", "source", b"source", "source_file_name", b"source_file_name", "stats", b"stats", "train_split", b"train_split", "validation_split", b"validation_split"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

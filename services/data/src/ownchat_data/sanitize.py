@@ -1,0 +1,74 @@
+"""The per-sample sanitization steps of an upload, and their report.
+
+Cleaning (``cleaning.py``) runs on every message, then the quality filters
+(``quality.py``) decide whether a conversation is kept. Preference pairs are
+cleaned; a pair left with an empty side is removed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, replace
+
+from ownchat_data.chat_jsonl import ChatMessage, ChatSample
+from ownchat_data.cleaning import Cleaner
+from ownchat_data.preference_jsonl import PreferenceSample
+from ownchat_data.quality import QualityFilter
+from ownchat_data.records import Sample
+from ownchat_data.store import SanitizationReport
+
+
+@dataclass(frozen=True)
+class SanitizeOptions:
+    """Which steps run (all by default)."""
+
+    clean: bool = True
+    quality_filters: bool = True
+
+
+class Sanitizer:
+    """Applies the steps to one sample at a time and counts what they did."""
+
+    def __init__(self, options: SanitizeOptions) -> None:
+        self._options = options
+        self._cleaner = Cleaner()
+        self._quality = QualityFilter()
+        self._removed: Counter[str] = Counter()
+
+    def apply(self, sample: Sample) -> Sample | None:
+        """The sample to store, or None when a step removed it."""
+        if isinstance(sample, ChatSample):
+            return self._chat(sample)
+        if isinstance(sample, PreferenceSample) and self._options.clean:
+            return self._preference(sample)
+        return sample
+
+    def _chat(self, sample: ChatSample) -> ChatSample | None:
+        if self._options.clean:
+            sample = self._cleaner.clean(sample)
+        if self._options.quality_filters:
+            return self._quality.check(sample)
+        return sample
+
+    def _preference(self, sample: PreferenceSample) -> PreferenceSample | None:
+        clean = self._cleaner.clean_text
+        cleaned = replace(
+            sample,
+            prompt=tuple(ChatMessage(m.role, clean(m.content)) for m in sample.prompt),
+            chosen=clean(sample.chosen),
+            rejected=clean(sample.rejected),
+        )
+        texts = [m.content for m in cleaned.prompt] + [cleaned.chosen, cleaned.rejected]
+        if any(not text for text in texts):
+            self._removed["empty_message"] += 1
+            return None
+        return cleaned
+
+    def report(self) -> SanitizationReport:
+        """Messages changed by step, samples removed by reason."""
+        changed = dict(self._cleaner.counts)
+        if self._quality.merged_turns:
+            changed["turns_merged"] = self._quality.merged_turns
+        removed = Counter(self._removed)
+        removed.update(self._quality.removed)
+        return SanitizationReport(changed=changed, removed=dict(removed))

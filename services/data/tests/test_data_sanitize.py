@@ -1,0 +1,115 @@
+"""Cleaning and quality filters, alone and through an upload's report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ownchat.artifacts import ArtifactStore
+from ownchat.errors import InvalidArgumentError
+from ownchat_data.chat_jsonl import ChatMessage, ChatSample
+from ownchat_data.cleaning import (
+    normalize_whitespace,
+    remove_boilerplate,
+    repair_encoding,
+    strip_markup,
+)
+from ownchat_data.core import DataCore, SourceFormat, UploadSpec
+from ownchat_data.quality import QualityFilter
+from ownchat_data.sanitize import SanitizeOptions
+from ownchat_data.store import DataStore
+
+
+def test_mojibake_is_repaired() -> None:
+    assert repair_encoding("CafÃ© â€” naÃ¯ve") == "Café — naïve"
+
+
+def test_markup_is_stripped_and_entities_decoded() -> None:
+    text = "<p>Hello&nbsp;<b>there</b></p><script>alert(1)</script><div>Price: 5 &euro;</div>"
+    assert normalize_whitespace(strip_markup(text)) == "Hello there\n\nPrice: 5 €"
+    assert strip_markup("a < b and c > d") == "a < b and c > d"
+    assert strip_markup("Tom &amp; Jerry") == "Tom & Jerry"
+
+
+def test_quoted_replies_and_signatures_are_removed() -> None:
+    email = (
+        "Thanks, that worked.\n\nBest,\nAnn\n-- \nAnn Smith | Acme\n"
+        "On Mon, 3 Jun 2024 at 10:00, Support <help@acme.test> wrote:\n> Try a restart."
+    )
+    assert normalize_whitespace(remove_boilerplate(email)) == "Thanks, that worked.\n\nBest,\nAnn"
+    assert remove_boilerplate("Sent from my iPhone") == ""
+
+
+@given(st.text())
+def test_whitespace_normalisation_is_idempotent(text: str) -> None:
+    once = normalize_whitespace(text)
+    assert normalize_whitespace(once) == once
+    assert "\n\n\n" not in once and "  " not in once
+
+
+def chat(*turns: tuple[str, str]) -> ChatSample:
+    return ChatSample(tuple(ChatMessage(role, text) for role, text in turns), 1.0, 1)
+
+
+@pytest.mark.parametrize(
+    ("sample", "reason"),
+    [
+        (chat(("user", "hi"), ("user", "anyone?")), "one_sided"),
+        (chat(("assistant", "Hello!"), ("user", "hi"), ("assistant", "yes")), "assistant_first"),
+        (chat(("user", "hi"), ("system", "be nice"), ("assistant", "yes")), "system_not_first"),
+        (chat(("user", "hi"), ("assistant", "  ")), "empty_message"),
+    ],
+)
+def test_quality_filter_reasons(sample: ChatSample, reason: str) -> None:
+    quality = QualityFilter()
+    assert quality.check(sample) is None
+    assert quality.removed == {reason: 1}
+
+
+def test_an_upload_reports_what_sanitization_did(tmp_path: Path) -> None:
+    core = DataCore(
+        DataStore(tmp_path / "data.db"), ArtifactStore(tmp_path / "a"), 1 << 20, 1 << 16
+    )
+    rows = [
+        [("user", "<p>Is shipping free?</p>"), ("assistant", "Above 50 euros.")],
+        [("user", "Hi"), ("assistant", "Hello"), ("assistant", "How can I help?")],
+        [("user", "only a question"), ("user", "still here?")],
+        [("user", "caf\u00c3\u00a9?"), ("assistant", "yes   we  have coffee")],
+    ]
+    body = "\n".join(
+        json.dumps({"messages": [{"role": r, "content": c} for r, c in row]}) for row in rows
+    )
+    spec = UploadSpec("support", "x.jsonl", SourceFormat.OPENAI_CHAT_JSONL, 0.0)
+    version = core.upload(spec, iter([body.encode()]))
+    assert version.samples == 3
+    assert version.sanitization.removed == {"one_sided": 1}
+    assert version.sanitization.changed == {
+        "markup_stripped": 1,
+        "encoding_repaired": 1,
+        # The stripped <p> left line breaks around the text, and one reply had double spaces.
+        "whitespace_normalized": 2,
+        "turns_merged": 1,
+    }
+    raw = UploadSpec(
+        "raw",
+        "x.jsonl",
+        SourceFormat.OPENAI_CHAT_JSONL,
+        0.0,
+        sanitize=SanitizeOptions(False, False),
+    )
+    assert core.upload(raw, iter([body.encode()])).samples == 4
+
+
+def test_an_upload_left_empty_by_sanitization_says_why(tmp_path: Path) -> None:
+    core = DataCore(
+        DataStore(tmp_path / "data.db"), ArtifactStore(tmp_path / "a"), 1 << 20, 1 << 16
+    )
+    body = json.dumps({"messages": [{"role": "assistant", "content": "Hello"}]})
+    spec = UploadSpec("support", "x.jsonl", SourceFormat.OPENAI_CHAT_JSONL, 0.0)
+    with pytest.raises(InvalidArgumentError) as error:
+        core.upload(spec, iter([body.encode()]))
+    assert "one_sided: 1" in error.value.violations[0].description
