@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 
@@ -18,6 +18,7 @@ from ownchat.artifacts import Artifact, ArtifactStore, HashingWriter
 from ownchat.errors import FieldViolation, InvalidArgumentError, ResourceExhaustedError
 from ownchat_data.chat_jsonl import ChatSample, parse_chat_jsonl
 from ownchat_data.csv_transcript import CsvColumns, parse_csv_transcript
+from ownchat_data.documents import TextSample, parse_document
 from ownchat_data.preference_jsonl import PreferenceSample, parse_preference_jsonl
 from ownchat_data.records import MalformedSource, RecordError, RecordTooLarge, Sample
 from ownchat_data.sanitize import SanitizeOptions, Sanitizer
@@ -35,6 +36,7 @@ class SourceFormat(Enum):
     SHAREGPT_JSON = "sharegpt_json"
     CSV_TRANSCRIPT = "csv_transcript"
     PREFERENCE_JSONL = "preference_jsonl"
+    DOCUMENT = "document"
 
 
 class BadRecordPolicy(Enum):
@@ -49,6 +51,7 @@ KIND_BY_FORMAT = {
     SourceFormat.SHAREGPT_JSON: "chat",
     SourceFormat.CSV_TRANSCRIPT: "chat",
     SourceFormat.PREFERENCE_JSONL: "preference",
+    SourceFormat.DOCUMENT: "text",
 }
 
 
@@ -102,6 +105,8 @@ def _records(
         return parse_csv_transcript(chunks, max_record_bytes, spec.csv_columns)
     if spec.format is SourceFormat.PREFERENCE_JSONL:
         return parse_preference_jsonl(chunks, max_record_bytes)
+    if spec.format is SourceFormat.DOCUMENT:
+        return parse_document(chunks, spec.file_name)
     return parse_chat_jsonl(chunks, max_record_bytes)
 
 
@@ -110,7 +115,16 @@ def _position(spec: UploadSpec, record: int) -> str:
         return f"item {record}"
     if spec.format is SourceFormat.CSV_TRANSCRIPT:
         return f"row {record}"
+    if spec.format is SourceFormat.DOCUMENT:
+        return f"chunk {record}"
     return f"line {record}"
+
+
+_READERS: dict[str, Callable[[str], ChatSample | PreferenceSample | TextSample]] = {
+    "chat": ChatSample.from_json,
+    "preference": PreferenceSample.from_json,
+    "text": TextSample.from_json,
+}
 
 
 def _messages(sample: Sample) -> int:
@@ -272,17 +286,14 @@ class DataCore:
 
     def preview(
         self, version_id: str, validation: bool, limit: int
-    ) -> list[ChatSample | PreferenceSample]:
+    ) -> list[ChatSample | PreferenceSample | TextSample]:
         """The first samples of one split."""
         version = self._store.get_version(version_id)
         split = version.validation_split if validation else version.train_split
-        preference = version.kind == "preference"
-        samples: list[ChatSample | PreferenceSample] = []
+        samples: list[ChatSample | PreferenceSample | TextSample] = []
         with self._artifacts.path(split.digest).open(encoding="utf-8") as handle:
             for line in handle:
                 if len(samples) >= limit:
                     break
-                samples.append(
-                    PreferenceSample.from_json(line) if preference else ChatSample.from_json(line)
-                )
+                samples.append(_READERS[version.kind](line))
         return samples

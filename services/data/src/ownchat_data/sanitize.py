@@ -11,7 +11,8 @@ from collections import Counter
 from dataclasses import dataclass, replace
 
 from ownchat_data.chat_jsonl import ChatMessage, ChatSample
-from ownchat_data.cleaning import Cleaner
+from ownchat_data.cleaning import Cleaner, repair_encoding
+from ownchat_data.documents import TextSample
 from ownchat_data.preference_jsonl import PreferenceSample
 from ownchat_data.quality import QualityFilter
 from ownchat_data.records import Sample
@@ -41,6 +42,12 @@ class Sanitizer:
             return self._chat(sample)
         if isinstance(sample, PreferenceSample) and self._options.clean:
             return self._preference(sample)
+        if isinstance(sample, TextSample) and self._options.clean:
+            # Documents keep their layout (quotes, "-- " lines): only the encoding is repaired.
+            text = repair_encoding(sample.text)
+            if text != sample.text:
+                self._cleaner.counts["encoding_repaired"] += 1
+            return replace(sample, text=text)
         return sample
 
     def _chat(self, sample: ChatSample) -> ChatSample | None:

@@ -15,6 +15,7 @@ from ownchat.timestamps import to_timestamp
 from ownchat_data.chat_jsonl import ChatSample
 from ownchat_data.core import BadRecordPolicy, DataCore, SourceFormat, UploadSpec
 from ownchat_data.csv_transcript import CsvColumns
+from ownchat_data.documents import TextSample
 from ownchat_data.preference_jsonl import PreferenceSample
 from ownchat_data.sanitize import SanitizeOptions
 from ownchat_data.store import Dataset, DatasetVersion
@@ -24,6 +25,7 @@ _FORMATS = {
     data_pb2.SOURCE_FORMAT_SHAREGPT_JSON: SourceFormat.SHAREGPT_JSON,
     data_pb2.SOURCE_FORMAT_CSV_TRANSCRIPT: SourceFormat.CSV_TRANSCRIPT,
     data_pb2.SOURCE_FORMAT_PREFERENCE_JSONL: SourceFormat.PREFERENCE_JSONL,
+    data_pb2.SOURCE_FORMAT_DOCUMENT: SourceFormat.DOCUMENT,
 }
 _POLICIES = {
     data_pb2.BAD_RECORD_POLICY_UNSPECIFIED: BadRecordPolicy.REJECT_ALL,
@@ -199,6 +201,13 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
         for sample in samples:
             if isinstance(sample, PreferenceSample):
                 response.preference_samples.append(_preference_to_proto(sample, source))
+            elif isinstance(sample, TextSample):
+                response.text_samples.append(
+                    data_pb2.TextSample(
+                        text=sample.text,
+                        lineage=data_pb2.SampleLineage(source_digest=source, record=sample.record),
+                    )
+                )
             else:
                 response.samples.append(_sample_to_proto(sample, source))
         return response

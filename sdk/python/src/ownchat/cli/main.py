@@ -114,8 +114,17 @@ FORMATS = {
     "sharegpt": data_pb2.SOURCE_FORMAT_SHAREGPT_JSON,
     "csv": data_pb2.SOURCE_FORMAT_CSV_TRANSCRIPT,
     "preference": data_pb2.SOURCE_FORMAT_PREFERENCE_JSONL,
+    "document": data_pb2.SOURCE_FORMAT_DOCUMENT,
 }
-FORMAT_BY_SUFFIX = {".jsonl": "openai", ".json": "sharegpt", ".csv": "csv"}
+FORMAT_BY_SUFFIX = {
+    ".jsonl": "openai",
+    ".json": "sharegpt",
+    ".csv": "csv",
+    ".txt": "document",
+    ".md": "document",
+    ".html": "document",
+    ".htm": "document",
+}
 
 
 @data_app.command("ingest")
@@ -125,7 +134,7 @@ def data_ingest(
     dataset: Annotated[str, typer.Option(help="Dataset to add the version to.")],
     format: Annotated[
         str | None,
-        typer.Option(help="openai, sharegpt, csv or preference; from the file name when unset."),
+        typer.Option(help="openai, sharegpt, csv, preference or document; by file name if unset."),
     ] = None,
     skip_bad_records: Annotated[
         bool, typer.Option(help="Skip and report bad records instead of refusing the file.")
@@ -137,7 +146,7 @@ def data_ingest(
     csv_content_column: Annotated[str, typer.Option(help="CSV: message column.")] = "",
     csv_order_column: Annotated[str, typer.Option(help="CSV: ordering column.")] = "",
 ) -> None:
-    """Upload a source file (chat JSONL, ShareGPT, CSV transcript, preference pairs)."""
+    """Upload a source file: chat JSONL, ShareGPT, CSV transcript, preferences, documents."""
     chosen = format or FORMAT_BY_SUFFIX.get(file.suffix.lower())
     if chosen not in FORMATS:
         raise typer.BadParameter(

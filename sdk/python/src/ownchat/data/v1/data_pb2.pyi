@@ -762,6 +762,34 @@ class PreferenceSample(_message.Message):
 Global___PreferenceSample: _TypeAlias = PreferenceSample  # noqa: Y015
 
 @_typing.final
+class TextSample(_message.Message):
+    """One chunk of a document as stored in a dataset version."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    LINEAGE_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """The chunk's text: whole paragraphs."""
+    @_builtins.property
+    def lineage(self) -> Global___SampleLineage:
+        """Where the chunk came from (record is the chunk's number)."""
+
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        lineage: Global___SampleLineage | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lineage", b"lineage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lineage", b"lineage", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TextSample: _TypeAlias = TextSample  # noqa: Y015
+
+@_typing.final
 class ChatSample(_message.Message):
     """One chat sample as stored in a dataset version."""
 
@@ -859,6 +887,7 @@ class PreviewDatasetVersionResponse(_message.Message):
 
     SAMPLES_FIELD_NUMBER: _builtins.int
     PREFERENCE_SAMPLES_FIELD_NUMBER: _builtins.int
+    TEXT_SAMPLES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def samples(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatSample]:
         """The samples, for a chat dataset version."""
@@ -867,15 +896,20 @@ class PreviewDatasetVersionResponse(_message.Message):
     def preference_samples(self) -> _containers.RepeatedCompositeFieldContainer[Global___PreferenceSample]:
         """The samples, for a preference dataset version."""
 
+    @_builtins.property
+    def text_samples(self) -> _containers.RepeatedCompositeFieldContainer[Global___TextSample]:
+        """The samples, for a text (document) dataset version."""
+
     def __init__(
         self,
         *,
         samples: _abc.Iterable[Global___ChatSample] | None = ...,
         preference_samples: _abc.Iterable[Global___PreferenceSample] | None = ...,
+        text_samples: _abc.Iterable[Global___TextSample] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["preference_samples", b"preference_samples", "samples", b"samples"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["preference_samples", b"preference_samples", "samples", b"samples", "text_samples", b"text_samples"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
