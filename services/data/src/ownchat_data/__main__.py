@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from ownchat.artifacts import ArtifactStore
+from ownchat.auth import load_or_create_token
+from ownchat.config import ClientSettings
 from ownchat.data.v1 import data_pb2, data_pb2_grpc
+from ownchat.registry import ModelDirectories
 from ownchat.server import ServiceSpec, run_threaded_server
 from ownchat_data.config import DataSettings
 from ownchat_data.core import DataCore
@@ -14,11 +17,14 @@ from ownchat_data.store import DataStore
 def main() -> None:
     settings = DataSettings()
     store = DataStore(settings.state_dir("data") / "data.db")
+    artifacts = ArtifactStore(settings.artifacts_dir)
+    token = load_or_create_token(settings.home, settings.token)
     core = DataCore(
         store,
-        ArtifactStore(settings.artifacts_dir),
+        artifacts,
         max_upload_bytes=settings.max_upload_bytes,
         max_record_bytes=settings.max_record_bytes,
+        models=ModelDirectories(ClientSettings(home=settings.home), token, artifacts),
     )
     spec = ServiceSpec(
         short_name="data",

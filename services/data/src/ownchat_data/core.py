@@ -8,18 +8,30 @@ only when every record was valid: a bad upload leaves nothing behind.
 from __future__ import annotations
 
 import hashlib
+import itertools
+import json
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
+from typing import Any
 
 from ownchat.artifacts import Artifact, ArtifactStore, HashingWriter
-from ownchat.errors import FieldViolation, InvalidArgumentError, ResourceExhaustedError
+from ownchat.errors import (
+    FailedPreconditionError,
+    FieldViolation,
+    InvalidArgumentError,
+    PreconditionViolation,
+    ResourceExhaustedError,
+    UnavailableError,
+)
 from ownchat_data.chat_jsonl import ChatSample, parse_chat_jsonl
 from ownchat_data.csv_transcript import CsvColumns, parse_csv_transcript
 from ownchat_data.documents import TextSample, parse_document
 from ownchat_data.preference_jsonl import PreferenceSample, parse_preference_jsonl
+from ownchat_data.preflight import LintReport, context_length, lint
 from ownchat_data.records import MalformedSource, RecordError, RecordTooLarge, Sample
 from ownchat_data.sanitize import SanitizeOptions, Sanitizer
 from ownchat_data.sharegpt import parse_sharegpt
@@ -144,11 +156,14 @@ class DataCore:
         artifacts: ArtifactStore,
         max_upload_bytes: int,
         max_record_bytes: int,
+        models: Callable[[str], Path] | None = None,
     ) -> None:
         self._store = store
         self._artifacts = artifacts
         self._max_upload_bytes = max_upload_bytes
         self._max_record_bytes = max_record_bytes
+        self._models = models
+        self._tokenizers: dict[Path, Any] = {}
 
     def _limited(self, chunks: Iterable[bytes], source_writer: HashingWriter) -> Iterator[bytes]:
         total = 0
@@ -297,3 +312,40 @@ class DataCore:
                     break
                 samples.append(_READERS[version.kind](line))
         return samples
+
+    def lint(self, version_id: str, base_model: str, max_samples: int) -> LintReport:
+        """Renders a chat version through a base model's template; see ``preflight``."""
+        if max_samples < 0:
+            raise InvalidArgumentError(
+                "invalid pre-flight request", [FieldViolation("max_samples", "must be 0 or more")]
+            )
+        version = self._store.get_version(version_id)
+        if version.kind != "chat":
+            raise FailedPreconditionError(
+                f"dataset version {version_id} holds {version.kind} samples; "
+                "the pre-flight check renders chat samples",
+                [PreconditionViolation("SAMPLE_KIND", version_id, "not a chat dataset version")],
+            )
+        if self._models is None:
+            raise UnavailableError("no model registry is configured for pre-flight checks")
+        model_dir = self._models(base_model)
+        if model_dir not in self._tokenizers:
+            from transformers import AutoTokenizer
+
+            self._tokenizers[model_dir] = AutoTokenizer.from_pretrained(
+                model_dir, local_files_only=True, trust_remote_code=False
+            )
+        tokenizer = self._tokenizers[model_dir]
+        config = json.loads((model_dir / "config.json").read_text())
+        samples = itertools.chain(
+            self._read(version.train_split, max_samples),
+            self._read(version.validation_split, max_samples),
+        )
+        return lint(samples, tokenizer, context_length(tokenizer, config))
+
+    def _read(self, split: Artifact, limit: int) -> Iterator[ChatSample]:
+        with self._artifacts.path(split.digest).open(encoding="utf-8") as handle:
+            for count, line in enumerate(handle):
+                if limit and count >= limit:
+                    return
+                yield ChatSample.from_json(line)

@@ -130,7 +130,7 @@ def _upload_spec(header: data_pb2.UploadHeader) -> UploadSpec:
 class DataServicer(data_pb2_grpc.DataServiceServicer):
     """Translates DataService calls for :class:`DataCore`.
 
-    LintDatasetVersion, EraseRecords and ScrubText are not overridden yet: the
+    EraseRecords and ScrubText are not overridden yet: the
     generated base answers UNIMPLEMENTED until the full data service lands.
     """
 
@@ -211,3 +211,22 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
             else:
                 response.samples.append(_sample_to_proto(sample, source))
         return response
+
+    def LintDatasetVersion(
+        self, request: data_pb2.LintDatasetVersionRequest, context: grpc.ServicerContext
+    ) -> data_pb2.LintDatasetVersionResponse:
+        report = self._core.lint(
+            request.dataset_version_id, request.base_model, request.max_samples
+        )
+        return data_pb2.LintDatasetVersionResponse(
+            rendered_sample="".join(text for text, _ in report.rendered_spans),
+            total_tokens=report.total_tokens,
+            loss_tokens=report.loss_tokens,
+            too_long_records=report.too_long_records,
+            special_token_records=report.special_token_records,
+            rendered_spans=[
+                data_pb2.RenderedSpan(text=text, loss=loss) for text, loss in report.rendered_spans
+            ],
+            samples_checked=report.samples_checked,
+            max_length=report.max_length,
+        )

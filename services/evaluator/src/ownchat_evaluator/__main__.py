@@ -8,10 +8,11 @@ from ownchat.artifacts import ArtifactStore
 from ownchat.auth import load_or_create_token
 from ownchat.config import ClientSettings
 from ownchat.evaluator.v1 import evaluator_pb2, evaluator_pb2_grpc
+from ownchat.registry import ModelDirectories
 from ownchat.server import ServiceSpec, run_threaded_server
 from ownchat_evaluator.config import EvaluatorSettings
 from ownchat_evaluator.core import EvaluatorCore
-from ownchat_evaluator.lookups import RemoteLookups
+from ownchat_evaluator.lookups import ValidationSplits
 from ownchat_evaluator.servicer import EvaluatorServicer
 from ownchat_evaluator.store import EvalStore
 
@@ -21,14 +22,13 @@ def main() -> None:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     token = load_or_create_token(settings.home, settings.token)
-    lookups = RemoteLookups(
-        ClientSettings(home=settings.home), token, ArtifactStore(settings.artifacts_dir)
-    )
+    client_settings = ClientSettings(home=settings.home)
+    artifacts = ArtifactStore(settings.artifacts_dir)
     store = EvalStore(settings.state_dir("evaluator") / "evaluator.db")
     core = EvaluatorCore(
         store,
-        models=lookups.model_dir,
-        datasets=lookups.validation_split,
+        models=ModelDirectories(client_settings, token, artifacts),
+        datasets=ValidationSplits(client_settings, token, artifacts),
         batch_size=settings.batch_size,
         max_length=settings.max_length,
     )

@@ -190,6 +190,40 @@ def data_ingest(
             console.print(f"  record {issue.record}: {issue.reason}")
 
 
+@data_app.command("lint")
+@reports_rpc_errors
+def data_lint(
+    version_id: str,
+    base: Annotated[str, typer.Option(help="Base model whose template applies.")] = (
+        "smollm2-135m-instruct"
+    ),
+    max_samples: Annotated[int, typer.Option(help="Per split; 0 for all.")] = 0,
+) -> None:
+    """Pre-flight check: render samples through the model's chat template."""
+    with client() as ownchat:
+        report = ownchat.data.LintDatasetVersion(
+            data_pb2.LintDatasetVersionRequest(
+                dataset_version_id=version_id, base_model=base, max_samples=max_samples
+            ),
+            timeout=600,
+        )
+    console.print("first sample as the model sees it ([green]green[/green] carries loss):")
+    for span in report.rendered_spans:
+        style = "green" if span.loss else "dim"
+        console.print(span.text, style=style, end="", markup=False, highlight=False)
+    console.print()
+    console.print(
+        f"{report.samples_checked} samples, {report.total_tokens} tokens, "
+        f"{report.loss_tokens} carrying loss; context {report.max_length}"
+    )
+    if report.too_long_records:
+        console.print(f"[yellow]longer than the context[/yellow]: {list(report.too_long_records)}")
+    if report.special_token_records:
+        console.print(
+            f"[yellow]holding special tokens[/yellow]: {list(report.special_token_records)}"
+        )
+
+
 @data_app.command("list")
 @reports_rpc_errors
 def data_list() -> None:

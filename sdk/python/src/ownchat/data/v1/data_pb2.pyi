@@ -923,23 +923,53 @@ class LintDatasetVersionRequest(_message.Message):
 
     DATASET_VERSION_ID_FIELD_NUMBER: _builtins.int
     BASE_MODEL_FIELD_NUMBER: _builtins.int
+    MAX_SAMPLES_FIELD_NUMBER: _builtins.int
     dataset_version_id: _builtins.str
     """The version's id."""
     base_model: _builtins.str
     """The base model whose chat template and tokenizer apply."""
+    max_samples: _builtins.int
+    """Check at most this many samples of each split; 0 for all."""
     def __init__(
         self,
         *,
         dataset_version_id: _builtins.str = ...,
         base_model: _builtins.str = ...,
+        max_samples: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_model", b"base_model", "dataset_version_id", b"dataset_version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_model", b"base_model", "dataset_version_id", b"dataset_version_id", "max_samples", b"max_samples"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LintDatasetVersionRequest: _TypeAlias = LintDatasetVersionRequest  # noqa: Y015
+
+@_typing.final
+class RenderedSpan(_message.Message):
+    """A piece of a rendered sample and whether its tokens carry training loss."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    LOSS_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """The text of the tokens."""
+    loss: _builtins.bool
+    """Whether these tokens are learned (the assistant's turns)."""
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        loss: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["loss", b"loss", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenderedSpan: _TypeAlias = RenderedSpan  # noqa: Y015
 
 @_typing.final
 class LintDatasetVersionResponse(_message.Message):
@@ -952,12 +982,19 @@ class LintDatasetVersionResponse(_message.Message):
     LOSS_TOKENS_FIELD_NUMBER: _builtins.int
     TOO_LONG_RECORDS_FIELD_NUMBER: _builtins.int
     SPECIAL_TOKEN_RECORDS_FIELD_NUMBER: _builtins.int
+    RENDERED_SPANS_FIELD_NUMBER: _builtins.int
+    SAMPLES_CHECKED_FIELD_NUMBER: _builtins.int
+    MAX_LENGTH_FIELD_NUMBER: _builtins.int
     rendered_sample: _builtins.str
     """One sample rendered through the template."""
     total_tokens: _builtins.int
     """Tokens over all samples."""
     loss_tokens: _builtins.int
     """Tokens that carry loss over all samples."""
+    samples_checked: _builtins.int
+    """Samples checked."""
+    max_length: _builtins.int
+    """The model's context length that "too long" refers to."""
     @_builtins.property
     def too_long_records(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Samples longer than the model's context."""
@@ -965,6 +1002,10 @@ class LintDatasetVersionResponse(_message.Message):
     @_builtins.property
     def special_token_records(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Samples holding the template's special tokens."""
+
+    @_builtins.property
+    def rendered_spans(self) -> _containers.RepeatedCompositeFieldContainer[Global___RenderedSpan]:
+        """The first sample rendered, span by span, with which spans carry loss."""
 
     def __init__(
         self,
@@ -974,10 +1015,13 @@ class LintDatasetVersionResponse(_message.Message):
         loss_tokens: _builtins.int = ...,
         too_long_records: _abc.Iterable[_builtins.int] | None = ...,
         special_token_records: _abc.Iterable[_builtins.int] | None = ...,
+        rendered_spans: _abc.Iterable[Global___RenderedSpan] | None = ...,
+        samples_checked: _builtins.int = ...,
+        max_length: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["loss_tokens", b"loss_tokens", "rendered_sample", b"rendered_sample", "special_token_records", b"special_token_records", "too_long_records", b"too_long_records", "total_tokens", b"total_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["loss_tokens", b"loss_tokens", "max_length", b"max_length", "rendered_sample", b"rendered_sample", "rendered_spans", b"rendered_spans", "samples_checked", b"samples_checked", "special_token_records", b"special_token_records", "too_long_records", b"too_long_records", "total_tokens", b"total_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
