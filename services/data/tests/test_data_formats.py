@@ -52,14 +52,17 @@ GOOD_SHAREGPT = {
 
 
 def test_sharegpt_is_parsed_incrementally(core: DataCore) -> None:
-    items = [GOOD_SHAREGPT] * 3 + [
+    topics = ["shipping", "refunds", "warranty", "opening hours"]
+    items = [
         {
             "conversations": [
-                {"from": "system", "value": "Be brief."},
-                *GOOD_SHAREGPT["conversations"],
+                {"from": "human", "value": f"Tell me about {topic}, please."},
+                {"from": "gpt", "value": f"Here is what our policy on {topic} says: {i}."},
             ]
-        }  # type: ignore[list-item]
+        }
+        for i, topic in enumerate(topics)
     ]
+    items[3]["conversations"].insert(0, {"from": "system", "value": "Be brief."})
     version = core.upload(spec(SourceFormat.SHAREGPT_JSON), chunked(sharegpt(items)))
     assert version.kind == "chat"
     assert version.samples == 4

@@ -113,3 +113,47 @@ def test_an_upload_left_empty_by_sanitization_says_why(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgumentError) as error:
         core.upload(spec, iter([body.encode()]))
     assert "one_sided: 1" in error.value.violations[0].description
+
+
+def test_duplicates_are_removed_and_near_duplicates_share_a_split(tmp_path: Path) -> None:
+    core = DataCore(
+        DataStore(tmp_path / "data.db"), ArtifactStore(tmp_path / "a"), 1 << 20, 1 << 16
+    )
+    answer = (
+        "Hold the reset pin on the back of the router for ten seconds, wait for the light to "
+        "blink amber, then open the Acme Home app and reinstall the latest firmware version. "
+        "If the error comes back after the update, unplug the power cable for a full minute, "
+        "plug it back in, and write to us with the serial number printed under the router."
+    )
+    rows = [
+        [("user", "My router shows error E42, what should I do?"), ("assistant", answer)],
+        [("user", "My router shows error E42, what should I do?"), ("assistant", answer)],
+        [("user", "my router shows ERROR E42,   what should I do?"), ("assistant", answer)],
+        [("user", "My router shows error E42, what can I do?"), ("assistant", answer)],
+    ] + [
+        [("user", f"Question number {i}?"), ("assistant", f"Answer number {i}.")] for i in range(12)
+    ]
+    body = "\n".join(
+        json.dumps({"messages": [{"role": r, "content": c} for r, c in row]}) for row in rows
+    ).encode()
+    spec = UploadSpec("support", "x.jsonl", SourceFormat.OPENAI_CHAT_JSONL, 0.3)
+    version = core.upload(spec, iter([body]))
+    assert version.sanitization.removed == {"exact_duplicate": 2, "near_duplicate": 1}
+    assert version.samples == 13
+
+    kept = UploadSpec(
+        "support", "x.jsonl", SourceFormat.OPENAI_CHAT_JSONL, 0.3,
+        sanitize=SanitizeOptions(remove_near_duplicates=False),
+    )  # fmt: skip
+    grouped = core.upload(kept, iter([body]))
+    assert grouped.samples == 14
+    store = ArtifactStore(tmp_path / "a")
+    sides = {
+        split: store.path(artifact.digest).read_text()
+        for split, artifact in (
+            ("train", grouped.train_split),
+            ("validation", grouped.validation_split),
+        )
+    }
+    holding = [side for side, text in sides.items() if "E42" in text]
+    assert len(holding) == 1, "near-duplicates must not straddle the split"

@@ -79,6 +79,11 @@ class ArtifactStore:
         self._objects.mkdir(parents=True, exist_ok=True)
         self._tmp.mkdir(parents=True, exist_ok=True)
 
+    @property
+    def tmp_dir(self) -> Path:
+        """Scratch space on the store's file system, for staging work in progress."""
+        return self._tmp
+
     def path(self, digest: str) -> Path:
         """The local path of an artifact; NOT_FOUND when it is not stored."""
         algorithm, _, hexdigest = digest.partition(":")

@@ -11,12 +11,13 @@ import hashlib
 import itertools
 import json
 import re
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ownchat.artifacts import Artifact, ArtifactStore, HashingWriter
 from ownchat.errors import (
@@ -29,6 +30,7 @@ from ownchat.errors import (
 )
 from ownchat_data.chat_jsonl import ChatSample, parse_chat_jsonl
 from ownchat_data.csv_transcript import CsvColumns, parse_csv_transcript
+from ownchat_data.dedup import Deduplicator, Split, assign_splits
 from ownchat_data.documents import TextSample, parse_document
 from ownchat_data.preference_jsonl import PreferenceSample, parse_preference_jsonl
 from ownchat_data.preflight import LintReport, context_length, lint
@@ -102,12 +104,6 @@ def validate_spec(spec: UploadSpec) -> None:
         raise InvalidArgumentError("invalid upload header", violations)
 
 
-def split_score(sample_line: str, seed: int) -> float:
-    """A sample's place in [0, 1): below the validation fraction means validation."""
-    digest = hashlib.sha256(f"{seed}:{sample_line}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
 def _records(
     spec: UploadSpec, chunks: Iterable[bytes], max_record_bytes: int
 ) -> Iterator[Sample | RecordError]:
@@ -147,6 +143,74 @@ def _messages(sample: Sample) -> int:
     return 0
 
 
+@dataclass
+class _RecordIssues:
+    """Refused records: all counted, the first few kept for the report."""
+
+    count: int = 0
+    listed: list[RecordError] = field(default_factory=list)
+
+    def add(self, error: RecordError) -> None:
+        self.count += 1
+        if len(self.listed) < MAX_REPORTED_ERRORS:
+            self.listed.append(error)
+
+
+@dataclass
+class _SplitCounts:
+    train: int = 0
+    validation: int = 0
+    messages: int = 0
+
+
+def _turns(sample: Sample) -> list[tuple[str, str]]:
+    """What the deduplicator compares of a sample."""
+    if isinstance(sample, ChatSample):
+        return [(m.role, m.content) for m in sample.messages]
+    if isinstance(sample, PreferenceSample):
+        return [(m.role, m.content) for m in sample.prompt] + [("assistant", sample.chosen)]
+    if isinstance(sample, TextSample):
+        return [("assistant", sample.text)]
+    return []
+
+
+def _nothing_left(sanitizer: Sanitizer) -> InvalidArgumentError:
+    removed = sanitizer.report().removed
+    reason = (
+        "every sample was removed by sanitization ("
+        + ", ".join(f"{why}: {n}" for why, n in sorted(removed.items()))
+        + ")"
+        if removed
+        else "no record"
+    )
+    return InvalidArgumentError(
+        "the upload holds no usable sample", [FieldViolation("content", reason)]
+    )
+
+
+def _write_splits(
+    staging: IO[bytes],
+    split_of: dict[int, Split],
+    train: HashingWriter,
+    validation: HashingWriter,
+) -> _SplitCounts:
+    """Second pass: each staged sample to its group's split (removed ones are absent)."""
+    counts = _SplitCounts()
+    for raw in staging:
+        record, messages, line = raw.split(b"\t", 2)
+        side = split_of.get(int(record))
+        if side is None:
+            continue
+        if side is Split.VALIDATION:
+            validation.write(line)
+            counts.validation += 1
+        else:
+            train.write(line)
+            counts.train += 1
+        counts.messages += int(messages)
+    return counts
+
+
 class DataCore:
     """Dataset versions: creating them from uploads and reading them back."""
 
@@ -177,70 +241,38 @@ class DataCore:
             yield chunk
 
     def upload(self, spec: UploadSpec, chunks: Iterable[bytes]) -> DatasetVersion:
-        """Parses, validates, splits and stores one source file as a version."""
+        """Parses, sanitizes, deduplicates, splits and stores one source file as a version.
+
+        Two passes: the first parses and cleans each record as the bytes arrive
+        and stages the kept samples in a scratch file while the deduplicator
+        collects signatures; the second, once near-duplicate groups are known,
+        writes each kept sample to the split of its group.
+        """
         validate_spec(spec)
-        name = spec.file_name or "upload"
-        errors: list[RecordError] = []
-        error_count = 0
-        skip = spec.bad_record_policy is BadRecordPolicy.SKIP_AND_REPORT
-        counts = {"samples": 0, "train": 0, "validation": 0, "messages": 0}
         sanitizer = Sanitizer(spec.sanitize)
+        issues = _RecordIssues()
         # Every writer commits only if its block ends without an exception.
         with (
             self._artifacts.writer() as source,
-            self._artifacts.writer() as train,
-            self._artifacts.writer() as validation,
+            tempfile.TemporaryFile(dir=self._artifacts.tmp_dir) as staging,
+            Deduplicator(work_dir=self._artifacts.tmp_dir) as dedup,
         ):
-            try:
-                for parsed in _records(spec, self._limited(chunks, source), self._max_record_bytes):
-                    if isinstance(parsed, RecordError):
-                        error_count += 1
-                        if len(errors) < MAX_REPORTED_ERRORS:
-                            errors.append(parsed)
-                        continue
-                    if error_count and not skip:
-                        continue
-                    sample = sanitizer.apply(parsed)
-                    if sample is not None:
-                        self._place(sample, spec, train, validation, counts)
-            except RecordTooLarge as error:
-                where = _position(spec, error.record) if error.record else "a record"
-                reason = f"{where} is longer than {error.limit} bytes"
-                raise InvalidArgumentError(
-                    f"{name}: {reason}", [FieldViolation(where, reason)]
-                ) from None
-            except MalformedSource as error:
-                where = _position(spec, error.record) if error.record else "content"
-                raise InvalidArgumentError(
-                    f"{name}: {error.reason}", [FieldViolation(where, error.reason)]
-                ) from None
-            if error_count and not (skip and counts["samples"]):
-                more = error_count - len(errors)
-                message = f"{error_count} malformed record(s) in {name}"
-                if more:
-                    message += f" (first {len(errors)} listed)"
-                raise InvalidArgumentError(
-                    message,
-                    [FieldViolation(_position(spec, e.record), e.reason) for e in errors],
-                )
-            if counts["samples"] == 0:
-                removed = sanitizer.report().removed
-                reason = (
-                    "every sample was removed by sanitization ("
-                    + ", ".join(f"{why}: {n}" for why, n in sorted(removed.items()))
-                    + ")"
-                    if removed
-                    else "no record"
-                )
-                raise InvalidArgumentError(
-                    "the upload holds no usable sample", [FieldViolation("content", reason)]
-                )
+            staged = self._stage(spec, chunks, source, staging, sanitizer, dedup, issues)
+            result = dedup.finish()
+            removed = set()
+            if spec.sanitize.remove_near_duplicates:
+                removed = {record for group in result.groups for record in group[1:]}
+            sanitizer.count_removed("exact_duplicate", len(result.exact_duplicates))
+            sanitizer.count_removed("near_duplicate", len(removed))
+            if staged - len(removed) == 0:
+                raise _nothing_left(sanitizer)
+            keys = {r: key for r, key in result.group_keys.items() if r not in removed}
+            split_of = assign_splits(keys, spec.validation_fraction, spec.split_seed)
+            staging.seek(0)
+            with self._artifacts.writer() as train, self._artifacts.writer() as validation:
+                counts = _write_splits(staging, split_of, train, validation)
         train_split = Artifact(f"sha256:{train.hexdigest}", train.size_bytes)
         validation_split = Artifact(f"sha256:{validation.hexdigest}", validation.size_bytes)
-        if counts["validation"] == 0 and spec.validation_fraction > 0 and counts["samples"] >= 2:
-            train_split, validation_split = self._hold_out_one(train_split, spec.split_seed)
-            counts["train"] -= 1
-            counts["validation"] = 1
         content_digest = hashlib.sha256(
             f"{train_split.digest}\n{validation_split.digest}".encode()
         ).hexdigest()
@@ -250,45 +282,70 @@ class DataCore:
             dataset_name=spec.dataset_name,
             content_digest=f"sha256:{content_digest}",
             kind=KIND_BY_FORMAT[spec.format] if spec.format else "chat",
-            samples=counts["samples"],
-            train_samples=counts["train"],
-            validation_samples=counts["validation"],
-            messages=counts["messages"],
-            skipped_records=error_count,
+            samples=counts.train + counts.validation,
+            train_samples=counts.train,
+            validation_samples=counts.validation,
+            messages=counts.messages,
+            skipped_records=issues.count,
             train_split=train_split,
             validation_split=validation_split,
             source=Artifact(f"sha256:{source.hexdigest}", source.size_bytes),
             source_file_name=spec.file_name,
             create_time=time.time(),
-            skipped=tuple(RecordIssue(e.record, e.reason) for e in errors),
+            skipped=tuple(RecordIssue(e.record, e.reason) for e in issues.listed),
             sanitization=sanitizer.report(),
         )
         return self._store.add_version(version)
 
-    @staticmethod
-    def _place(
-        sample: Sample,
+    def _stage(
+        self,
         spec: UploadSpec,
-        train: HashingWriter,
-        validation: HashingWriter,
-        counts: dict[str, int],
-    ) -> None:
-        line = sample.to_json()
-        held_out = split_score(line, spec.split_seed) < spec.validation_fraction
-        target = validation if held_out else train
-        target.write(line.encode() + b"\n")
-        counts["validation" if held_out else "train"] += 1
-        counts["samples"] += 1
-        counts["messages"] += _messages(sample)
-
-    def _hold_out_one(self, train_split: Artifact, seed: int) -> tuple[Artifact, Artifact]:
-        """Moves the lowest-scoring sample to validation so a small set still has one."""
-        lines = self._artifacts.path(train_split.digest).read_text().splitlines()
-        chosen = min(range(len(lines)), key=lambda i: split_score(lines[i], seed))
-        held = lines.pop(chosen)
-        new_train = self._artifacts.put_bytes("".join(f"{line}\n" for line in lines).encode())
-        new_validation = self._artifacts.put_bytes(f"{held}\n".encode())
-        return new_train, new_validation
+        chunks: Iterable[bytes],
+        source: HashingWriter,
+        staging: IO[bytes],
+        sanitizer: Sanitizer,
+        dedup: Deduplicator,
+        issues: _RecordIssues,
+    ) -> int:
+        """First pass: parse, sanitize, drop exact duplicates, stage; returns how many."""
+        name = spec.file_name or "upload"
+        skip = spec.bad_record_policy is BadRecordPolicy.SKIP_AND_REPORT
+        staged = 0
+        try:
+            for parsed in _records(spec, self._limited(chunks, source), self._max_record_bytes):
+                if isinstance(parsed, RecordError):
+                    issues.add(parsed)
+                    continue
+                if issues.count and not skip:
+                    continue
+                sample = sanitizer.apply(parsed)
+                if sample is None or dedup.add(sample.record, _turns(sample)) is not None:
+                    continue
+                line = f"{sample.record}\t{_messages(sample)}\t{sample.to_json()}\n"
+                staging.write(line.encode())
+                staged += 1
+        except RecordTooLarge as error:
+            where = _position(spec, error.record) if error.record else "a record"
+            reason = f"{where} is longer than {error.limit} bytes"
+            raise InvalidArgumentError(
+                f"{name}: {reason}", [FieldViolation(where, reason)]
+            ) from None
+        except MalformedSource as error:
+            where = _position(spec, error.record) if error.record else "content"
+            raise InvalidArgumentError(
+                f"{name}: {error.reason}", [FieldViolation(where, error.reason)]
+            ) from None
+        if issues.count and not (skip and staged):
+            message = f"{issues.count} malformed record(s) in {name}"
+            if issues.count > len(issues.listed):
+                message += f" (first {len(issues.listed)} listed)"
+            raise InvalidArgumentError(
+                message,
+                [FieldViolation(_position(spec, e.record), e.reason) for e in issues.listed],
+            )
+        if staged == 0:
+            raise _nothing_left(sanitizer)
+        return staged
 
     def get_version(self, version_id: str) -> DatasetVersion:
         return self._store.get_version(version_id)

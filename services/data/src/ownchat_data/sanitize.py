@@ -25,6 +25,7 @@ class SanitizeOptions:
 
     clean: bool = True
     quality_filters: bool = True
+    remove_near_duplicates: bool = True
 
 
 class Sanitizer:
@@ -70,6 +71,11 @@ class Sanitizer:
             self._removed["empty_message"] += 1
             return None
         return cleaned
+
+    def count_removed(self, reason: str, count: int) -> None:
+        """Records samples a later, dataset-wide step removed (duplicates)."""
+        if count:
+            self._removed[reason] += count
 
     def report(self) -> SanitizationReport:
         """Messages changed by step, samples removed by reason."""

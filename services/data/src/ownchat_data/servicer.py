@@ -123,6 +123,7 @@ def _upload_spec(header: data_pb2.UploadHeader) -> UploadSpec:
         sanitize=SanitizeOptions(
             clean=not header.sanitize.skip_cleaning,
             quality_filters=not header.sanitize.skip_quality_filters,
+            remove_near_duplicates=not header.sanitize.keep_near_duplicates,
         ),
     )
 

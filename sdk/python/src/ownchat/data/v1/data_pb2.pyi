@@ -199,21 +199,27 @@ class SanitizeOptions(_message.Message):
 
     SKIP_CLEANING_FIELD_NUMBER: _builtins.int
     SKIP_QUALITY_FILTERS_FIELD_NUMBER: _builtins.int
+    KEEP_NEAR_DUPLICATES_FIELD_NUMBER: _builtins.int
     skip_cleaning: _builtins.bool
     """Keep messages as uploaded: no encoding repair, markup stripping,
     boilerplate removal or whitespace normalisation.
     """
     skip_quality_filters: _builtins.bool
     """Keep conversations that are one-sided, out of role order or empty."""
+    keep_near_duplicates: _builtins.bool
+    """Keep near-duplicates (they still land in the same split) instead of
+    keeping the first of each group. Exact duplicates are always removed.
+    """
     def __init__(
         self,
         *,
         skip_cleaning: _builtins.bool = ...,
         skip_quality_filters: _builtins.bool = ...,
+        keep_near_duplicates: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["skip_cleaning", b"skip_cleaning", "skip_quality_filters", b"skip_quality_filters"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keep_near_duplicates", b"keep_near_duplicates", "skip_cleaning", b"skip_cleaning", "skip_quality_filters", b"skip_quality_filters"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
