@@ -105,6 +105,13 @@ def test_upload_get_list_and_preview(grpc_stub: data_pb2_grpc.DataServiceStub) -
         metadata=AUTH,
     )
     assert len(preview.samples) == 3
+    exported = b"".join(
+        r.chunk
+        for r in grpc_stub.ExportDatasetVersion(
+            data_pb2.ExportDatasetVersionRequest(dataset_version_id=version.id), metadata=AUTH
+        )
+    )
+    assert len(exported.splitlines()) == version.stats.train_samples
     assert preview.samples[0].lineage.source_digest == version.source.digest
     assert preview.samples[0].lineage.record >= 1
 

@@ -370,6 +370,14 @@ class DataCore:
                 samples.append(_READERS[version.kind](line))
         return samples
 
+    def export(self, version_id: str, validation: bool, chunk_bytes: int) -> Iterator[bytes]:
+        """The bytes of one split's file, in chunks."""
+        version = self._store.get_version(version_id)
+        split = version.validation_split if validation else version.train_split
+        with self._artifacts.path(split.digest).open("rb") as handle:
+            while chunk := handle.read(chunk_bytes):
+                yield chunk
+
     def lint(self, version_id: str, base_model: str, max_samples: int) -> LintReport:
         """Renders a chat version through a base model's template; see ``preflight``."""
         if max_samples < 0:

@@ -38,6 +38,7 @@ _KINDS = {
     "text": data_pb2.SAMPLE_KIND_TEXT,
 }
 MAX_PREVIEW = 1000
+EXPORT_CHUNK = 1024 * 1024
 
 
 def version_to_proto(version: DatasetVersion) -> data_pb2.DatasetVersion:
@@ -231,3 +232,10 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
             samples_checked=report.samples_checked,
             max_length=report.max_length,
         )
+
+    def ExportDatasetVersion(
+        self, request: data_pb2.ExportDatasetVersionRequest, context: grpc.ServicerContext
+    ) -> Iterator[data_pb2.ExportDatasetVersionResponse]:
+        validation = request.split == data_pb2.SPLIT_VALIDATION
+        for chunk in self._core.export(request.dataset_version_id, validation, EXPORT_CHUNK):
+            yield data_pb2.ExportDatasetVersionResponse(chunk=chunk)

@@ -224,6 +224,28 @@ def data_lint(
         )
 
 
+@data_app.command("export")
+@reports_rpc_errors
+def data_export(
+    version_id: str,
+    output: Annotated[Path, typer.Option("--output", "-o", help="File to write.")],
+    split: Annotated[str, typer.Option(help="train or validation.")] = "train",
+) -> None:
+    """Download one split of a dataset version as JSON lines."""
+    if split not in ("train", "validation"):
+        raise typer.BadParameter("--split must be train or validation")
+    request = data_pb2.ExportDatasetVersionRequest(
+        dataset_version_id=version_id,
+        split=data_pb2.SPLIT_VALIDATION if split == "validation" else data_pb2.SPLIT_TRAIN,
+    )
+    partial = output.with_name(output.name + ".partial")
+    with client() as ownchat, partial.open("wb") as handle:
+        for response in ownchat.data.ExportDatasetVersion(request, timeout=3600):
+            handle.write(response.chunk)
+    partial.replace(output)
+    console.print(f"wrote {output} ({output.stat().st_size} bytes)")
+
+
 @data_app.command("list")
 @reports_rpc_errors
 def data_list() -> None:

@@ -922,6 +922,54 @@ class PreviewDatasetVersionResponse(_message.Message):
 Global___PreviewDatasetVersionResponse: _TypeAlias = PreviewDatasetVersionResponse  # noqa: Y015
 
 @_typing.final
+class ExportDatasetVersionRequest(_message.Message):
+    """Asks for one split's file."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_VERSION_ID_FIELD_NUMBER: _builtins.int
+    SPLIT_FIELD_NUMBER: _builtins.int
+    dataset_version_id: _builtins.str
+    """The version's id."""
+    split: Global___Split.ValueType
+    """The split; the training split when unset."""
+    def __init__(
+        self,
+        *,
+        dataset_version_id: _builtins.str = ...,
+        split: Global___Split.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_version_id", b"dataset_version_id", "split", b"split"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportDatasetVersionRequest: _TypeAlias = ExportDatasetVersionRequest  # noqa: Y015
+
+@_typing.final
+class ExportDatasetVersionResponse(_message.Message):
+    """The next bytes of the split's file."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHUNK_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """JSON lines, one sample per line, in order."""
+    def __init__(
+        self,
+        *,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportDatasetVersionResponse: _TypeAlias = ExportDatasetVersionResponse  # noqa: Y015
+
+@_typing.final
 class LintDatasetVersionRequest(_message.Message):
     """Asks for a pre-flight check of a dataset version against a base model."""
 

@@ -61,6 +61,11 @@ class DataServiceStub:
                 request_serializer=ownchat_dot_data_dot_v1_dot_data__pb2.PreviewDatasetVersionRequest.SerializeToString,
                 response_deserializer=ownchat_dot_data_dot_v1_dot_data__pb2.PreviewDatasetVersionResponse.FromString,
                 _registered_method=True)
+        self.ExportDatasetVersion = channel.unary_stream(
+                '/ownchat.data.v1.DataService/ExportDatasetVersion',
+                request_serializer=ownchat_dot_data_dot_v1_dot_data__pb2.ExportDatasetVersionRequest.SerializeToString,
+                response_deserializer=ownchat_dot_data_dot_v1_dot_data__pb2.ExportDatasetVersionResponse.FromString,
+                _registered_method=True)
         self.LintDatasetVersion = channel.unary_unary(
                 '/ownchat.data.v1.DataService/LintDatasetVersion',
                 request_serializer=ownchat_dot_data_dot_v1_dot_data__pb2.LintDatasetVersionRequest.SerializeToString,
@@ -123,6 +128,15 @@ class DataServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportDatasetVersion(self, request, context):
+        """Downloads one split of a dataset version as JSON lines. Server streaming
+        is deliberate (an exception to buf's advice): a split is larger than one
+        message.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def LintDatasetVersion(self, request, context):
         """Renders samples through a base model's chat template and reports token
         counts, which tokens carry loss, and samples holding special tokens.
@@ -174,6 +188,11 @@ def add_DataServiceServicer_to_server(servicer, server):
                     servicer.PreviewDatasetVersion,
                     request_deserializer=ownchat_dot_data_dot_v1_dot_data__pb2.PreviewDatasetVersionRequest.FromString,
                     response_serializer=ownchat_dot_data_dot_v1_dot_data__pb2.PreviewDatasetVersionResponse.SerializeToString,
+            ),
+            'ExportDatasetVersion': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportDatasetVersion,
+                    request_deserializer=ownchat_dot_data_dot_v1_dot_data__pb2.ExportDatasetVersionRequest.FromString,
+                    response_serializer=ownchat_dot_data_dot_v1_dot_data__pb2.ExportDatasetVersionResponse.SerializeToString,
             ),
             'LintDatasetVersion': grpc.unary_unary_rpc_method_handler(
                     servicer.LintDatasetVersion,
@@ -328,6 +347,33 @@ class DataService:
             '/ownchat.data.v1.DataService/PreviewDatasetVersion',
             ownchat_dot_data_dot_v1_dot_data__pb2.PreviewDatasetVersionRequest.SerializeToString,
             ownchat_dot_data_dot_v1_dot_data__pb2.PreviewDatasetVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportDatasetVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ownchat.data.v1.DataService/ExportDatasetVersion',
+            ownchat_dot_data_dot_v1_dot_data__pb2.ExportDatasetVersionRequest.SerializeToString,
+            ownchat_dot_data_dot_v1_dot_data__pb2.ExportDatasetVersionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,11 @@ class DataServiceStub:
     """Lists datasets, newest first."""
     PreviewDatasetVersion: _grpc.UnaryUnaryMultiCallable[_data_pb2.PreviewDatasetVersionRequest, _data_pb2.PreviewDatasetVersionResponse]
     """Returns the first samples of one split of a dataset version."""
+    ExportDatasetVersion: _grpc.UnaryStreamMultiCallable[_data_pb2.ExportDatasetVersionRequest, _data_pb2.ExportDatasetVersionResponse]
+    """Downloads one split of a dataset version as JSON lines. Server streaming
+    is deliberate (an exception to buf's advice): a split is larger than one
+    message.
+    """
     LintDatasetVersion: _grpc.UnaryUnaryMultiCallable[_data_pb2.LintDatasetVersionRequest, _data_pb2.LintDatasetVersionResponse]
     """Renders samples through a base model's chat template and reports token
     counts, which tokens carry loss, and samples holding special tokens.
@@ -87,6 +92,11 @@ class DataServiceAsyncStub(DataServiceStub):
     """Lists datasets, newest first."""
     PreviewDatasetVersion: _aio.UnaryUnaryMultiCallable[_data_pb2.PreviewDatasetVersionRequest, _data_pb2.PreviewDatasetVersionResponse]  # type: ignore[assignment]
     """Returns the first samples of one split of a dataset version."""
+    ExportDatasetVersion: _aio.UnaryStreamMultiCallable[_data_pb2.ExportDatasetVersionRequest, _data_pb2.ExportDatasetVersionResponse]  # type: ignore[assignment]
+    """Downloads one split of a dataset version as JSON lines. Server streaming
+    is deliberate (an exception to buf's advice): a split is larger than one
+    message.
+    """
     LintDatasetVersion: _aio.UnaryUnaryMultiCallable[_data_pb2.LintDatasetVersionRequest, _data_pb2.LintDatasetVersionResponse]  # type: ignore[assignment]
     """Renders samples through a base model's chat template and reports token
     counts, which tokens carry loss, and samples holding special tokens.
@@ -150,6 +160,17 @@ class DataServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_data_pb2.PreviewDatasetVersionResponse, _abc.Awaitable[_data_pb2.PreviewDatasetVersionResponse]]:
         """Returns the first samples of one split of a dataset version."""
+
+    @_abc_1.abstractmethod
+    def ExportDatasetVersion(
+        self,
+        request: _data_pb2.ExportDatasetVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_data_pb2.ExportDatasetVersionResponse], _abc.AsyncIterator[_data_pb2.ExportDatasetVersionResponse]]:
+        """Downloads one split of a dataset version as JSON lines. Server streaming
+        is deliberate (an exception to buf's advice): a split is larger than one
+        message.
+        """
 
     @_abc_1.abstractmethod
     def LintDatasetVersion(
