@@ -9,7 +9,7 @@ SERVICES := data trainer evaluator serving gateway
 PYPROJECTS := sdk/python/pyproject.toml $(foreach s,$(SERVICES),services/$(s)/pyproject.toml)
 BUF := .tools/node_modules/.bin/buf
 
-.PHONY: setup demo test lint typecheck protos check-protos buf-lint buf-breaking clean
+.PHONY: setup demo test lint typecheck protos check-protos buf-lint buf-breaking clean bench-data bench-demo
 
 setup: $(VENV)/.installed
 
@@ -57,6 +57,14 @@ typecheck: setup
 
 test: setup check-protos buf-lint buf-breaking lint typecheck
 	$(VENV)/bin/pytest
+
+# Benchmarks (not part of the tests): each writes benchmarks/results/<name>.json.
+bench-data: setup
+	$(PIP) install -q -c requirements/constraints.txt -r requirements/bench.txt
+	$(PY) benchmarks/data.py
+
+bench-demo: setup
+	$(PY) benchmarks/demo_wall.py
 
 clean:
 	rm -rf $(VENV) .tools

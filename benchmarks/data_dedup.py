@@ -20,17 +20,16 @@ from __future__ import annotations
 import argparse
 import codecs
 import json
-import os
 import random
 import time
 from collections.abc import Iterator, Sequence
-from datetime import date
 from itertools import combinations
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from datasketch import MinHash, MinHashLSH
+from results_file import merge_results
 from scipy.sparse import csr_matrix, triu
 
 from ownchat_data.dedup import DedupConfig, deduplicate
@@ -42,16 +41,6 @@ RESULTS = ROOT / "benchmarks/results/data.json"
 COMMAND = "python benchmarks/data_dedup.py"
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant"}
 ROLES |= {"bing": "assistant", "bard": "assistant", "system": "system"}
-
-
-def hardware() -> str:
-    """Core count and CPU model, e.g. "2 cores, AMD EPYC, no GPU"."""
-    model = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    return f"{os.cpu_count()} cores, {model}, no GPU"
 
 
 def _items(chunk_bytes: int = 1 << 20) -> Iterator[dict[str, Any]]:
@@ -350,33 +339,13 @@ def run_dedup_benchmark(megabytes: float = 15.0) -> list[dict[str, Any]]:
     ]
 
 
-def merge_results(metrics: list[dict[str, Any]], path: Path = RESULTS) -> dict[str, Any]:
-    """Writes ``metrics`` into the data benchmark file, keeping other metrics there."""
-    existing: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-    names = {metric["name"] for metric in metrics}
-    kept = [m for m in existing.get("metrics", []) if m.get("name") not in names]
-    commands = [c for c in existing.get("command", "").split(" ; ") if c and c != COMMAND]
-    result = {
-        "benchmark": "data",
-        "hardware": hardware(),
-        "command": " ; ".join([*commands, COMMAND]),
-        "date": date.today().isoformat(),
-        "metrics": kept + metrics,
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(temporary, path)
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--megabytes", type=float, default=15.0)
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     metrics = run_dedup_benchmark(args.megabytes)
-    merge_results(metrics, args.output)
+    merge_results("data", COMMAND, metrics, args.output)
     print(json.dumps(metrics, indent=2))
 
 

@@ -25,13 +25,13 @@ import argparse
 import importlib.metadata
 import json
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from datetime import date
 from pathlib import Path
 from typing import Any
+
+from results_file import merge_results
 
 from ownchat_data.pii import PII_TYPES, EntityType, PiiScanner, RedactionMode, Redactor
 
@@ -53,16 +53,6 @@ PRESIDIO_NAMES = {
 }
 
 Detector = Callable[[str], list[tuple[str, int, int]]]
-
-
-def hardware() -> str:
-    """Core count and CPU model, as the other benchmark files write it."""
-    model = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    return f"{os.cpu_count()} cores, {model}, no GPU"
 
 
 def sharegpt_messages(max_bytes: int) -> list[str]:
@@ -295,30 +285,6 @@ def run_pii_benchmark(mb: float = 30.0, presidio_mb: float = 2.0) -> list[dict[s
     return metrics
 
 
-def _merged_command(existing: str | None, ours: str) -> str:
-    """The file's command line, naming every benchmark script that wrote to it."""
-    if not existing or ours in existing:
-        return existing or ours
-    return f"{existing}; {ours}"
-
-
-def write_results(metrics: list[dict[str, Any]], path: Path = RESULTS) -> dict[str, Any]:
-    """Merges ``metrics`` into the results file, replacing ours by name, keeping others."""
-    existing: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-    names = {m["name"] for m in metrics}
-    kept = [m for m in existing.get("metrics", []) if m["name"] not in names]
-    result = {
-        "benchmark": "data",
-        "hardware": hardware(),
-        "command": _merged_command(existing.get("command"), "python benchmarks/data_pii.py"),
-        "date": date.today().isoformat(),
-        "metrics": kept + metrics,
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mb", type=float, default=30.0, help="MB of chat text for ours")
@@ -326,7 +292,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     metrics = run_pii_benchmark(args.mb, args.presidio_mb)
-    write_results(metrics, args.output)
+    merge_results("data", "python benchmarks/data_pii.py", metrics, args.output)
     for m in metrics:
         print(
             f"{m['name']:36s} ours={m['ours']!s:>8} baseline={m['baseline']!s:>8} "

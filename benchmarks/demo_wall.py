@@ -18,16 +18,9 @@ import time
 from datetime import date
 from pathlib import Path
 
+from results_file import hardware
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def hardware() -> str:
-    model = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    return f"{os.cpu_count()} cores, {model}, no GPU"
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ownchat.artifacts import ArtifactStore
-from ownchat.errors import InvalidArgumentError
+from ownchat.errors import FailedPreconditionError, InvalidArgumentError
 from ownchat_data.chat_jsonl import ChatMessage, ChatSample
 from ownchat_data.cleaning import (
     normalize_whitespace,
@@ -19,6 +19,7 @@ from ownchat_data.cleaning import (
     strip_markup,
 )
 from ownchat_data.core import DataCore, SourceFormat, UploadSpec
+from ownchat_data.pii import RedactionMode
 from ownchat_data.quality import QualityFilter
 from ownchat_data.sanitize import SanitizeOptions
 from ownchat_data.store import DataStore
@@ -157,3 +158,74 @@ def test_duplicates_are_removed_and_near_duplicates_share_a_split(tmp_path: Path
     }
     holding = [side for side, text in sides.items() if "E42" in text]
     assert len(holding) == 1, "near-duplicates must not straddle the split"
+
+
+PLANTED = {
+    "email": "ann.smith@example.org",
+    "card": "4111 1111 1111 1111",
+    "phone": "+44 20 7946 0958",
+    "key": "AKIAIOSFODNN7EXAMPLE",
+}
+
+
+def _pii_upload(tmp_path: Path, sanitize: SanitizeOptions, salt: bytes | None = b"s" * 32):
+    core = DataCore(
+        DataStore(tmp_path / "data.db"),
+        ArtifactStore(tmp_path / "a"),
+        1 << 20,
+        1 << 16,
+        pii_salt=salt,
+    )
+    rows = [
+        [
+            ("user", f"Mail me at {PLANTED['email']} or call {PLANTED['phone']}."),
+            ("assistant", f"Sure, I will write to {PLANTED['email']}."),
+        ],
+        [
+            ("user", f"My card {PLANTED['card']} was charged twice; key {PLANTED['key']}"),
+            ("assistant", "I have refunded the second charge."),
+        ],
+        [("user", f"Is {PLANTED['email']} on file?"), ("assistant", "Yes, it is.")],
+    ]
+    body = "\n".join(
+        json.dumps({"messages": [{"role": r, "content": c} for r, c in row]}) for row in rows
+    ).encode()
+    spec = UploadSpec("support", "x.jsonl", SourceFormat.OPENAI_CHAT_JSONL, 0.0, sanitize=sanitize)
+    version = core.upload(spec, iter([body]))
+    stored = ArtifactStore(tmp_path / "a").path(version.train_split.digest).read_text()
+    return version, stored
+
+
+def test_personal_data_is_replaced_by_placeholders_by_default(tmp_path: Path) -> None:
+    version, stored = _pii_upload(tmp_path, SanitizeOptions())
+    for value in PLANTED.values():
+        assert value not in stored
+    assert "Sure, I will write to <EMAIL_1>." in stored
+    assert "My card <CREDIT_CARD_1> was charged twice; key <AWS_ACCESS_KEY_1>" in stored
+    assert version.sanitization.changed == {
+        "pii_email": 3,
+        "pii_phone": 1,
+        "pii_credit_card": 1,
+        "pii_aws_access_key": 1,
+    }
+
+
+def test_pseudonyms_are_consistent_across_the_dataset(tmp_path: Path) -> None:
+    options = SanitizeOptions(pii_mode=RedactionMode.PSEUDONYMIZE)
+    _, stored = _pii_upload(tmp_path, options)
+    assert PLANTED["email"] not in stored
+    emails = {
+        word.strip(".?,")
+        for line in stored.splitlines()
+        for message in json.loads(line)["messages"]
+        for word in message["content"].split()
+        if "@" in word
+    }
+    assert len(emails) == 1, "one address must get one surrogate everywhere"
+    with pytest.raises(FailedPreconditionError):
+        _pii_upload(tmp_path / "nosalt", options, salt=None)
+
+
+def test_pii_scanning_can_be_turned_off(tmp_path: Path) -> None:
+    _, stored = _pii_upload(tmp_path, SanitizeOptions(pii_mode=None))
+    assert PLANTED["email"] in stored

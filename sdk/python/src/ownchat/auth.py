@@ -24,34 +24,38 @@ def token_path(home: Path) -> Path:
     return home / TOKEN_FILE_NAME
 
 
-def load_or_create_token(home: Path, configured: SecretStr | None = None) -> str:
-    """Returns the configured token, else the one in the home, creating it once.
+def load_or_create_secret(path: Path, configured: SecretStr | None = None) -> str:
+    """Returns the configured secret, else the one in ``path``, creating it once (0600).
 
-    Creation uses O_EXCL so that services starting together agree on one token.
+    Creation uses O_EXCL so that processes starting together agree on one value.
     """
     if configured is not None and configured.get_secret_value():
         return configured.get_secret_value()
-    path = token_path(home)
-    home.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        return _read_token(path)
+        return _read_secret(path)
     with os.fdopen(fd, "w") as handle:
         handle.write(secrets.token_urlsafe(32))
         handle.flush()
         os.fsync(handle.fileno())
-    return _read_token(path)
+    return _read_secret(path)
 
 
-def _read_token(path: Path) -> str:
+def load_or_create_token(home: Path, configured: SecretStr | None = None) -> str:
+    """The bearer token: configured, or generated once into ``$OWNCHAT_HOME/token``."""
+    return load_or_create_secret(token_path(home), configured)
+
+
+def _read_secret(path: Path) -> str:
     # Another process may have created the file and not yet written it.
     for _ in range(50):
         value = path.read_text().strip()
         if value:
             return value
         time.sleep(0.02)
-    raise RuntimeError(f"token file {path} is empty")
+    raise RuntimeError(f"secret file {path} is empty")
 
 
 def bearer(token: str) -> str:

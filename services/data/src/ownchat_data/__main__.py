@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ownchat.artifacts import ArtifactStore
-from ownchat.auth import load_or_create_token
+from ownchat.auth import load_or_create_secret, load_or_create_token
 from ownchat.config import ClientSettings
 from ownchat.data.v1 import data_pb2, data_pb2_grpc
 from ownchat.registry import ModelDirectories
@@ -25,6 +25,9 @@ def main() -> None:
         max_upload_bytes=settings.max_upload_bytes,
         max_record_bytes=settings.max_record_bytes,
         models=ModelDirectories(ClientSettings(home=settings.home), token, artifacts),
+        pii_salt=load_or_create_secret(
+            settings.state_dir("data") / "pii-salt", settings.pii_salt
+        ).encode(),
     )
     spec = ServiceSpec(
         short_name="data",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from ownchat.config import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, ServerSettings
@@ -22,6 +22,10 @@ class DataSettings(ServerSettings):
     metrics_port: int | None = Field(default=DEFAULT_METRICS_PORTS["data"], ge=0, le=65535)
     max_upload_bytes: int = Field(
         default=1024**3, gt=0, description="Largest source file accepted in one upload."
+    )
+    pii_salt: SecretStr | None = Field(
+        default=None,
+        description="Secret key of PII pseudonyms; generated into the service's state when unset.",
     )
     max_record_bytes: int = Field(
         default=8 * 1024**2, gt=0, description="Largest single record (line) of a source file."

@@ -32,6 +32,7 @@ from ownchat_data.chat_jsonl import ChatSample, parse_chat_jsonl
 from ownchat_data.csv_transcript import CsvColumns, parse_csv_transcript
 from ownchat_data.dedup import Deduplicator, Split, assign_splits
 from ownchat_data.documents import TextSample, parse_document
+from ownchat_data.pii import RedactionMode
 from ownchat_data.preference_jsonl import PreferenceSample, parse_preference_jsonl
 from ownchat_data.preflight import LintReport, context_length, lint
 from ownchat_data.records import MalformedSource, RecordError, RecordTooLarge, Sample
@@ -221,12 +222,14 @@ class DataCore:
         max_upload_bytes: int,
         max_record_bytes: int,
         models: Callable[[str], Path] | None = None,
+        pii_salt: bytes | None = None,
     ) -> None:
         self._store = store
         self._artifacts = artifacts
         self._max_upload_bytes = max_upload_bytes
         self._max_record_bytes = max_record_bytes
         self._models = models
+        self._pii_salt = pii_salt
         self._tokenizers: dict[Path, Any] = {}
 
     def _limited(self, chunks: Iterable[bytes], source_writer: HashingWriter) -> Iterator[bytes]:
@@ -249,7 +252,12 @@ class DataCore:
         writes each kept sample to the split of its group.
         """
         validate_spec(spec)
-        sanitizer = Sanitizer(spec.sanitize)
+        if spec.sanitize.pii_mode is RedactionMode.PSEUDONYMIZE and not self._pii_salt:
+            raise FailedPreconditionError(
+                "pseudonymisation needs the data service's secret salt, which is not configured",
+                [PreconditionViolation("PII_SALT", "data", "no salt configured")],
+            )
+        sanitizer = Sanitizer(spec.sanitize, self._pii_salt)
         issues = _RecordIssues()
         # Every writer commits only if its block ends without an exception.
         with (

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from ownchat_data.chat_jsonl import ChatMessage, ChatSample
 from ownchat_data.cleaning import Cleaner, repair_encoding
 from ownchat_data.documents import TextSample
+from ownchat_data.pii import RedactionMode, Redactor
 from ownchat_data.preference_jsonl import PreferenceSample
 from ownchat_data.quality import QualityFilter
 from ownchat_data.records import Sample
@@ -26,19 +27,64 @@ class SanitizeOptions:
     clean: bool = True
     quality_filters: bool = True
     remove_near_duplicates: bool = True
+    # None: personal data and secrets are left as uploaded.
+    pii_mode: RedactionMode | None = RedactionMode.PLACEHOLDER
 
 
 class Sanitizer:
     """Applies the steps to one sample at a time and counts what they did."""
 
-    def __init__(self, options: SanitizeOptions) -> None:
+    def __init__(self, options: SanitizeOptions, pii_salt: bytes | None = None) -> None:
         self._options = options
+        self._redactor = (
+            Redactor(options.pii_mode, salt=pii_salt) if options.pii_mode is not None else None
+        )
+        self._pii: Counter[str] = Counter()
         self._cleaner = Cleaner()
         self._quality = QualityFilter()
         self._removed: Counter[str] = Counter()
 
     def apply(self, sample: Sample) -> Sample | None:
         """The sample to store, or None when a step removed it."""
+        cleaned = self._clean(sample)
+        if cleaned is None or self._redactor is None:
+            return cleaned
+        return self._redact(cleaned)
+
+    def _redact(self, sample: Sample) -> Sample:
+        """Personal data and secrets replaced, one placeholder scope per sample."""
+        assert self._redactor is not None
+        if isinstance(sample, ChatSample):
+            texts, counts = self._redactor.redact_conversation(m.content for m in sample.messages)
+            sample = replace(
+                sample,
+                messages=tuple(
+                    ChatMessage(m.role, text)
+                    for m, text in zip(sample.messages, texts, strict=True)
+                ),
+            )
+        elif isinstance(sample, PreferenceSample):
+            texts, counts = self._redactor.redact_conversation(
+                [*(m.content for m in sample.prompt), sample.chosen, sample.rejected]
+            )
+            *prompt, chosen, rejected = texts
+            sample = replace(
+                sample,
+                prompt=tuple(
+                    ChatMessage(m.role, text) for m, text in zip(sample.prompt, prompt, strict=True)
+                ),
+                chosen=chosen,
+                rejected=rejected,
+            )
+        elif isinstance(sample, TextSample):
+            texts, counts = self._redactor.redact_conversation([sample.text])
+            sample = replace(sample, text=texts[0])
+        else:
+            return sample
+        self._pii.update(counts)
+        return sample
+
+    def _clean(self, sample: Sample) -> Sample | None:
         if isinstance(sample, ChatSample):
             return self._chat(sample)
         if isinstance(sample, PreferenceSample) and self._options.clean:
@@ -80,6 +126,7 @@ class Sanitizer:
     def report(self) -> SanitizationReport:
         """Messages changed by step, samples removed by reason."""
         changed = dict(self._cleaner.counts)
+        changed.update({f"pii_{kind.lower()}": count for kind, count in self._pii.items()})
         if self._quality.merged_turns:
             changed["turns_merged"] = self._quality.merged_turns
         removed = Counter(self._removed)

@@ -16,6 +16,7 @@ from ownchat_data.chat_jsonl import ChatSample
 from ownchat_data.core import BadRecordPolicy, DataCore, SourceFormat, UploadSpec
 from ownchat_data.csv_transcript import CsvColumns
 from ownchat_data.documents import TextSample
+from ownchat_data.pii import RedactionMode
 from ownchat_data.preference_jsonl import PreferenceSample
 from ownchat_data.sanitize import SanitizeOptions
 from ownchat_data.store import Dataset, DatasetVersion
@@ -31,6 +32,13 @@ _POLICIES = {
     data_pb2.BAD_RECORD_POLICY_UNSPECIFIED: BadRecordPolicy.REJECT_ALL,
     data_pb2.BAD_RECORD_POLICY_REJECT_ALL: BadRecordPolicy.REJECT_ALL,
     data_pb2.BAD_RECORD_POLICY_SKIP_AND_REPORT: BadRecordPolicy.SKIP_AND_REPORT,
+}
+_PII_MODES = {
+    data_pb2.PII_MODE_UNSPECIFIED: RedactionMode.PLACEHOLDER,
+    data_pb2.PII_MODE_OFF: None,
+    data_pb2.PII_MODE_REDACT: RedactionMode.REDACT,
+    data_pb2.PII_MODE_PLACEHOLDER: RedactionMode.PLACEHOLDER,
+    data_pb2.PII_MODE_PSEUDONYMIZE: RedactionMode.PSEUDONYMIZE,
 }
 _KINDS = {
     "chat": data_pb2.SAMPLE_KIND_CHAT,
@@ -125,6 +133,7 @@ def _upload_spec(header: data_pb2.UploadHeader) -> UploadSpec:
             clean=not header.sanitize.skip_cleaning,
             quality_filters=not header.sanitize.skip_quality_filters,
             remove_near_duplicates=not header.sanitize.keep_near_duplicates,
+            pii_mode=_PII_MODES.get(header.sanitize.pii_mode, RedactionMode.PLACEHOLDER),
         ),
     )
 

@@ -116,6 +116,12 @@ FORMATS = {
     "preference": data_pb2.SOURCE_FORMAT_PREFERENCE_JSONL,
     "document": data_pb2.SOURCE_FORMAT_DOCUMENT,
 }
+PII_MODES = {
+    "placeholder": data_pb2.PII_MODE_PLACEHOLDER,
+    "redact": data_pb2.PII_MODE_REDACT,
+    "pseudonymize": data_pb2.PII_MODE_PSEUDONYMIZE,
+    "off": data_pb2.PII_MODE_OFF,
+}
 FORMAT_BY_SUFFIX = {
     ".jsonl": "openai",
     ".json": "sharegpt",
@@ -136,6 +142,9 @@ def data_ingest(
         str | None,
         typer.Option(help="openai, sharegpt, csv, preference or document; by file name if unset."),
     ] = None,
+    pii: Annotated[
+        str, typer.Option(help="placeholder, redact, pseudonymize or off: personal data handling.")
+    ] = "placeholder",
     skip_bad_records: Annotated[
         bool, typer.Option(help="Skip and report bad records instead of refusing the file.")
     ] = False,
@@ -147,6 +156,8 @@ def data_ingest(
     csv_order_column: Annotated[str, typer.Option(help="CSV: ordering column.")] = "",
 ) -> None:
     """Upload a source file: chat JSONL, ShareGPT, CSV transcript, preferences, documents."""
+    if pii not in PII_MODES:
+        raise typer.BadParameter(f"--pii must be one of {', '.join(PII_MODES)}")
     chosen = format or FORMAT_BY_SUFFIX.get(file.suffix.lower())
     if chosen not in FORMATS:
         raise typer.BadParameter(
@@ -163,6 +174,7 @@ def data_ingest(
             if skip_bad_records
             else data_pb2.BAD_RECORD_POLICY_REJECT_ALL
         ),
+        sanitize=data_pb2.SanitizeOptions(pii_mode=PII_MODES[pii]),
         csv_columns=data_pb2.CsvColumns(
             conversation_id=csv_conversation_column,
             role=csv_role_column,

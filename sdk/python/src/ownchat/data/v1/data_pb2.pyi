@@ -133,6 +133,48 @@ SPLIT_VALIDATION: Split.ValueType  # 2
 """The validation split, held out from training."""
 Global___Split: _TypeAlias = Split  # noqa: Y015
 
+class _PiiMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PiiModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PiiMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PII_MODE_UNSPECIFIED: _PiiMode.ValueType  # 0
+    """Not given: PII_MODE_PLACEHOLDER."""
+    PII_MODE_OFF: _PiiMode.ValueType  # 1
+    """Leave the text as uploaded (nothing is scanned)."""
+    PII_MODE_REDACT: _PiiMode.ValueType  # 2
+    """Replace each value by its type, for example "<EMAIL>"."""
+    PII_MODE_PLACEHOLDER: _PiiMode.ValueType  # 3
+    """Replace each value by a numbered placeholder, for example "<EMAIL_1>", the
+    same number for the same value within a conversation.
+    """
+    PII_MODE_PSEUDONYMIZE: _PiiMode.ValueType  # 4
+    """Replace each value by a realistic surrogate of the same type, the same
+    surrogate for the same value across the whole dataset (keyed by a secret
+    salt kept by the data service).
+    """
+
+class PiiMode(_PiiMode, metaclass=_PiiModeEnumTypeWrapper):
+    """How detected personal data and secrets are replaced in uploaded text."""
+
+PII_MODE_UNSPECIFIED: PiiMode.ValueType  # 0
+"""Not given: PII_MODE_PLACEHOLDER."""
+PII_MODE_OFF: PiiMode.ValueType  # 1
+"""Leave the text as uploaded (nothing is scanned)."""
+PII_MODE_REDACT: PiiMode.ValueType  # 2
+"""Replace each value by its type, for example "<EMAIL>"."""
+PII_MODE_PLACEHOLDER: PiiMode.ValueType  # 3
+"""Replace each value by a numbered placeholder, for example "<EMAIL_1>", the
+same number for the same value within a conversation.
+"""
+PII_MODE_PSEUDONYMIZE: PiiMode.ValueType  # 4
+"""Replace each value by a realistic surrogate of the same type, the same
+surrogate for the same value across the whole dataset (keyed by a secret
+salt kept by the data service).
+"""
+Global___PiiMode: _TypeAlias = PiiMode  # noqa: Y015
+
 @_typing.final
 class UploadHeader(_message.Message):
     """The header of an upload: what the bytes that follow are and where they go."""
@@ -200,6 +242,7 @@ class SanitizeOptions(_message.Message):
     SKIP_CLEANING_FIELD_NUMBER: _builtins.int
     SKIP_QUALITY_FILTERS_FIELD_NUMBER: _builtins.int
     KEEP_NEAR_DUPLICATES_FIELD_NUMBER: _builtins.int
+    PII_MODE_FIELD_NUMBER: _builtins.int
     skip_cleaning: _builtins.bool
     """Keep messages as uploaded: no encoding repair, markup stripping,
     boilerplate removal or whitespace normalisation.
@@ -210,16 +253,19 @@ class SanitizeOptions(_message.Message):
     """Keep near-duplicates (they still land in the same split) instead of
     keeping the first of each group. Exact duplicates are always removed.
     """
+    pii_mode: Global___PiiMode.ValueType
+    """How personal data and secrets are replaced; placeholders when unset."""
     def __init__(
         self,
         *,
         skip_cleaning: _builtins.bool = ...,
         skip_quality_filters: _builtins.bool = ...,
         keep_near_duplicates: _builtins.bool = ...,
+        pii_mode: Global___PiiMode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["keep_near_duplicates", b"keep_near_duplicates", "skip_cleaning", b"skip_cleaning", "skip_quality_filters", b"skip_quality_filters"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keep_near_duplicates", b"keep_near_duplicates", "pii_mode", b"pii_mode", "skip_cleaning", b"skip_cleaning", "skip_quality_filters", b"skip_quality_filters"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
