@@ -55,6 +55,10 @@ def test_lint_counts_tokens_and_flags_long_and_special_samples(
     assert report.max_length == 512
     assert 0 < report.loss_tokens < report.total_tokens
     assert report.too_long_records == [3]
+    histogram = dict(report.length_histogram)
+    assert sum(histogram.values()) == 3
+    assert histogram[64] == 2
+    assert sum(n for bound, n in histogram.items() if bound is None or bound > 512) == 1
     assert report.special_token_records == [2]
     rendered = "".join(text for text, _ in report.rendered_spans)
     learned = "".join(text for text, loss in report.rendered_spans if loss)

@@ -9,6 +9,7 @@ end a turn early or teach the model to emit control tokens).
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ from ownchat_data.chat_jsonl import ChatSample
 
 UNLIMITED = 1 << 30
 MAX_LISTED = 1000
+HISTOGRAM_BOUNDS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
 
 @dataclass
@@ -31,6 +33,8 @@ class LintReport:
     too_long_records: list[int] = field(default_factory=list)
     special_token_records: list[int] = field(default_factory=list)
     rendered_spans: list[tuple[str, bool]] = field(default_factory=list)
+    # Samples per token-count bucket: (exclusive upper bound or None for the rest, count).
+    length_histogram: list[tuple[int | None, int]] = field(default_factory=list)
 
 
 def context_length(tokenizer: Any, config: dict[str, Any]) -> int:
@@ -59,6 +63,7 @@ def _spans(tokenizer: Any, input_ids: list[int], labels: list[int]) -> list[tupl
 def lint(samples: Iterable[ChatSample], tokenizer: Any, max_length: int) -> LintReport:
     """Checks every sample; the first one is also rendered span by span."""
     report = LintReport(max_length=max_length)
+    buckets = [0] * (len(HISTOGRAM_BOUNDS) + 1)
     special = [t for t in getattr(tokenizer, "all_special_tokens", []) if t]
     for sample in samples:
         messages = [{"role": m.role, "content": m.content} for m in sample.messages]
@@ -66,6 +71,7 @@ def lint(samples: Iterable[ChatSample], tokenizer: Any, max_length: int) -> Lint
         report.samples_checked += 1
         report.total_tokens += len(tokenized.input_ids)
         report.loss_tokens += tokenized.loss_tokens
+        buckets[bisect.bisect_right(HISTOGRAM_BOUNDS, len(tokenized.input_ids))] += 1
         if len(tokenized.input_ids) > max_length and len(report.too_long_records) < MAX_LISTED:
             report.too_long_records.append(sample.record)
         if any(token in m.content for m in sample.messages for token in special):
@@ -73,4 +79,6 @@ def lint(samples: Iterable[ChatSample], tokenizer: Any, max_length: int) -> Lint
                 report.special_token_records.append(sample.record)
         if not report.rendered_spans:
             report.rendered_spans = _spans(tokenizer, tokenized.input_ids, tokenized.labels)
+    bounds: list[int | None] = [*HISTOGRAM_BOUNDS, None]
+    report.length_histogram = list(zip(bounds, buckets, strict=True))
     return report

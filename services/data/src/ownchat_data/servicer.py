@@ -240,6 +240,10 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
             ],
             samples_checked=report.samples_checked,
             max_length=report.max_length,
+            length_histogram=[
+                data_pb2.LengthBucket(below_tokens=bound or 0, samples=count)
+                for bound, count in report.length_histogram
+            ],
         )
 
     def ExportDatasetVersion(

@@ -228,6 +228,12 @@ def data_lint(
         f"{report.samples_checked} samples, {report.total_tokens} tokens, "
         f"{report.loss_tokens} carrying loss; context {report.max_length}"
     )
+    lower = 0
+    for bucket in report.length_histogram:
+        if bucket.samples:
+            upper = f"{bucket.below_tokens - 1}" if bucket.below_tokens else "+"
+            console.print(f"  {lower:>5}-{upper:<5} tokens: {bucket.samples} samples")
+        lower = bucket.below_tokens
     if report.too_long_records:
         console.print(f"[yellow]longer than the context[/yellow]: {list(report.too_long_records)}")
     if report.special_token_records:

@@ -1085,6 +1085,7 @@ class LintDatasetVersionResponse(_message.Message):
     RENDERED_SPANS_FIELD_NUMBER: _builtins.int
     SAMPLES_CHECKED_FIELD_NUMBER: _builtins.int
     MAX_LENGTH_FIELD_NUMBER: _builtins.int
+    LENGTH_HISTOGRAM_FIELD_NUMBER: _builtins.int
     rendered_sample: _builtins.str
     """One sample rendered through the template."""
     total_tokens: _builtins.int
@@ -1107,6 +1108,10 @@ class LintDatasetVersionResponse(_message.Message):
     def rendered_spans(self) -> _containers.RepeatedCompositeFieldContainer[Global___RenderedSpan]:
         """The first sample rendered, span by span, with which spans carry loss."""
 
+    @_builtins.property
+    def length_histogram(self) -> _containers.RepeatedCompositeFieldContainer[Global___LengthBucket]:
+        """How many samples have how many tokens."""
+
     def __init__(
         self,
         *,
@@ -1118,14 +1123,43 @@ class LintDatasetVersionResponse(_message.Message):
         rendered_spans: _abc.Iterable[Global___RenderedSpan] | None = ...,
         samples_checked: _builtins.int = ...,
         max_length: _builtins.int = ...,
+        length_histogram: _abc.Iterable[Global___LengthBucket] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["loss_tokens", b"loss_tokens", "max_length", b"max_length", "rendered_sample", b"rendered_sample", "rendered_spans", b"rendered_spans", "samples_checked", b"samples_checked", "special_token_records", b"special_token_records", "too_long_records", b"too_long_records", "total_tokens", b"total_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["length_histogram", b"length_histogram", "loss_tokens", b"loss_tokens", "max_length", b"max_length", "rendered_sample", b"rendered_sample", "rendered_spans", b"rendered_spans", "samples_checked", b"samples_checked", "special_token_records", b"special_token_records", "too_long_records", b"too_long_records", "total_tokens", b"total_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LintDatasetVersionResponse: _TypeAlias = LintDatasetVersionResponse  # noqa: Y015
+
+@_typing.final
+class LengthBucket(_message.Message):
+    """Samples whose token count is below an upper bound (and at least the
+    previous bucket's).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BELOW_TOKENS_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    below_tokens: _builtins.int
+    """The exclusive upper bound in tokens; 0 for the last, open-ended bucket."""
+    samples: _builtins.int
+    """How many samples fall in the bucket."""
+    def __init__(
+        self,
+        *,
+        below_tokens: _builtins.int = ...,
+        samples: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["below_tokens", b"below_tokens", "samples", b"samples"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LengthBucket: _TypeAlias = LengthBucket  # noqa: Y015
 
 @_typing.final
 class EraseRecordsRequest(_message.Message):
