@@ -229,3 +229,32 @@ def test_pseudonyms_are_consistent_across_the_dataset(tmp_path: Path) -> None:
 def test_pii_scanning_can_be_turned_off(tmp_path: Path) -> None:
     _, stored = _pii_upload(tmp_path, SanitizeOptions(pii_mode=None))
     assert PLANTED["email"] in stored
+
+
+def test_the_language_filter_keeps_the_languages_asked_for(tmp_path: Path) -> None:
+    core = DataCore(DataStore(tmp_path / "d.db"), ArtifactStore(tmp_path / "a"), 1 << 20, 1 << 16)
+    rows = [
+        ("How much does the Zephyr X2 router cost?", "The Zephyr X2 router costs 129 euros."),
+        ("Wie viel kostet der Zephyr X2 Router?", "Der Zephyr X2 Router kostet 129 Euro."),
+        ("Combien coûte le routeur Zephyr X2 ?", "Le routeur Zephyr X2 coûte 129 euros."),
+        ("Hi", "Hello!"),
+    ]
+    body = "\n".join(
+        json.dumps(
+            {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+        )
+        for q, a in rows
+    ).encode()
+    spec = UploadSpec(
+        "support", "x.jsonl", SourceFormat.OPENAI_CHAT_JSONL, 0.0,
+        sanitize=SanitizeOptions(languages=frozenset({"en", "de"})),
+    )  # fmt: skip
+    version = core.upload(spec, iter([body]))
+    assert version.samples == 3, "English, German, and the one too short to judge"
+    assert version.sanitization.removed == {"other_language": 1}
+    bad = UploadSpec(
+        "support", "x.jsonl", SourceFormat.OPENAI_CHAT_JSONL, 0.0,
+        sanitize=SanitizeOptions(languages=frozenset({"english"})),
+    )  # fmt: skip
+    with pytest.raises(InvalidArgumentError):
+        core.upload(bad, iter([body]))

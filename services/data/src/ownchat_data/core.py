@@ -42,6 +42,7 @@ from ownchat_data.store import Dataset, DatasetVersion, DataStore, RecordIssue
 
 DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 MAX_REPORTED_ERRORS = 50
+LANGUAGE_CODE = re.compile(r"^[a-z]{2}$")
 
 
 class SourceFormat(Enum):
@@ -99,6 +100,14 @@ def validate_spec(spec: UploadSpec) -> None:
         violations.append(FieldViolation("header.format", f"must be one of {supported}"))
     if not 0 <= spec.validation_fraction <= 0.5:
         violations.append(FieldViolation("header.validation_fraction", "must be within [0, 0.5]"))
+    bad_languages = [code for code in spec.sanitize.languages if not LANGUAGE_CODE.match(code)]
+    if bad_languages:
+        violations.append(
+            FieldViolation(
+                "header.sanitize.languages",
+                f"expected ISO 639-1 codes such as 'en', got {', '.join(map(repr, bad_languages))}",
+            )
+        )
     if len(spec.file_name) > 255:
         violations.append(FieldViolation("header.file_name", "must be at most 255 characters"))
     if violations:

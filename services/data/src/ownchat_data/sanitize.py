@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from ownchat_data.chat_jsonl import ChatMessage, ChatSample
 from ownchat_data.cleaning import Cleaner, repair_encoding
 from ownchat_data.documents import TextSample
+from ownchat_data.language import conversation_language
 from ownchat_data.pii import RedactionMode, Redactor
 from ownchat_data.preference_jsonl import PreferenceSample
 from ownchat_data.quality import QualityFilter
@@ -29,6 +30,8 @@ class SanitizeOptions:
     remove_near_duplicates: bool = True
     # None: personal data and secrets are left as uploaded.
     pii_mode: RedactionMode | None = RedactionMode.PLACEHOLDER
+    # Empty: every language is kept.
+    languages: frozenset[str] = frozenset()
 
 
 class Sanitizer:
@@ -100,6 +103,11 @@ class Sanitizer:
     def _chat(self, sample: ChatSample) -> ChatSample | None:
         if self._options.clean:
             sample = self._cleaner.clean(sample)
+        if self._options.languages:
+            language = conversation_language([(m.role, m.content) for m in sample.messages])
+            if language is not None and language not in self._options.languages:
+                self._removed["other_language"] += 1
+                return None
         if self._options.quality_filters:
             return self._quality.check(sample)
         return sample

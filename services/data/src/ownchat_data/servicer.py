@@ -134,6 +134,7 @@ def _upload_spec(header: data_pb2.UploadHeader) -> UploadSpec:
             quality_filters=not header.sanitize.skip_quality_filters,
             remove_near_duplicates=not header.sanitize.keep_near_duplicates,
             pii_mode=_PII_MODES.get(header.sanitize.pii_mode, RedactionMode.PLACEHOLDER),
+            languages=frozenset(header.sanitize.languages),
         ),
     )
 

@@ -145,6 +145,10 @@ def data_ingest(
     pii: Annotated[
         str, typer.Option(help="placeholder, redact, pseudonymize or off: personal data handling.")
     ] = "placeholder",
+    language: Annotated[
+        list[str] | None,
+        typer.Option(help="Keep only conversations in this language (ISO 639-1; repeatable)."),
+    ] = None,
     skip_bad_records: Annotated[
         bool, typer.Option(help="Skip and report bad records instead of refusing the file.")
     ] = False,
@@ -174,7 +178,7 @@ def data_ingest(
             if skip_bad_records
             else data_pb2.BAD_RECORD_POLICY_REJECT_ALL
         ),
-        sanitize=data_pb2.SanitizeOptions(pii_mode=PII_MODES[pii]),
+        sanitize=data_pb2.SanitizeOptions(pii_mode=PII_MODES[pii], languages=language or []),
         csv_columns=data_pb2.CsvColumns(
             conversation_id=csv_conversation_column,
             role=csv_role_column,

@@ -243,6 +243,7 @@ class SanitizeOptions(_message.Message):
     SKIP_QUALITY_FILTERS_FIELD_NUMBER: _builtins.int
     KEEP_NEAR_DUPLICATES_FIELD_NUMBER: _builtins.int
     PII_MODE_FIELD_NUMBER: _builtins.int
+    LANGUAGES_FIELD_NUMBER: _builtins.int
     skip_cleaning: _builtins.bool
     """Keep messages as uploaded: no encoding repair, markup stripping,
     boilerplate removal or whitespace normalisation.
@@ -255,6 +256,12 @@ class SanitizeOptions(_message.Message):
     """
     pii_mode: Global___PiiMode.ValueType
     """How personal data and secrets are replaced; placeholders when unset."""
+    @_builtins.property
+    def languages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Keep only conversations in these languages (ISO 639-1 codes such as "en");
+        every language when empty. Conversations too short to tell are kept.
+        """
+
     def __init__(
         self,
         *,
@@ -262,10 +269,11 @@ class SanitizeOptions(_message.Message):
         skip_quality_filters: _builtins.bool = ...,
         keep_near_duplicates: _builtins.bool = ...,
         pii_mode: Global___PiiMode.ValueType = ...,
+        languages: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["keep_near_duplicates", b"keep_near_duplicates", "pii_mode", b"pii_mode", "skip_cleaning", b"skip_cleaning", "skip_quality_filters", b"skip_quality_filters"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keep_near_duplicates", b"keep_near_duplicates", "languages", b"languages", "pii_mode", b"pii_mode", "skip_cleaning", b"skip_cleaning", "skip_quality_filters", b"skip_quality_filters"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
