@@ -14,6 +14,9 @@ import ijson
 from ownchat_data.chat_jsonl import ChatMessage, ChatSample
 from ownchat_data.records import MalformedSource, RecordError, RecordTooLarge
 
+# Deeper than any real conversation object (a list of turns holding strings).
+MAX_DEPTH = 32
+
 # The speaker names seen in ShareGPT-style exports.
 SPEAKERS = {
     "system": "system",
@@ -52,30 +55,87 @@ def _conversation(number: int, item: object) -> ChatSample | RecordError:
     return ChatSample(tuple(messages), 1.0, number)
 
 
+class _Items:
+    """Builds the top-level array's items from parser events, refusing deep nesting.
+
+    ijson's own item builder keeps a dotted path per nesting level, so a file of
+    nested brackets costs memory quadratic in its depth: a few hundred kilobytes
+    of "[" exhaust gigabytes. Events without paths, and a depth limit, keep a
+    hostile upload to the memory of one bounded record.
+    """
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.finished = False
+        self.builder: ijson.ObjectBuilder | None = None
+        self.count = 0
+        self.done: list[object] = []
+
+    def feed(self, event: str, value: object) -> None:
+        opens = event in ("start_map", "start_array")
+        closes = event in ("end_map", "end_array")
+        if self.depth == 0:
+            if self.finished or event != "start_array":
+                raise MalformedSource(1, "expected one JSON array of conversations")
+            self.depth = 1
+        elif self.depth == 1 and event == "end_array":
+            self.depth = 0
+            self.finished = True
+        elif self.depth == 1 and not opens:
+            self._complete(value)
+        else:
+            if opens:
+                self.depth += 1
+                if self.depth > MAX_DEPTH:
+                    raise MalformedSource(
+                        self.count + 1,
+                        f"item {self.count + 1} is nested deeper than {MAX_DEPTH} levels",
+                    )
+                if self.depth == 2:
+                    self.builder = ijson.ObjectBuilder()
+            assert self.builder is not None
+            self.builder.event(event, value)
+            if closes:
+                self.depth -= 1
+                if self.depth == 1:
+                    self._complete(self.builder.value)
+                    self.builder = None
+
+    def _complete(self, item: object) -> None:
+        self.done.append(item)
+        self.count += 1
+
+
 def parse_sharegpt(
     chunks: Iterable[bytes], max_record_bytes: int
 ) -> Iterator[ChatSample | RecordError]:
     """Every conversation or refused item of a ShareGPT JSON stream."""
-    items = ijson.sendable_list()
-    parser = ijson.items_coro(items, "item", use_float=True)
+    events = ijson.sendable_list()
+    parser = ijson.basic_parse_coro(events, use_float=True)
+    items = _Items()
     number = 0
     since_last_item = 0
     try:
         for chunk in chunks:
             parser.send(chunk)
             since_last_item += len(chunk)
-            if items:
+            for event, value in events:
+                items.feed(event, value)
+            del events[:]
+            if items.done:
                 since_last_item = 0
             elif since_last_item > max_record_bytes:
                 raise RecordTooLarge(number + 1, max_record_bytes)
-            for item in items:
+            for item in items.done:
                 number += 1
                 yield _conversation(number, item)
-            del items[:]
+            del items.done[:]
         parser.close()
+        for event, value in events:
+            items.feed(event, value)
     except ijson.JSONError as error:
         raise MalformedSource(number + 1, f"not valid JSON after item {number}: {error}") from None
-    for item in items:
+    for item in items.done:
         number += 1
         yield _conversation(number, item)
     if number == 0:

@@ -1,0 +1,96 @@
+"""Hostile and arbitrary input to every parser: a sample, a refused record, or a
+clear refusal of the file, never a crash and never unbounded memory."""
+
+from __future__ import annotations
+
+import resource
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ownchat_data.chat_jsonl import ChatSample, parse_chat_jsonl
+from ownchat_data.csv_transcript import CsvColumns, parse_csv_transcript
+from ownchat_data.documents import parse_document
+from ownchat_data.preference_jsonl import PreferenceSample, parse_preference_jsonl
+from ownchat_data.records import MalformedSource, RecordError, RecordTooLarge
+from ownchat_data.sharegpt import parse_sharegpt
+
+LIMIT = 4096
+REFUSALS = (MalformedSource, RecordTooLarge)
+
+
+def chunks(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)] or [b""]
+
+
+def drain(parser: object) -> list[object]:
+    try:
+        return list(parser)  # type: ignore[call-overload]
+    except REFUSALS:
+        return []
+
+
+json_like = st.one_of(
+    st.binary(max_size=400),
+    st.text(alphabet='[]{}":,0123456789 abcfromvaluehumangpt\n\\', max_size=400).map(str.encode),
+)
+
+
+@settings(max_examples=200)
+@given(json_like, st.integers(min_value=1, max_value=64))
+def test_sharegpt_parser_never_crashes(data: bytes, size: int) -> None:
+    for item in drain(parse_sharegpt(chunks(data, size), LIMIT)):
+        assert isinstance(item, ChatSample | RecordError)
+
+
+@settings(max_examples=200)
+@given(json_like, st.integers(min_value=1, max_value=64))
+def test_jsonl_parsers_never_crash(data: bytes, size: int) -> None:
+    for item in drain(parse_chat_jsonl(chunks(data, size), LIMIT)):
+        assert isinstance(item, ChatSample | RecordError)
+    for item in drain(parse_preference_jsonl(chunks(data, size), LIMIT)):
+        assert isinstance(item, PreferenceSample | RecordError)
+
+
+csv_like = st.one_of(
+    st.binary(max_size=400),
+    st.text(alphabet='conversation_id,role,content\n"userassistant12 \r', max_size=400).map(
+        lambda text: ("conversation_id,role,content\n" + text).encode()
+    ),
+)
+
+
+@settings(max_examples=200)
+@given(csv_like, st.integers(min_value=1, max_value=64))
+def test_csv_parser_never_crashes(data: bytes, size: int) -> None:
+    for item in drain(parse_csv_transcript(chunks(data, size), LIMIT, CsvColumns())):
+        assert isinstance(item, ChatSample | RecordError)
+
+
+@settings(max_examples=100)
+@given(st.binary(max_size=400), st.sampled_from(["a.txt", "a.md", "a.html"]))
+def test_document_parser_never_crashes(data: bytes, name: str) -> None:
+    drain(parse_document(chunks(data, 7), name, chunk_chars=50))
+
+
+@pytest.mark.parametrize(
+    "bomb",
+    [
+        b"[" * 2_000_000,
+        b'[{"conversations": ' + b"[" * 1_000_000,
+        b"[" + b'{"a": ' * 500_000,
+    ],
+)
+def test_nesting_bombs_are_refused_in_bounded_memory(bomb: bytes) -> None:
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(MalformedSource, match="nested deeper"):
+        list(parse_sharegpt(chunks(bomb, 65536), 8 << 20))
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 200 * 1024
+
+
+def test_a_line_bomb_is_refused_by_its_position() -> None:
+    with pytest.raises(RecordTooLarge) as error:
+        list(parse_chat_jsonl(chunks(b"{}\n" + b"x" * 100_000, 8192), LIMIT))
+    assert error.value.record == 2
