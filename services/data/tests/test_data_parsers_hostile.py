@@ -94,3 +94,12 @@ def test_a_line_bomb_is_refused_by_its_position() -> None:
     with pytest.raises(RecordTooLarge) as error:
         list(parse_chat_jsonl(chunks(b"{}\n" + b"x" * 100_000, 8192), LIMIT))
     assert error.value.record == 2
+
+
+def test_an_endless_csv_conversation_is_refused_at_its_first_row() -> None:
+    rows = "".join(f"7,user,{'x' * 100}\n" for _ in range(200))
+    data = f"conversation_id,role,content\n{rows}8,user,hi\n8,assistant,hello\n".encode()
+    parsed = list(parse_csv_transcript(chunks(data, 512), LIMIT, CsvColumns()))
+    assert isinstance(parsed[0], RecordError) and parsed[0].record == 2
+    assert "longer than" in parsed[0].reason
+    assert isinstance(parsed[1], ChatSample) and len(parsed[1].messages) == 2

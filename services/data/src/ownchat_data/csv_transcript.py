@@ -53,6 +53,7 @@ class _Conversation:
     id: str
     first_row: int
     rows: list[tuple[object, int, ChatMessage]] = field(default_factory=list)
+    size: int = 0
     error: RecordError | None = None
 
 
@@ -159,8 +160,17 @@ def parse_csv_transcript(
             )
         elif not content.strip() and current.error is None:
             current.error = RecordError(row_number, "empty message")
-        elif role is not None:
-            order = _order_key(row[index[columns.order]]) if columns.order else (0, 0.0)
-            current.rows.append((order, row_number, ChatMessage(role, content)))
+        elif current.error is None:
+            current.size += len(content)
+            if current.size > max_record_bytes:
+                # Rows of a refused conversation are not kept: memory stays one record.
+                current.error = RecordError(
+                    current.first_row,
+                    f"conversation {conversation_id!r} is longer than {max_record_bytes} bytes",
+                )
+                current.rows.clear()
+            else:
+                order = _order_key(row[index[columns.order]]) if columns.order else (0, 0.0)
+                current.rows.append((order, row_number, ChatMessage(role or "user", content)))
     if current is not None:
         yield _finish(current)
