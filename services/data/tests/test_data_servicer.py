@@ -152,3 +152,27 @@ def test_calls_without_the_token_are_refused(grpc_stub: data_pb2_grpc.DataServic
     with pytest.raises(grpc.RpcError) as error:
         grpc_stub.ListDatasets(data_pb2.ListDatasetsRequest())
     assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_erase_records_over_grpc(grpc_stub: data_pb2_grpc.DataServiceStub) -> None:
+    body = chats(8) + b'\n{"messages": [{"role": "user", "content": "I am Quentin Marsh"}, '
+    body += b'{"role": "assistant", "content": "Hello!"}]}'
+    version = grpc_stub.UploadDatasetVersion(upload("erasable", body), metadata=AUTH)
+    response = grpc_stub.EraseRecords(
+        data_pb2.EraseRecordsRequest(dataset_name="erasable", values=["Quentin Marsh"]),
+        metadata=AUTH,
+    )
+    assert response.removed_samples == 1
+    assert response.audit_id.startswith("erasure_")
+    assert version.dataset_version.id in response.erased_version_ids
+    erased = grpc_stub.GetDatasetVersion(
+        data_pb2.GetDatasetVersionRequest(dataset_version_id=version.dataset_version.id),
+        metadata=AUTH,
+    ).dataset_version
+    assert erased.erased_by == response.audit_id
+    with pytest.raises(grpc.RpcError) as error:
+        grpc_stub.EraseRecords(
+            data_pb2.EraseRecordsRequest(dataset_name="erasable", source_records=["nope:1"]),
+            metadata=AUTH,
+        )
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -165,6 +165,19 @@ class ArtifactStore:
                 shutil.rmtree(staged)
         return Artifact(f"sha256:{hexdigest}", total)
 
+    def delete(self, digest: str) -> bool:
+        """Removes an artifact (erasure); False when it was not there."""
+        try:
+            location = self.path(digest)
+        except NotFoundError:
+            return False
+        if location.is_dir():
+            shutil.rmtree(location)
+        else:
+            location.unlink()
+        _fsync_dir(self._objects)
+        return True
+
     def verify_tree(self, digest: str) -> list[str]:
         """Files of a directory artifact whose bytes no longer match; empty if intact."""
         root = self.path(digest)

@@ -29,6 +29,8 @@ def main() -> None:
             settings.state_dir("data") / "pii-salt", settings.pii_salt
         ).encode(),
     )
+    # Files an interrupted erasure listed but had not deleted yet.
+    core.finish_erasures()
     spec = ServiceSpec(
         short_name="data",
         full_names=[data_pb2.DESCRIPTOR.services_by_name["DataService"].full_name],

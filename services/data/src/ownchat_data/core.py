@@ -13,8 +13,9 @@ import json
 import re
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import IO, Any
@@ -24,6 +25,7 @@ from ownchat.errors import (
     FailedPreconditionError,
     FieldViolation,
     InvalidArgumentError,
+    NotFoundError,
     PreconditionViolation,
     ResourceExhaustedError,
     UnavailableError,
@@ -32,13 +34,19 @@ from ownchat_data.chat_jsonl import ChatSample, parse_chat_jsonl
 from ownchat_data.csv_transcript import CsvColumns, parse_csv_transcript
 from ownchat_data.dedup import Deduplicator, Split, assign_splits
 from ownchat_data.documents import TextSample, parse_document
+from ownchat_data.erasure import (
+    MIN_VALUE_CHARS,
+    ErasureRequest,
+    file_contains,
+    sample_is_erased,
+)
 from ownchat_data.pii import RedactionMode
 from ownchat_data.preference_jsonl import PreferenceSample, parse_preference_jsonl
 from ownchat_data.preflight import LintReport, context_length, lint
 from ownchat_data.records import MalformedSource, RecordError, RecordTooLarge, Sample
 from ownchat_data.sanitize import SanitizeOptions, Sanitizer
 from ownchat_data.sharegpt import parse_sharegpt
-from ownchat_data.store import Dataset, DatasetVersion, DataStore, RecordIssue
+from ownchat_data.store import Dataset, DatasetVersion, DataStore, Erasure, RecordIssue
 
 DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 MAX_REPORTED_ERRORS = 50
@@ -219,6 +227,14 @@ def _write_splits(
             counts.train += 1
         counts.messages += int(messages)
     return counts
+
+
+@dataclass(frozen=True)
+class ErasureResult:
+    """The version without the erased samples, and the audit record."""
+
+    version: DatasetVersion
+    erasure: Erasure
 
 
 class DataCore:
@@ -431,3 +447,115 @@ class DataCore:
                 if limit and count >= limit:
                     return
                 yield ChatSample.from_json(line)
+
+    def erase(self, dataset_name: str, request: ErasureRequest) -> ErasureResult:
+        """Removes erased samples as a new version and deletes every stored file holding them.
+
+        Order matters for safety: the new version is stored first, then the
+        audit record (which lists the files to delete and marks the versions
+        that used them), then the files are deleted; ``finish_erasures`` at
+        start-up deletes whatever a crash left behind.
+        """
+        if not request.source_records and not request.values:
+            raise InvalidArgumentError(
+                "nothing to erase",
+                [FieldViolation("source_records", "give source records or values")],
+            )
+        short = [v for v in request.values if len(v.strip()) < MIN_VALUE_CHARS]
+        if short:
+            raise InvalidArgumentError(
+                "values too short to erase safely",
+                [
+                    FieldViolation(
+                        "values", f"each value needs {MIN_VALUE_CHARS} characters or more"
+                    )
+                ],
+            )
+        versions = self._store.list_versions(dataset_name, 1 << 31, 0)
+        live = [v for v in versions if not v.erased_by]
+        if not live:
+            raise NotFoundError("dataset", dataset_name)
+        latest = live[0]
+        polluted: set[str] = set()
+        for version in live:
+            for split in (version.train_split, version.validation_split):
+                if self._split_holds(split, version.source.digest, request):
+                    polluted.add(split.digest)
+            source_named = any(
+                digest == version.source.digest for digest, _ in request.source_records
+            )
+            if source_named or self._source_holds(version.source, request):
+                polluted.add(version.source.digest)
+        train, removed_train = self._without(latest.train_split, latest.source.digest, request)
+        validation, removed_validation = self._without(
+            latest.validation_split, latest.source.digest, request
+        )
+        content_digest = hashlib.sha256(f"{train.digest}\n{validation.digest}".encode()).hexdigest()
+        version_hash = hashlib.sha256(f"{dataset_name}\n{content_digest}".encode())
+        new_version = self._store.add_version(
+            replace(
+                latest,
+                id=f"dsv_{version_hash.hexdigest()[:20]}",
+                content_digest=f"sha256:{content_digest}",
+                samples=latest.samples - removed_train - removed_validation,
+                train_samples=latest.train_samples - removed_train,
+                validation_samples=latest.validation_samples - removed_validation,
+                train_split=train,
+                validation_split=validation,
+                create_time=time.time(),
+            )
+        )
+        polluted -= {train.digest, validation.digest}
+        affected = self._store.versions_using(polluted)
+        erasure = Erasure(
+            id=f"erasure_{uuid.uuid4().hex[:16]}",
+            dataset_name=dataset_name,
+            create_time=time.time(),
+            value_sha256=request.value_hashes(),
+            source_records=tuple(f"{d}:{r}" for d, r in sorted(request.source_records)),
+            removed_samples=removed_train + removed_validation,
+            new_version_id=new_version.id,
+            erased_version_ids=tuple(v for v in affected if v != new_version.id),
+            deleted_artifacts=tuple(sorted(polluted)),
+        )
+        self._store.record_erasure(erasure)
+        for digest in erasure.deleted_artifacts:
+            self._artifacts.delete(digest)
+        return ErasureResult(new_version, erasure)
+
+    def finish_erasures(self) -> int:
+        """Deletes files that recorded erasures listed but a crash left; returns how many."""
+        deleted = 0
+        for erasure in self._store.list_erasures():
+            deleted += sum(self._artifacts.delete(d) for d in erasure.deleted_artifacts)
+        return deleted
+
+    def _samples(self, split: Artifact) -> Iterator[tuple[str, dict[str, Any]]]:
+        try:
+            path = self._artifacts.path(split.digest)
+        except NotFoundError:
+            return
+        with path.open(encoding="utf-8") as handle:
+            for line in handle:
+                yield line, json.loads(line)
+
+    def _split_holds(self, split: Artifact, source: str, request: ErasureRequest) -> bool:
+        return any(sample_is_erased(s, source, request) for _, s in self._samples(split))
+
+    def _source_holds(self, source: Artifact, request: ErasureRequest) -> bool:
+        try:
+            return file_contains(self._artifacts.path(source.digest), request.values)
+        except NotFoundError:
+            return False
+
+    def _without(
+        self, split: Artifact, source: str, request: ErasureRequest
+    ) -> tuple[Artifact, int]:
+        removed = 0
+        with self._artifacts.writer() as writer:
+            for line, sample in self._samples(split):
+                if sample_is_erased(sample, source, request):
+                    removed += 1
+                else:
+                    writer.write(line.encode())
+        return Artifact(f"sha256:{writer.hexdigest}", writer.size_bytes), removed

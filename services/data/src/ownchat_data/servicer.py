@@ -16,6 +16,7 @@ from ownchat_data.chat_jsonl import ChatSample
 from ownchat_data.core import BadRecordPolicy, DataCore, SourceFormat, UploadSpec
 from ownchat_data.csv_transcript import CsvColumns
 from ownchat_data.documents import TextSample
+from ownchat_data.erasure import ErasureRequest
 from ownchat_data.pii import RedactionMode
 from ownchat_data.preference_jsonl import PreferenceSample
 from ownchat_data.sanitize import SanitizeOptions
@@ -75,6 +76,7 @@ def version_to_proto(version: DatasetVersion) -> data_pb2.DatasetVersion:
         source_file_name=version.source_file_name,
         create_time=to_timestamp(version.create_time),
         skipped=[data_pb2.RecordIssue(record=i.record, reason=i.reason) for i in version.skipped],
+        erased_by=version.erased_by,
         sanitization=data_pb2.SanitizationReport(
             changed=version.sanitization.changed, removed=version.sanitization.removed
         ),
@@ -142,7 +144,7 @@ def _upload_spec(header: data_pb2.UploadHeader) -> UploadSpec:
 class DataServicer(data_pb2_grpc.DataServiceServicer):
     """Translates DataService calls for :class:`DataCore`.
 
-    EraseRecords and ScrubText are not overridden yet: the
+    ScrubText is not overridden yet: the
     generated base answers UNIMPLEMENTED until the full data service lands.
     """
 
@@ -253,3 +255,29 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
         validation = request.split == data_pb2.SPLIT_VALIDATION
         for chunk in self._core.export(request.dataset_version_id, validation, EXPORT_CHUNK):
             yield data_pb2.ExportDatasetVersionResponse(chunk=chunk)
+
+    def EraseRecords(
+        self, request: data_pb2.EraseRecordsRequest, context: grpc.ServicerContext
+    ) -> data_pb2.EraseRecordsResponse:
+        records: set[tuple[str, int]] = set()
+        violations = []
+        for index, reference in enumerate(request.source_records):
+            digest, _, record = reference.rpartition(":")
+            if not digest.startswith("sha256:") or not record.isdigit():
+                violations.append(
+                    FieldViolation(f"source_records[{index}]", "expected 'sha256:<hex>:<record>'")
+                )
+            else:
+                records.add((digest, int(record)))
+        if violations:
+            raise InvalidArgumentError("invalid erasure request", violations)
+        result = self._core.erase(
+            request.dataset_name,
+            ErasureRequest(frozenset(records), tuple(request.values)),
+        )
+        return data_pb2.EraseRecordsResponse(
+            dataset_version=version_to_proto(result.version),
+            removed_samples=result.erasure.removed_samples,
+            audit_id=result.erasure.id,
+            erased_version_ids=result.erasure.erased_version_ids,
+        )

@@ -45,7 +45,36 @@ MIGRATIONS = [
     """
     ALTER TABLE dataset_versions ADD COLUMN sanitization TEXT NOT NULL DEFAULT '{}'
     """,
+    """
+    ALTER TABLE dataset_versions ADD COLUMN erased_by TEXT NOT NULL DEFAULT '';
+    CREATE TABLE erasures (
+        id TEXT PRIMARY KEY,
+        dataset_name TEXT NOT NULL,
+        create_time REAL NOT NULL,
+        value_sha256 TEXT NOT NULL,
+        source_records TEXT NOT NULL,
+        removed_samples INTEGER NOT NULL,
+        new_version_id TEXT NOT NULL,
+        erased_version_ids TEXT NOT NULL,
+        deleted_artifacts TEXT NOT NULL
+    )
+    """,
 ]
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """The audit record of one erasure. Erased values are kept only as hashes."""
+
+    id: str
+    dataset_name: str
+    create_time: float
+    value_sha256: tuple[str, ...]
+    source_records: tuple[str, ...]
+    removed_samples: int
+    new_version_id: str
+    erased_version_ids: tuple[str, ...]
+    deleted_artifacts: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -84,6 +113,7 @@ class DatasetVersion:
     create_time: float
     skipped: tuple[RecordIssue, ...] = ()
     sanitization: SanitizationReport = SanitizationReport()
+    erased_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -114,6 +144,7 @@ def _version(row: sqlite3.Row) -> DatasetVersion:
         create_time=row["create_time"],
         skipped=tuple(RecordIssue(**issue) for issue in json.loads(row["skipped"])),
         sanitization=SanitizationReport(**json.loads(row["sanitization"])),
+        erased_by=row["erased_by"],
     )
 
 
@@ -137,7 +168,7 @@ class DataStore:
             )
             connection.execute(
                 "INSERT INTO dataset_versions VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     version.id,
                     version.dataset_name,
@@ -158,6 +189,7 @@ class DataStore:
                     version.create_time,
                     json.dumps([vars(issue) for issue in version.skipped]),
                     json.dumps(vars(version.sanitization)),
+                    version.erased_by,
                 ),
             )
         return version
@@ -189,6 +221,61 @@ class DataStore:
             Dataset(row["name"], row["version_count"], row["latest"] or "", row["create_time"])
             for row in rows
         ]
+
+    def record_erasure(self, erasure: Erasure) -> None:
+        """Stores the audit record and marks the versions whose files were deleted."""
+        with self._db.transaction() as connection:
+            connection.execute(
+                "INSERT INTO erasures VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    erasure.id,
+                    erasure.dataset_name,
+                    erasure.create_time,
+                    json.dumps(erasure.value_sha256),
+                    json.dumps(erasure.source_records),
+                    erasure.removed_samples,
+                    erasure.new_version_id,
+                    json.dumps(erasure.erased_version_ids),
+                    json.dumps(erasure.deleted_artifacts),
+                ),
+            )
+            connection.executemany(
+                "UPDATE dataset_versions SET erased_by = ? WHERE id = ?",
+                [(erasure.id, version_id) for version_id in erasure.erased_version_ids],
+            )
+
+    def versions_using(self, digests: set[str]) -> list[str]:
+        """Ids of versions (of any dataset) whose splits or source are among ``digests``."""
+        if not digests:
+            return []
+        marks = ", ".join("?" * len(digests))
+        rows = self._db.query(
+            f"SELECT id FROM dataset_versions WHERE train_digest IN ({marks}) "
+            f"OR validation_digest IN ({marks}) OR source_digest IN ({marks}) ORDER BY id",
+            [*digests, *digests, *digests],
+        )
+        return [row["id"] for row in rows]
+
+    def list_erasures(self) -> list[Erasure]:
+        rows = self._db.query("SELECT id FROM erasures ORDER BY create_time")
+        return [self.get_erasure(row["id"]) for row in rows]
+
+    def get_erasure(self, erasure_id: str) -> Erasure:
+        rows = self._db.query("SELECT * FROM erasures WHERE id = ?", (erasure_id,))
+        if not rows:
+            raise NotFoundError("erasure", erasure_id)
+        row = rows[0]
+        return Erasure(
+            id=row["id"],
+            dataset_name=row["dataset_name"],
+            create_time=row["create_time"],
+            value_sha256=tuple(json.loads(row["value_sha256"])),
+            source_records=tuple(json.loads(row["source_records"])),
+            removed_samples=row["removed_samples"],
+            new_version_id=row["new_version_id"],
+            erased_version_ids=tuple(json.loads(row["erased_version_ids"])),
+            deleted_artifacts=tuple(json.loads(row["deleted_artifacts"])),
+        )
 
     def close(self) -> None:
         self._db.close()

@@ -8,7 +8,12 @@ from ownchat.artifacts import Artifact
 from ownchat.client import open_channel
 from ownchat.config import ClientSettings
 from ownchat.data.v1 import data_pb2, data_pb2_grpc
-from ownchat.errors import NotFoundError, remote_error
+from ownchat.errors import (
+    FailedPreconditionError,
+    NotFoundError,
+    PreconditionViolation,
+    remote_error,
+)
 from ownchat_trainer.datasets import DatasetInfo
 
 _KINDS = {
@@ -43,6 +48,12 @@ class DataServiceDatasets:
                 raise NotFoundError("dataset version", dataset_version_id) from None
             raise remote_error(error, "data") from None
         version = response.dataset_version
+        if version.erased_by:
+            raise FailedPreconditionError(
+                f"dataset version {dataset_version_id} was erased ({version.erased_by}); "
+                "train on the version the erasure produced",
+                [PreconditionViolation("ERASED", dataset_version_id, version.erased_by)],
+            )
         return DatasetInfo(
             id=version.id,
             kind=_KINDS.get(version.kind, "unknown"),

@@ -268,6 +268,38 @@ def data_export(
     console.print(f"wrote {output} ({output.stat().st_size} bytes)")
 
 
+@data_app.command("erase")
+@reports_rpc_errors
+def data_erase(
+    dataset: Annotated[str, typer.Option(help="The dataset to erase from.")],
+    value: Annotated[
+        list[str] | None, typer.Option(help="Erase every sample holding this value (repeatable).")
+    ] = None,
+    record: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Erase samples from this source record, 'sha256:<hex>:<n>' (repeatable)."
+        ),
+    ] = None,
+) -> None:
+    """Right to erasure: a new version without the data, and every file holding it deleted."""
+    with client() as ownchat:
+        response = ownchat.data.EraseRecords(
+            data_pb2.EraseRecordsRequest(
+                dataset_name=dataset, values=value or [], source_records=record or []
+            ),
+            timeout=3600,
+        )
+    console.print(
+        f"removed {response.removed_samples} sample(s); new version "
+        f"[bold]{response.dataset_version.id}[/bold]; audit record {response.audit_id}"
+    )
+    if response.erased_version_ids:
+        console.print(
+            f"versions whose files were deleted: {', '.join(response.erased_version_ids)}"
+        )
+
+
 @data_app.command("list")
 @reports_rpc_errors
 def data_list() -> None:

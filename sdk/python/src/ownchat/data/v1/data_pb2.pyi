@@ -525,6 +525,7 @@ class DatasetVersion(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     SKIPPED_FIELD_NUMBER: _builtins.int
     SANITIZATION_FIELD_NUMBER: _builtins.int
+    ERASED_BY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The version's id, "dsv_" and the start of its content hash."""
     dataset_name: _builtins.str
@@ -535,6 +536,8 @@ class DatasetVersion(_message.Message):
     """What kind of samples it holds."""
     source_file_name: _builtins.str
     """The source file's name."""
+    erased_by: _builtins.str
+    """Set when an erasure deleted this version's files: the audit record's id."""
     @_builtins.property
     def stats(self) -> Global___DatasetStats:
         """Its counts."""
@@ -580,10 +583,11 @@ class DatasetVersion(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         skipped: _abc.Iterable[Global___RecordIssue] | None = ...,
         sanitization: Global___SanitizationReport | None = ...,
+        erased_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "sanitization", b"sanitization", "source", b"source", "stats", b"stats", "train_split", b"train_split", "validation_split", b"validation_split"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_digest", b"content_digest", "create_time", b"create_time", "dataset_name", b"dataset_name", "id", b"id", "kind", b"kind", "sanitization", b"sanitization", "skipped", b"skipped", "source", b"source", "source_file_name", b"source_file_name", "stats", b"stats", "train_split", b"train_split", "validation_split", b"validation_split"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_digest", b"content_digest", "create_time", b"create_time", "dataset_name", b"dataset_name", "erased_by", b"erased_by", "id", b"id", "kind", b"kind", "sanitization", b"sanitization", "skipped", b"skipped", "source", b"source", "source_file_name", b"source_file_name", "stats", b"stats", "train_split", b"train_split", "validation_split", b"validation_split"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1212,13 +1216,20 @@ class EraseRecordsResponse(_message.Message):
     DATASET_VERSION_FIELD_NUMBER: _builtins.int
     REMOVED_SAMPLES_FIELD_NUMBER: _builtins.int
     AUDIT_ID_FIELD_NUMBER: _builtins.int
+    ERASED_VERSION_IDS_FIELD_NUMBER: _builtins.int
     removed_samples: _builtins.int
-    """How many samples were removed."""
+    """How many samples were removed from the newest version."""
     audit_id: _builtins.str
     """The id of the audit record."""
     @_builtins.property
     def dataset_version(self) -> Global___DatasetVersion:
         """The new version without the erased samples."""
+
+    @_builtins.property
+    def erased_version_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Versions whose stored files held erased data: their files are deleted
+        and they can no longer be read or trained on.
+        """
 
     def __init__(
         self,
@@ -1226,10 +1237,11 @@ class EraseRecordsResponse(_message.Message):
         dataset_version: Global___DatasetVersion | None = ...,
         removed_samples: _builtins.int = ...,
         audit_id: _builtins.str = ...,
+        erased_version_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["dataset_version", b"dataset_version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_id", b"audit_id", "dataset_version", b"dataset_version", "removed_samples", b"removed_samples"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_id", b"audit_id", "dataset_version", b"dataset_version", "erased_version_ids", b"erased_version_ids", "removed_samples", b"removed_samples"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,77 @@
+"""Right to erasure: which stored samples and files hold what must be erased.
+
+A sample is erased when it derives from a named source record, or when any of
+its texts contains a named value (compared case-insensitively). A stored file
+holds erased data when one of its samples is erased, or, for an uploaded
+source file, when it is the named record's source or its bytes contain a value
+(also as JSON would escape it).
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_SCAN_CHUNK = 1024 * 1024
+MIN_VALUE_CHARS = 3
+
+
+@dataclass(frozen=True)
+class ErasureRequest:
+    """What to erase: source records ("<digest>:<record>") and values."""
+
+    source_records: frozenset[tuple[str, int]]
+    values: tuple[str, ...]
+
+    def value_hashes(self) -> tuple[str, ...]:
+        """The values as SHA-256 hashes: what the audit record keeps of them."""
+        return tuple(hashlib.sha256(v.encode()).hexdigest() for v in self.values)
+
+
+def sample_texts(sample: dict[str, Any]) -> list[str]:
+    """Every text of a stored sample line (chat, preference or text)."""
+    texts: list[str] = []
+    for key in ("messages", "prompt"):
+        for message in sample.get(key) or []:
+            texts.append(str(message["content"]))
+    for key in ("chosen", "rejected", "text"):
+        if key in sample:
+            texts.append(str(sample[key]))
+    return texts
+
+
+def sample_is_erased(sample: dict[str, Any], source_digest: str, request: ErasureRequest) -> bool:
+    if (source_digest, int(sample["record"])) in request.source_records:
+        return True
+    folded = [text.casefold() for text in sample_texts(sample)]
+    return any(value.casefold() in text for value in request.values for text in folded)
+
+
+def _needles(values: Iterable[str]) -> list[bytes]:
+    needles = set()
+    for value in values:
+        for form in (value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]):
+            needles.add(form.casefold().encode())
+    return sorted(needles)
+
+
+def file_contains(path: Path, values: Iterable[str]) -> bool:
+    """Whether a file's bytes contain any value (case-insensitive), in bounded memory."""
+    needles = _needles(values)
+    if not needles:
+        return False
+    overlap = max(len(n) for n in needles)
+    tail = b""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    with path.open("rb") as handle:
+        while chunk := handle.read(_SCAN_CHUNK):
+            window = tail + decoder.decode(chunk).casefold().encode()
+            if any(needle in window for needle in needles):
+                return True
+            tail = window[-overlap:]
+    return False
