@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ownchat.artifacts import ArtifactStore
-from ownchat.errors import InvalidArgumentError, NotFoundError
+from ownchat.errors import InvalidArgumentError, NotFoundError, UnavailableError
 from ownchat_data.core import DataCore, SourceFormat, UploadSpec
 from ownchat_data.erasure import ErasureRequest
 from ownchat_data.sanitize import SanitizeOptions
@@ -113,3 +113,36 @@ def test_an_interrupted_erasure_is_finished_at_start(core: DataCore, tmp_path: P
     core._artifacts.delete = original  # type: ignore[method-assign]  # noqa: SLF001
     assert core.finish_erasures() == len(result.erasure.deleted_artifacts)
     assert SECRET_NAME.encode() not in every_stored_byte(tmp_path)
+
+
+def test_models_trained_on_erased_versions_are_blocked_even_after_an_outage(
+    tmp_path: Path,
+) -> None:
+    calls: list[tuple[list[str], str]] = []
+    trainer_up = False
+
+    def block(version_ids: list[str], reason: str) -> list[str]:
+        if not trainer_up:
+            raise UnavailableError("the trainer service is unavailable")
+        calls.append((version_ids, reason))
+        return ["ft:base:x:1"]
+
+    core = DataCore(
+        DataStore(tmp_path / "d.db"), ArtifactStore(tmp_path / "a"), 1 << 20, 1 << 16,
+        block_models=block,
+    )  # fmt: skip
+    lines = [conversation(i) for i in range(6)]
+    lines[1] = conversation(1, f"{SECRET_NAME} here, about my router.")
+    version_id = upload(core, lines)
+    result = core.erase("support", ErasureRequest(frozenset(), (SECRET_NAME,)))
+    assert result.erasure.blocked_model_ids is None and not calls
+
+    trainer_up = True
+    core.finish_erasures()
+    [(version_ids, reason)] = calls
+    assert version_ids == [version_id]
+    assert result.erasure.id in reason and result.version.id in reason
+    audit = core._store.get_erasure(result.erasure.id)  # noqa: SLF001
+    assert audit.blocked_model_ids == ("ft:base:x:1",)
+    core.finish_erasures()
+    assert len(calls) == 1, "a finished erasure is not sent again"

@@ -154,3 +154,20 @@ def test_model_dirs_come_from_the_environment_as_json(
     assert settings.model_dirs == [Path("/srv/models"), Path("/opt/m")]
     assert settings.port == 50052
     assert settings.embedded_base_model is True
+
+
+def test_models_trained_on_erased_data_are_blocked_once(store: TrainerStore) -> None:
+    job = store.add_job(_job("job_erased", "acme"), "", [])
+    model, _ = store.register_version(
+        job, "tiny-chat", Artifact("sha256:" + "1" * 64, 10), {"train_loss": 1.0}, "{model}"
+    )
+    assert store.block_models_trained_on([], "erased") == []
+    assert store.block_models_trained_on(["dsv_other"], "erased") == []
+    blocked = store.block_models_trained_on([job.dataset_version_id], "erased by erasure_1")
+    assert blocked == [model.id]
+    stored = store.get_model(model.id)
+    assert stored is not None and stored.blocked_reason == "erased by erasure_1"
+    # Blocking again keeps the first reason.
+    assert store.block_models_trained_on([job.dataset_version_id], "later") == [model.id]
+    again = store.get_model(model.id)
+    assert again is not None and again.blocked_reason == "erased by erasure_1"

@@ -42,3 +42,26 @@ class ModelDirectories:
         except grpc.RpcError as error:
             raise remote_error(error, "trainer") from None
         return self._artifacts.path(response.model.artifact.digest)
+
+
+class ModelBlocker:
+    """Blocks, in the trainer's registry, the models trained on given dataset versions."""
+
+    def __init__(self, settings: ClientSettings, token: str) -> None:
+        self._settings = settings
+        self._token = token
+
+    def __call__(self, dataset_version_ids: list[str], reason: str) -> list[str]:
+        """The blocked models' ids; UNAVAILABLE when the trainer cannot be reached."""
+        channel = open_channel(self._settings.trainer_address, self._settings, self._token)
+        try:
+            response = trainer_pb2_grpc.TrainerServiceStub(channel).BlockModelsTrainedOn(
+                trainer_pb2.BlockModelsTrainedOnRequest(
+                    dataset_version_ids=dataset_version_ids, reason=reason
+                )
+            )
+        except grpc.RpcError as error:
+            raise remote_error(error, "trainer") from None
+        finally:
+            channel.close()
+        return list(response.model_ids)

@@ -6,7 +6,7 @@ from ownchat.artifacts import ArtifactStore
 from ownchat.auth import load_or_create_secret, load_or_create_token
 from ownchat.config import ClientSettings
 from ownchat.data.v1 import data_pb2, data_pb2_grpc
-from ownchat.registry import ModelDirectories
+from ownchat.registry import ModelBlocker, ModelDirectories
 from ownchat.server import ServiceSpec, run_threaded_server
 from ownchat_data.config import DataSettings
 from ownchat_data.core import DataCore
@@ -19,12 +19,14 @@ def main() -> None:
     store = DataStore(settings.state_dir("data") / "data.db")
     artifacts = ArtifactStore(settings.artifacts_dir)
     token = load_or_create_token(settings.home, settings.token)
+    client_settings = ClientSettings(home=settings.home)
     core = DataCore(
         store,
         artifacts,
         max_upload_bytes=settings.max_upload_bytes,
         max_record_bytes=settings.max_record_bytes,
-        models=ModelDirectories(ClientSettings(home=settings.home), token, artifacts),
+        models=ModelDirectories(client_settings, token, artifacts),
+        block_models=ModelBlocker(client_settings, token),
         pii_salt=load_or_create_secret(
             settings.state_dir("data") / "pii-salt", settings.pii_salt
         ).encode(),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import re
 import tempfile
 import time
@@ -26,6 +27,7 @@ from ownchat.errors import (
     FieldViolation,
     InvalidArgumentError,
     NotFoundError,
+    OwnchatError,
     PreconditionViolation,
     ResourceExhaustedError,
     UnavailableError,
@@ -47,6 +49,8 @@ from ownchat_data.records import MalformedSource, RecordError, RecordTooLarge, S
 from ownchat_data.sanitize import SanitizeOptions, Sanitizer
 from ownchat_data.sharegpt import parse_sharegpt
 from ownchat_data.store import Dataset, DatasetVersion, DataStore, Erasure, RecordIssue
+
+logger = logging.getLogger("ownchat.data")
 
 DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 MAX_REPORTED_ERRORS = 50
@@ -248,6 +252,7 @@ class DataCore:
         max_record_bytes: int,
         models: Callable[[str], Path] | None = None,
         pii_salt: bytes | None = None,
+        block_models: Callable[[list[str], str], list[str]] | None = None,
     ) -> None:
         self._store = store
         self._artifacts = artifacts
@@ -255,6 +260,7 @@ class DataCore:
         self._max_record_bytes = max_record_bytes
         self._models = models
         self._pii_salt = pii_salt
+        self._block_models = block_models
         self._tokenizers: dict[Path, Any] = {}
 
     def _limited(self, chunks: Iterable[bytes], source_writer: HashingWriter) -> Iterator[bytes]:
@@ -521,13 +527,30 @@ class DataCore:
         self._store.record_erasure(erasure)
         for digest in erasure.deleted_artifacts:
             self._artifacts.delete(digest)
-        return ErasureResult(new_version, erasure)
+        return ErasureResult(new_version, self._block(erasure))
+
+    def _block(self, erasure: Erasure) -> Erasure:
+        """Asks the trainer to block models trained on erased versions; kept pending if it can't."""
+        if self._block_models is None:
+            return erasure
+        try:
+            model_ids = self._block_models(
+                list(erasure.erased_version_ids),
+                f"trained on data erased by {erasure.id}; retrain on {erasure.new_version_id}",
+            )
+        except OwnchatError:
+            logger.warning("models not blocked yet", extra={"erasure_id": erasure.id})
+            return erasure
+        self._store.set_blocked_models(erasure.id, model_ids)
+        return replace(erasure, blocked_model_ids=tuple(model_ids))
 
     def finish_erasures(self) -> int:
         """Deletes files that recorded erasures listed but a crash left; returns how many."""
         deleted = 0
         for erasure in self._store.list_erasures():
             deleted += sum(self._artifacts.delete(d) for d in erasure.deleted_artifacts)
+            if erasure.blocked_model_ids is None and erasure.erased_version_ids:
+                self._block(erasure)
         return deleted
 
     def _samples(self, split: Artifact) -> Iterator[tuple[str, dict[str, Any]]]:

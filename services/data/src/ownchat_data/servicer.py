@@ -280,4 +280,6 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
             removed_samples=result.erasure.removed_samples,
             audit_id=result.erasure.id,
             erased_version_ids=result.erasure.erased_version_ids,
+            blocked_model_ids=result.erasure.blocked_model_ids or (),
+            models_blocked=result.erasure.blocked_model_ids is not None,
         )

@@ -59,6 +59,9 @@ MIGRATIONS = [
         deleted_artifacts TEXT NOT NULL
     )
     """,
+    """
+    ALTER TABLE erasures ADD COLUMN blocked_model_ids TEXT
+    """,
 ]
 
 
@@ -75,6 +78,8 @@ class Erasure:
     new_version_id: str
     erased_version_ids: tuple[str, ...]
     deleted_artifacts: tuple[str, ...]
+    # None until the trainer has blocked the models trained on the erased versions.
+    blocked_model_ids: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -226,7 +231,7 @@ class DataStore:
         """Stores the audit record and marks the versions whose files were deleted."""
         with self._db.transaction() as connection:
             connection.execute(
-                "INSERT INTO erasures VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO erasures VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
                 (
                     erasure.id,
                     erasure.dataset_name,
@@ -242,6 +247,14 @@ class DataStore:
             connection.executemany(
                 "UPDATE dataset_versions SET erased_by = ? WHERE id = ?",
                 [(erasure.id, version_id) for version_id in erasure.erased_version_ids],
+            )
+
+    def set_blocked_models(self, erasure_id: str, model_ids: list[str]) -> None:
+        """Records that the trainer blocked the models of an erasure."""
+        with self._db.transaction() as connection:
+            connection.execute(
+                "UPDATE erasures SET blocked_model_ids = ? WHERE id = ?",
+                (json.dumps(model_ids), erasure_id),
             )
 
     def versions_using(self, digests: set[str]) -> list[str]:
@@ -275,6 +288,11 @@ class DataStore:
             new_version_id=row["new_version_id"],
             erased_version_ids=tuple(json.loads(row["erased_version_ids"])),
             deleted_artifacts=tuple(json.loads(row["deleted_artifacts"])),
+            blocked_model_ids=(
+                tuple(json.loads(row["blocked_model_ids"]))
+                if row["blocked_model_ids"] is not None
+                else None
+            ),
         )
 
     def close(self) -> None:

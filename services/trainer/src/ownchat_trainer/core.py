@@ -287,3 +287,11 @@ class TrainerCore:
     def list_models(self, limit: int, offset: int) -> list[Model]:
         """The registry, newest first."""
         return self._registry.list(limit, offset)
+
+    def block_models_trained_on(self, dataset_version_ids: list[str], reason: str) -> list[str]:
+        """Blocks every model trained on these dataset versions (deploy refuses them)."""
+        if not reason.strip():
+            raise InvalidArgumentError(
+                "a block needs a reason", [FieldViolation("reason", "required")]
+            )
+        return self._store.block_models_trained_on(dataset_version_ids, reason)

@@ -241,3 +241,11 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             models=[model_to_proto(m) for m in models],
             next_page_token=next_page_token(limit, offset, len(models)),
         )
+
+    def BlockModelsTrainedOn(
+        self, request: trainer_pb2.BlockModelsTrainedOnRequest, context: grpc.ServicerContext
+    ) -> trainer_pb2.BlockModelsTrainedOnResponse:
+        model_ids = self._core.block_models_trained_on(
+            list(request.dataset_version_ids), request.reason
+        )
+        return trainer_pb2.BlockModelsTrainedOnResponse(model_ids=model_ids)

@@ -475,5 +475,23 @@ class TrainerStore:
         self._touch()
         return model, _job(row)
 
+    def block_models_trained_on(self, dataset_version_ids: Iterable[str], reason: str) -> list[str]:
+        """Sets blocked_reason on models trained on the versions; returns all their ids."""
+        versions = list(dataset_version_ids)
+        if not versions:
+            return []
+        marks = ", ".join("?" * len(versions))
+        with self._db.transaction() as connection:
+            connection.execute(
+                f"UPDATE models SET blocked_reason = ? "
+                f"WHERE dataset_version_id IN ({marks}) AND blocked_reason = ''",
+                (reason, *versions),
+            )
+            rows = connection.execute(
+                f"SELECT id FROM models WHERE dataset_version_id IN ({marks}) ORDER BY id",
+                versions,
+            ).fetchall()
+        return [row["id"] for row in rows]
+
     def close(self) -> None:
         self._db.close()

@@ -1217,10 +1217,16 @@ class EraseRecordsResponse(_message.Message):
     REMOVED_SAMPLES_FIELD_NUMBER: _builtins.int
     AUDIT_ID_FIELD_NUMBER: _builtins.int
     ERASED_VERSION_IDS_FIELD_NUMBER: _builtins.int
+    BLOCKED_MODEL_IDS_FIELD_NUMBER: _builtins.int
+    MODELS_BLOCKED_FIELD_NUMBER: _builtins.int
     removed_samples: _builtins.int
     """How many samples were removed from the newest version."""
     audit_id: _builtins.str
     """The id of the audit record."""
+    models_blocked: _builtins.bool
+    """False when the trainer could not be reached: the data service blocks
+    them when it next starts.
+    """
     @_builtins.property
     def dataset_version(self) -> Global___DatasetVersion:
         """The new version without the erased samples."""
@@ -1231,6 +1237,10 @@ class EraseRecordsResponse(_message.Message):
         and they can no longer be read or trained on.
         """
 
+    @_builtins.property
+    def blocked_model_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Model versions trained on the erased versions, now blocked in the trainer."""
+
     def __init__(
         self,
         *,
@@ -1238,10 +1248,12 @@ class EraseRecordsResponse(_message.Message):
         removed_samples: _builtins.int = ...,
         audit_id: _builtins.str = ...,
         erased_version_ids: _abc.Iterable[_builtins.str] | None = ...,
+        blocked_model_ids: _abc.Iterable[_builtins.str] | None = ...,
+        models_blocked: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["dataset_version", b"dataset_version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_id", b"audit_id", "dataset_version", b"dataset_version", "erased_version_ids", b"erased_version_ids", "removed_samples", b"removed_samples"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_id", b"audit_id", "blocked_model_ids", b"blocked_model_ids", "dataset_version", b"dataset_version", "erased_version_ids", b"erased_version_ids", "models_blocked", b"models_blocked", "removed_samples", b"removed_samples"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

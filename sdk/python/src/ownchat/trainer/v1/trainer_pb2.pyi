@@ -1111,3 +1111,55 @@ class MergeAdapterResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MergeAdapterResponse: _TypeAlias = MergeAdapterResponse  # noqa: Y015
+
+@_typing.final
+class BlockModelsTrainedOnRequest(_message.Message):
+    """Asks to block the models trained on some dataset versions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_VERSION_IDS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """Why, shown as the models' blocked_reason."""
+    @_builtins.property
+    def dataset_version_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The dataset versions."""
+
+    def __init__(
+        self,
+        *,
+        dataset_version_ids: _abc.Iterable[_builtins.str] | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_version_ids", b"dataset_version_ids", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BlockModelsTrainedOnRequest: _TypeAlias = BlockModelsTrainedOnRequest  # noqa: Y015
+
+@_typing.final
+class BlockModelsTrainedOnResponse(_message.Message):
+    """The blocked models."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def model_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Every model version trained on those dataset versions (blocked now or before)."""
+
+    def __init__(
+        self,
+        *,
+        model_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_ids", b"model_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BlockModelsTrainedOnResponse: _TypeAlias = BlockModelsTrainedOnResponse  # noqa: Y015

@@ -91,6 +91,11 @@ class TrainerServiceStub:
                 request_serializer=ownchat_dot_trainer_dot_v1_dot_trainer__pb2.MergeAdapterRequest.SerializeToString,
                 response_deserializer=ownchat_dot_trainer_dot_v1_dot_trainer__pb2.MergeAdapterResponse.FromString,
                 _registered_method=True)
+        self.BlockModelsTrainedOn = channel.unary_unary(
+                '/ownchat.trainer.v1.TrainerService/BlockModelsTrainedOn',
+                request_serializer=ownchat_dot_trainer_dot_v1_dot_trainer__pb2.BlockModelsTrainedOnRequest.SerializeToString,
+                response_deserializer=ownchat_dot_trainer_dot_v1_dot_trainer__pb2.BlockModelsTrainedOnResponse.FromString,
+                _registered_method=True)
 
 
 class TrainerServiceServicer:
@@ -178,6 +183,15 @@ class TrainerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BlockModelsTrainedOn(self, request, context):
+        """Blocks every model version trained on the given dataset versions, for
+        example after an erasure removed data from them: deploy refuses a blocked
+        version until it is retrained. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -235,6 +249,11 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     servicer.MergeAdapter,
                     request_deserializer=ownchat_dot_trainer_dot_v1_dot_trainer__pb2.MergeAdapterRequest.FromString,
                     response_serializer=ownchat_dot_trainer_dot_v1_dot_trainer__pb2.MergeAdapterResponse.SerializeToString,
+            ),
+            'BlockModelsTrainedOn': grpc.unary_unary_rpc_method_handler(
+                    servicer.BlockModelsTrainedOn,
+                    request_deserializer=ownchat_dot_trainer_dot_v1_dot_trainer__pb2.BlockModelsTrainedOnRequest.FromString,
+                    response_serializer=ownchat_dot_trainer_dot_v1_dot_trainer__pb2.BlockModelsTrainedOnResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -536,6 +555,33 @@ class TrainerService:
             '/ownchat.trainer.v1.TrainerService/MergeAdapter',
             ownchat_dot_trainer_dot_v1_dot_trainer__pb2.MergeAdapterRequest.SerializeToString,
             ownchat_dot_trainer_dot_v1_dot_trainer__pb2.MergeAdapterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BlockModelsTrainedOn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ownchat.trainer.v1.TrainerService/BlockModelsTrainedOn',
+            ownchat_dot_trainer_dot_v1_dot_trainer__pb2.BlockModelsTrainedOnRequest.SerializeToString,
+            ownchat_dot_trainer_dot_v1_dot_trainer__pb2.BlockModelsTrainedOnResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -62,6 +62,11 @@ class TrainerServiceStub:
     """Lists the registry: base models and fine-tuned versions."""
     MergeAdapter: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.MergeAdapterRequest, _trainer_pb2.MergeAdapterResponse]
     """Merges a LoRA adapter version into its base as a new full version."""
+    BlockModelsTrainedOn: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.BlockModelsTrainedOnRequest, _trainer_pb2.BlockModelsTrainedOnResponse]
+    """Blocks every model version trained on the given dataset versions, for
+    example after an erasure removed data from them: deploy refuses a blocked
+    version until it is retrained. Idempotent.
+    """
 
 @_typing.type_check_only
 class TrainerServiceAsyncStub(TrainerServiceStub):
@@ -97,6 +102,11 @@ class TrainerServiceAsyncStub(TrainerServiceStub):
     """Lists the registry: base models and fine-tuned versions."""
     MergeAdapter: _aio.UnaryUnaryMultiCallable[_trainer_pb2.MergeAdapterRequest, _trainer_pb2.MergeAdapterResponse]  # type: ignore[assignment]
     """Merges a LoRA adapter version into its base as a new full version."""
+    BlockModelsTrainedOn: _aio.UnaryUnaryMultiCallable[_trainer_pb2.BlockModelsTrainedOnRequest, _trainer_pb2.BlockModelsTrainedOnResponse]  # type: ignore[assignment]
+    """Blocks every model version trained on the given dataset versions, for
+    example after an erasure removed data from them: deploy refuses a blocked
+    version until it is retrained. Idempotent.
+    """
 
 class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
     """TrainerService owns training jobs, their events and checkpoints, and the
@@ -195,5 +205,16 @@ class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_trainer_pb2.MergeAdapterResponse, _abc.Awaitable[_trainer_pb2.MergeAdapterResponse]]:
         """Merges a LoRA adapter version into its base as a new full version."""
+
+    @_abc_1.abstractmethod
+    def BlockModelsTrainedOn(
+        self,
+        request: _trainer_pb2.BlockModelsTrainedOnRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_trainer_pb2.BlockModelsTrainedOnResponse, _abc.Awaitable[_trainer_pb2.BlockModelsTrainedOnResponse]]:
+        """Blocks every model version trained on the given dataset versions, for
+        example after an erasure removed data from them: deploy refuses a blocked
+        version until it is retrained. Idempotent.
+        """
 
 def add_TrainerServiceServicer_to_server(servicer: TrainerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
