@@ -46,7 +46,7 @@ def grpc_servicer(state_dir: Path) -> DataServicer:
         max_upload_bytes=1 << 20,
         max_record_bytes=1 << 16,
     )
-    return DataServicer(core)  # type: ignore[abstract]
+    return DataServicer(core)
 
 
 @pytest.fixture(scope="module")
@@ -175,4 +175,31 @@ def test_erase_records_over_grpc(grpc_stub: data_pb2_grpc.DataServiceStub) -> No
             data_pb2.EraseRecordsRequest(dataset_name="erasable", source_records=["nope:1"]),
             metadata=AUTH,
         )
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_scrub_text_for_captured_chats(grpc_stub: data_pb2_grpc.DataServiceStub) -> None:
+    single = grpc_stub.ScrubText(
+        data_pb2.ScrubTextRequest(text="write to ann@example.org today"), metadata=AUTH
+    )
+    assert single.text == "write to <EMAIL_1> today" and single.replacements == 1
+    conversation = grpc_stub.ScrubText(
+        data_pb2.ScrubTextRequest(
+            texts=["I am ann@example.org", "Noted, ann@example.org.", "card 4111 1111 1111 1111"],
+            mode=data_pb2.PII_MODE_PLACEHOLDER,
+        ),
+        metadata=AUTH,
+    )
+    assert list(conversation.texts) == [
+        "I am <EMAIL_1>",
+        "Noted, <EMAIL_1>.",
+        "card <CREDIT_CARD_1>",
+    ]
+    with pytest.raises(grpc.RpcError) as error:
+        grpc_stub.ScrubText(
+            data_pb2.ScrubTextRequest(text="x", mode=data_pb2.PII_MODE_OFF), metadata=AUTH
+        )
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as error:
+        grpc_stub.ScrubText(data_pb2.ScrubTextRequest(text="y" * (1 << 17)), metadata=AUTH)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -37,7 +37,7 @@ def main() -> None:
         short_name="data",
         full_names=[data_pb2.DESCRIPTOR.services_by_name["DataService"].full_name],
         add_servicers=lambda server: data_pb2_grpc.add_DataServiceServicer_to_server(
-            DataServicer(core),  # type: ignore[abstract]
+            DataServicer(core),
             server,
         ),
     )

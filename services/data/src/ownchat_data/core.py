@@ -42,7 +42,7 @@ from ownchat_data.erasure import (
     file_contains,
     sample_is_erased,
 )
-from ownchat_data.pii import RedactionMode
+from ownchat_data.pii import RedactionMode, Redactor
 from ownchat_data.preference_jsonl import PreferenceSample, parse_preference_jsonl
 from ownchat_data.preflight import LintReport, context_length, lint
 from ownchat_data.records import MalformedSource, RecordError, RecordTooLarge, Sample
@@ -408,6 +408,22 @@ class DataCore:
                     break
                 samples.append(_READERS[version.kind](line))
         return samples
+
+    def scrub(self, texts: list[str], mode: RedactionMode) -> tuple[list[str], int]:
+        """Personal data and secrets replaced in free text (the gateway's captured chats)."""
+        if sum(len(text) for text in texts) > self._max_record_bytes:
+            raise InvalidArgumentError(
+                "text too long to scrub",
+                [FieldViolation("texts", f"at most {self._max_record_bytes} characters in all")],
+            )
+        if mode is RedactionMode.PSEUDONYMIZE and not self._pii_salt:
+            raise FailedPreconditionError(
+                "pseudonymisation needs the data service's secret salt, which is not configured",
+                [PreconditionViolation("PII_SALT", "data", "no salt configured")],
+            )
+        redactor = Redactor(mode, salt=self._pii_salt)
+        scrubbed, counts = redactor.redact_conversation(texts)
+        return scrubbed, sum(counts.values())
 
     def export(self, version_id: str, validation: bool, chunk_bytes: int) -> Iterator[bytes]:
         """The bytes of one split's file, in chunks."""

@@ -144,8 +144,7 @@ def _upload_spec(header: data_pb2.UploadHeader) -> UploadSpec:
 class DataServicer(data_pb2_grpc.DataServiceServicer):
     """Translates DataService calls for :class:`DataCore`.
 
-    ScrubText is not overridden yet: the
-    generated base answers UNIMPLEMENTED until the full data service lands.
+    Every RPC of the contract is served.
     """
 
     def __init__(self, core: DataCore) -> None:
@@ -283,3 +282,17 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
             blocked_model_ids=result.erasure.blocked_model_ids or (),
             models_blocked=result.erasure.blocked_model_ids is not None,
         )
+
+    def ScrubText(
+        self, request: data_pb2.ScrubTextRequest, context: grpc.ServicerContext
+    ) -> data_pb2.ScrubTextResponse:
+        mode = _PII_MODES.get(request.mode, RedactionMode.PLACEHOLDER)
+        if mode is None:
+            raise InvalidArgumentError(
+                "scrubbing needs a mode", [FieldViolation("mode", "PII_MODE_OFF scrubs nothing")]
+            )
+        if request.texts:
+            texts, replacements = self._core.scrub(list(request.texts), mode)
+            return data_pb2.ScrubTextResponse(texts=texts, replacements=replacements)
+        [text], replacements = self._core.scrub([request.text], mode)
+        return data_pb2.ScrubTextResponse(text=text, replacements=replacements)

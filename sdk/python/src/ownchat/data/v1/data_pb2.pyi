@@ -1266,16 +1266,28 @@ class ScrubTextRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TEXT_FIELD_NUMBER: _builtins.int
+    TEXTS_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """The text."""
+    mode: Global___PiiMode.ValueType
+    """How values are replaced; placeholders when unset (PII_MODE_OFF is refused)."""
+    @_builtins.property
+    def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Or the messages of one conversation, scrubbed with one placeholder scope
+        (the same value gets the same placeholder in every message).
+        """
+
     def __init__(
         self,
         *,
         text: _builtins.str = ...,
+        texts: _abc.Iterable[_builtins.str] | None = ...,
+        mode: Global___PiiMode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode", "text", b"text", "texts", b"texts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1289,19 +1301,25 @@ class ScrubTextResponse(_message.Message):
 
     TEXT_FIELD_NUMBER: _builtins.int
     REPLACEMENTS_FIELD_NUMBER: _builtins.int
+    TEXTS_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """The text with personal data and secrets replaced by placeholders."""
     replacements: _builtins.int
     """How many values were replaced."""
+    @_builtins.property
+    def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The scrubbed messages, when texts were sent, in order."""
+
     def __init__(
         self,
         *,
         text: _builtins.str = ...,
         replacements: _builtins.int = ...,
+        texts: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["replacements", b"replacements", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["replacements", b"replacements", "text", b"text", "texts", b"texts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
