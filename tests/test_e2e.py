@@ -121,8 +121,12 @@ def test_the_whole_path_through_every_service(ownchat_env: dict[str, str], tmp_p
         assert "support" not in cli(env, "data", "list").stdout
 
         # Ingest, fine-tune, evaluate, deploy: through the CLI.
-        ingested = cli(env, "data", "ingest", str(SAMPLE), "--dataset", "support")
+        ingested = cli(
+            env, "data", "ingest", str(SAMPLE), "--dataset", "support",
+            "--base", "smollm2-135m-instruct",
+        )  # fmt: skip
         assert ingested.returncode == 0, ingested.stderr
+        assert "tokens with smollm2-135m-instruct's template" in ingested.stdout
         version = re.search(r"dsv_[0-9a-f]+", ingested.stdout)
         assert version, ingested.stdout
 
@@ -164,6 +168,17 @@ def test_the_whole_path_through_every_service(ownchat_env: dict[str, str], tmp_p
         assert completion.model == model.group()
         assert completion.choices[0].message.content
         assert completion.usage is not None and completion.usage.completion_tokens > 0
+
+        # Right to erasure follows lineage: the model trained on the erased data
+        # is blocked in the trainer's registry and refused by deploy.
+        erased = cli(env, "data", "erase", "--dataset", "support", "--value", "Care Plus")
+        assert erased.returncode == 0, erased.stdout + erased.stderr
+        assert version.group() in erased.stdout
+        assert model.group() in erased.stdout
+        redeployed = cli(env, "deploy", model.group())
+        assert redeployed.returncode == 1
+        assert "FAILED_PRECONDITION" in redeployed.stderr
+        assert "erasure_" in redeployed.stderr
     finally:
         if up.poll() is None:
             up.send_signal(signal.SIGINT)

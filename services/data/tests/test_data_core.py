@@ -108,8 +108,9 @@ def test_an_overlong_line_is_refused_without_reading_it_whole(core: DataCore):
 
 def test_an_oversized_upload_is_refused(core: DataCore):
     chunk = (conversation(1) + "\n").encode() * 1000
-    with pytest.raises(ResourceExhaustedError):
+    with pytest.raises(ResourceExhaustedError, match=r"refused at byte \d+"):
         core.upload(spec(), iter([chunk] * 40))
+    assert core.list_datasets(10, 0) == []
 
 
 def test_bad_headers_are_reported_all_at_once(core: DataCore):

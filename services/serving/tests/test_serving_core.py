@@ -172,6 +172,24 @@ def test_restore_with_nothing_live_is_a_no_op(runner: asyncio.Runner, core: Serv
     assert core.live is None
 
 
+def test_restore_does_not_reload_a_model_blocked_since(
+    runner: asyncio.Runner,
+    core: ServingCore,
+    store: DeploymentStore,
+    registry: Any,
+    servable_models: list[Path],
+) -> None:
+    registry.add("m", servable_models[0], blocked_reason="trained on data erased by erasure_1")
+    deployment = store.create("m", EngineKind.VLLM, "alice")
+    store.set_artifact(deployment.id, registry.models["m"].artifact_digest)
+    store.mark_live(deployment.id)
+    assert runner.run(core.restore()) is None
+    failed = store.get(deployment.id)
+    assert failed.state is DeploymentState.FAILED
+    assert "erasure_1" in failed.error
+    assert core.live is None
+
+
 def test_restore_fails_a_live_deployment_whose_files_are_gone(
     runner: asyncio.Runner, core: ServingCore, store: DeploymentStore
 ) -> None:

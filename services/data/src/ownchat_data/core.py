@@ -44,11 +44,12 @@ from ownchat_data.erasure import (
 )
 from ownchat_data.pii import RedactionMode, Redactor
 from ownchat_data.preference_jsonl import PreferenceSample, parse_preference_jsonl
-from ownchat_data.preflight import LintReport, context_length, lint
+from ownchat_data.preflight import LintReport, lint
 from ownchat_data.records import MalformedSource, RecordError, RecordTooLarge, Sample
 from ownchat_data.sanitize import SanitizeOptions, Sanitizer
 from ownchat_data.sharegpt import parse_sharegpt
 from ownchat_data.store import Dataset, DatasetVersion, DataStore, Erasure, RecordIssue
+from ownchat_data.tokens import ModelTokenizer, TokenStats
 
 logger = logging.getLogger("ownchat.data")
 
@@ -95,6 +96,8 @@ class UploadSpec:
     bad_record_policy: BadRecordPolicy = BadRecordPolicy.REJECT_ALL
     csv_columns: CsvColumns = CsvColumns()
     sanitize: SanitizeOptions = SanitizeOptions()
+    # Empty: tokens are not counted and no sample is removed as too long.
+    base_model: str = ""
 
 
 def validate_spec(spec: UploadSpec) -> None:
@@ -118,6 +121,15 @@ def validate_spec(spec: UploadSpec) -> None:
             FieldViolation(
                 "header.sanitize.languages",
                 f"expected ISO 639-1 codes such as 'en', got {', '.join(map(repr, bad_languages))}",
+            )
+        )
+    if spec.sanitize.max_tokens < 0:
+        violations.append(FieldViolation("header.sanitize.max_tokens", "must be 0 or more"))
+    elif spec.sanitize.max_tokens and not spec.base_model:
+        violations.append(
+            FieldViolation(
+                "header.sanitize.max_tokens",
+                "needs header.base_model: tokens are counted with that model's tokenizer",
             )
         )
     if len(spec.file_name) > 255:
@@ -183,6 +195,7 @@ class _SplitCounts:
     train: int = 0
     validation: int = 0
     messages: int = 0
+    lengths: TokenStats = field(default_factory=TokenStats)
 
 
 def _turns(sample: Sample) -> list[tuple[str, str]]:
@@ -206,7 +219,7 @@ def _nothing_left(sanitizer: Sanitizer) -> InvalidArgumentError:
         else "no record"
     )
     return InvalidArgumentError(
-        "the upload holds no usable sample", [FieldViolation("content", reason)]
+        f"the upload holds no usable sample: {reason}", [FieldViolation("content", reason)]
     )
 
 
@@ -219,7 +232,7 @@ def _write_splits(
     """Second pass: each staged sample to its group's split (removed ones are absent)."""
     counts = _SplitCounts()
     for raw in staging:
-        record, messages, line = raw.split(b"\t", 2)
+        record, messages, tokens, line = raw.split(b"\t", 3)
         side = split_of.get(int(record))
         if side is None:
             continue
@@ -230,7 +243,17 @@ def _write_splits(
             train.write(line)
             counts.train += 1
         counts.messages += int(messages)
+        if int(tokens) >= 0:
+            counts.lengths.add(int(tokens))
     return counts
+
+
+@dataclass
+class _Kept:
+    """What remains of a version's counts as an erasure removes samples."""
+
+    lengths: TokenStats
+    messages: int
 
 
 @dataclass(frozen=True)
@@ -261,7 +284,7 @@ class DataCore:
         self._models = models
         self._pii_salt = pii_salt
         self._block_models = block_models
-        self._tokenizers: dict[Path, Any] = {}
+        self._tokenizers: dict[tuple[str, Path], ModelTokenizer] = {}
 
     def _limited(self, chunks: Iterable[bytes], source_writer: HashingWriter) -> Iterator[bytes]:
         total = 0
@@ -269,7 +292,8 @@ class DataCore:
             total += len(chunk)
             if total > self._max_upload_bytes:
                 raise ResourceExhaustedError(
-                    f"upload is larger than the limit of {self._max_upload_bytes} bytes"
+                    f"upload is larger than the limit of {self._max_upload_bytes} bytes "
+                    f"(refused at byte {self._max_upload_bytes + 1}; nothing was stored)"
                 )
             source_writer.write(chunk)
             yield chunk
@@ -289,6 +313,7 @@ class DataCore:
                 [PreconditionViolation("PII_SALT", "data", "no salt configured")],
             )
         sanitizer = Sanitizer(spec.sanitize, self._pii_salt)
+        counter = self._model_tokenizer(spec.base_model) if spec.base_model else None
         issues = _RecordIssues()
         # Every writer commits only if its block ends without an exception.
         with (
@@ -296,7 +321,7 @@ class DataCore:
             tempfile.TemporaryFile(dir=self._artifacts.tmp_dir) as staging,
             Deduplicator(work_dir=self._artifacts.tmp_dir) as dedup,
         ):
-            staged = self._stage(spec, chunks, source, staging, sanitizer, dedup, issues)
+            staged = self._stage(spec, chunks, source, staging, sanitizer, dedup, issues, counter)
             result = dedup.finish()
             removed = set()
             if spec.sanitize.remove_near_duplicates:
@@ -333,6 +358,9 @@ class DataCore:
             create_time=time.time(),
             skipped=tuple(RecordIssue(e.record, e.reason) for e in issues.listed),
             sanitization=sanitizer.report(),
+            tokens=counts.lengths.tokens if counter else 0,
+            tokenizer=counter.name if counter else "",
+            length_histogram=counts.lengths.histogram() if counter else (),
         )
         return self._store.add_version(version)
 
@@ -345,9 +373,14 @@ class DataCore:
         sanitizer: Sanitizer,
         dedup: Deduplicator,
         issues: _RecordIssues,
+        counter: ModelTokenizer | None,
     ) -> int:
-        """First pass: parse, sanitize, drop exact duplicates, stage; returns how many."""
+        """First pass: parse, sanitize, drop too long samples and exact duplicates, stage.
+
+        Returns how many samples were staged.
+        """
         name = spec.file_name or "upload"
+        max_tokens = (spec.sanitize.max_tokens or counter.context_length) if counter else 0
         skip = spec.bad_record_policy is BadRecordPolicy.SKIP_AND_REPORT
         staged = 0
         try:
@@ -358,9 +391,15 @@ class DataCore:
                 if issues.count and not skip:
                     continue
                 sample = sanitizer.apply(parsed)
-                if sample is None or dedup.add(sample.record, _turns(sample)) is not None:
+                if sample is None:
                     continue
-                line = f"{sample.record}\t{_messages(sample)}\t{sample.to_json()}\n"
+                tokens = counter.count(sample) if counter else -1
+                if tokens > max_tokens:
+                    sanitizer.count_removed("too_long", 1)
+                    continue
+                if dedup.add(sample.record, _turns(sample)) is not None:
+                    continue
+                line = f"{sample.record}\t{_messages(sample)}\t{tokens}\t{sample.to_json()}\n"
                 staging.write(line.encode())
                 staged += 1
         except RecordTooLarge as error:
@@ -446,22 +485,22 @@ class DataCore:
                 "the pre-flight check renders chat samples",
                 [PreconditionViolation("SAMPLE_KIND", version_id, "not a chat dataset version")],
             )
-        if self._models is None:
-            raise UnavailableError("no model registry is configured for pre-flight checks")
-        model_dir = self._models(base_model)
-        if model_dir not in self._tokenizers:
-            from transformers import AutoTokenizer
-
-            self._tokenizers[model_dir] = AutoTokenizer.from_pretrained(
-                model_dir, local_files_only=True, trust_remote_code=False
-            )
-        tokenizer = self._tokenizers[model_dir]
-        config = json.loads((model_dir / "config.json").read_text())
+        model = self._model_tokenizer(base_model)
         samples = itertools.chain(
             self._read(version.train_split, max_samples),
             self._read(version.validation_split, max_samples),
         )
-        return lint(samples, tokenizer, context_length(tokenizer, config))
+        return lint(samples, model.tokenizer, model.context_length)
+
+    def _model_tokenizer(self, base_model: str) -> ModelTokenizer:
+        """A base model's tokenizer, from the trainer's registry (loaded once)."""
+        if self._models is None:
+            raise UnavailableError("no model registry is configured to count tokens")
+        model_dir = self._models(base_model)
+        key = (base_model, model_dir)
+        if key not in self._tokenizers:
+            self._tokenizers[key] = ModelTokenizer.load(base_model, model_dir)
+        return self._tokenizers[key]
 
     def _read(self, split: Artifact, limit: int) -> Iterator[ChatSample]:
         with self._artifacts.path(split.digest).open(encoding="utf-8") as handle:
@@ -508,9 +547,12 @@ class DataCore:
             )
             if source_named or self._source_holds(version.source, request):
                 polluted.add(version.source.digest)
-        train, removed_train = self._without(latest.train_split, latest.source.digest, request)
+        counter = self._erasure_counter(latest)
+        lengths = TokenStats.from_histogram(latest.tokens, latest.length_histogram)
+        kept = _Kept(lengths=lengths, messages=latest.messages)
+        train, removed_train = self._without(latest, latest.train_split, request, counter, kept)
         validation, removed_validation = self._without(
-            latest.validation_split, latest.source.digest, request
+            latest, latest.validation_split, request, counter, kept
         )
         content_digest = hashlib.sha256(f"{train.digest}\n{validation.digest}".encode()).hexdigest()
         version_hash = hashlib.sha256(f"{dataset_name}\n{content_digest}".encode())
@@ -522,9 +564,13 @@ class DataCore:
                 samples=latest.samples - removed_train - removed_validation,
                 train_samples=latest.train_samples - removed_train,
                 validation_samples=latest.validation_samples - removed_validation,
+                messages=kept.messages,
                 train_split=train,
                 validation_split=validation,
                 create_time=time.time(),
+                tokens=kept.lengths.tokens if counter else 0,
+                tokenizer=counter.name if counter else "",
+                length_histogram=kept.lengths.histogram() if counter else (),
             )
         )
         polluted -= {train.digest, validation.digest}
@@ -587,14 +633,44 @@ class DataCore:
         except NotFoundError:
             return False
 
+    def _erasure_counter(self, version: DatasetVersion) -> ModelTokenizer | None:
+        """The tokenizer that counted a version's tokens, to count the erased ones out.
+
+        An erasure must not wait for the trainer: when the tokenizer cannot be
+        had, the new version simply carries no token counts.
+        """
+        if not version.tokenizer:
+            return None
+        try:
+            return self._model_tokenizer(version.tokenizer)
+        except OwnchatError:
+            logger.warning(
+                "token counts dropped from the erased version: tokenizer unavailable",
+                extra={"base_model": version.tokenizer},
+            )
+            return None
+
     def _without(
-        self, split: Artifact, source: str, request: ErasureRequest
+        self,
+        version: DatasetVersion,
+        split: Artifact,
+        request: ErasureRequest,
+        counter: ModelTokenizer | None,
+        kept: _Kept,
     ) -> tuple[Artifact, int]:
+        """The split rewritten without erased samples, and how many were removed.
+
+        ``kept`` has the removed samples' messages and tokens counted out.
+        """
         removed = 0
         with self._artifacts.writer() as writer:
             for line, sample in self._samples(split):
-                if sample_is_erased(sample, source, request):
-                    removed += 1
-                else:
+                if not sample_is_erased(sample, version.source.digest, request):
                     writer.write(line.encode())
+                    continue
+                removed += 1
+                erased = _READERS[version.kind](line)
+                kept.messages -= _messages(erased)
+                if counter is not None:
+                    kept.lengths.add(counter.count(erased), sign=-1)
         return Artifact(f"sha256:{writer.hexdigest}", writer.size_bytes), removed

@@ -9,17 +9,15 @@ end a turn early or teach the model to emit control tokens).
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ownchat.chat_template import IGNORE_INDEX, tokenize_chat
 from ownchat_data.chat_jsonl import ChatSample
+from ownchat_data.tokens import UNLIMITED, TokenStats
 
-UNLIMITED = 1 << 30
 MAX_LISTED = 1000
-HISTOGRAM_BOUNDS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
 
 @dataclass
@@ -35,15 +33,6 @@ class LintReport:
     rendered_spans: list[tuple[str, bool]] = field(default_factory=list)
     # Samples per token-count bucket: (exclusive upper bound or None for the rest, count).
     length_histogram: list[tuple[int | None, int]] = field(default_factory=list)
-
-
-def context_length(tokenizer: Any, config: dict[str, Any]) -> int:
-    """The model's context: its config's positions, else the tokenizer's limit."""
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        if isinstance(config.get(key), int):
-            return int(config[key])
-    limit = getattr(tokenizer, "model_max_length", UNLIMITED)
-    return int(limit) if limit < UNLIMITED else 2048
 
 
 def _spans(tokenizer: Any, input_ids: list[int], labels: list[int]) -> list[tuple[str, bool]]:
@@ -63,7 +52,7 @@ def _spans(tokenizer: Any, input_ids: list[int], labels: list[int]) -> list[tupl
 def lint(samples: Iterable[ChatSample], tokenizer: Any, max_length: int) -> LintReport:
     """Checks every sample; the first one is also rendered span by span."""
     report = LintReport(max_length=max_length)
-    buckets = [0] * (len(HISTOGRAM_BOUNDS) + 1)
+    lengths = TokenStats()
     special = [t for t in getattr(tokenizer, "all_special_tokens", []) if t]
     for sample in samples:
         messages = [{"role": m.role, "content": m.content} for m in sample.messages]
@@ -71,7 +60,7 @@ def lint(samples: Iterable[ChatSample], tokenizer: Any, max_length: int) -> Lint
         report.samples_checked += 1
         report.total_tokens += len(tokenized.input_ids)
         report.loss_tokens += tokenized.loss_tokens
-        buckets[bisect.bisect_right(HISTOGRAM_BOUNDS, len(tokenized.input_ids))] += 1
+        lengths.add(len(tokenized.input_ids))
         if len(tokenized.input_ids) > max_length and len(report.too_long_records) < MAX_LISTED:
             report.too_long_records.append(sample.record)
         if any(token in m.content for m in sample.messages for token in special):
@@ -79,6 +68,5 @@ def lint(samples: Iterable[ChatSample], tokenizer: Any, max_length: int) -> Lint
                 report.special_token_records.append(sample.record)
         if not report.rendered_spans:
             report.rendered_spans = _spans(tokenizer, tokenized.input_ids, tokenized.labels)
-    bounds: list[int | None] = [*HISTOGRAM_BOUNDS, None]
-    report.length_histogram = list(zip(bounds, buckets, strict=True))
+    report.length_histogram = list(lengths.histogram())
     return report

@@ -32,6 +32,9 @@ class SanitizeOptions:
     pii_mode: RedactionMode | None = RedactionMode.PLACEHOLDER
     # Empty: every language is kept.
     languages: frozenset[str] = frozenset()
+    # Samples over this many tokens are removed; 0: the base model's context.
+    # Applied by the upload, which holds the tokenizer.
+    max_tokens: int = 0
 
 
 class Sanitizer:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import grpc
 
@@ -50,6 +50,12 @@ MAX_PREVIEW = 1000
 EXPORT_CHUNK = 1024 * 1024
 
 
+def _histogram(buckets: Iterable[tuple[int | None, int]]) -> list[data_pb2.LengthBucket]:
+    return [
+        data_pb2.LengthBucket(below_tokens=bound or 0, samples=count) for bound, count in buckets
+    ]
+
+
 def version_to_proto(version: DatasetVersion) -> data_pb2.DatasetVersion:
     return data_pb2.DatasetVersion(
         id=version.id,
@@ -62,6 +68,9 @@ def version_to_proto(version: DatasetVersion) -> data_pb2.DatasetVersion:
             validation_samples=version.validation_samples,
             messages=version.messages,
             skipped_records=version.skipped_records,
+            tokens=version.tokens,
+            tokenizer=version.tokenizer,
+            length_histogram=_histogram(version.length_histogram),
         ),
         train_split=common_pb2.ArtifactRef(
             digest=version.train_split.digest, size_bytes=version.train_split.size_bytes
@@ -137,7 +146,9 @@ def _upload_spec(header: data_pb2.UploadHeader) -> UploadSpec:
             remove_near_duplicates=not header.sanitize.keep_near_duplicates,
             pii_mode=_PII_MODES.get(header.sanitize.pii_mode, RedactionMode.PLACEHOLDER),
             languages=frozenset(header.sanitize.languages),
+            max_tokens=header.sanitize.max_tokens,
         ),
+        base_model=header.base_model,
     )
 
 
@@ -242,10 +253,7 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
             ],
             samples_checked=report.samples_checked,
             max_length=report.max_length,
-            length_histogram=[
-                data_pb2.LengthBucket(below_tokens=bound or 0, samples=count)
-                for bound, count in report.length_histogram
-            ],
+            length_histogram=_histogram(report.length_histogram),
         )
 
     def ExportDatasetVersion(

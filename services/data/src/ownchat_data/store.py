@@ -62,6 +62,11 @@ MIGRATIONS = [
     """
     ALTER TABLE erasures ADD COLUMN blocked_model_ids TEXT
     """,
+    """
+    ALTER TABLE dataset_versions ADD COLUMN tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE dataset_versions ADD COLUMN tokenizer TEXT NOT NULL DEFAULT '';
+    ALTER TABLE dataset_versions ADD COLUMN length_histogram TEXT NOT NULL DEFAULT '[]'
+    """,
 ]
 
 
@@ -119,6 +124,11 @@ class DatasetVersion:
     skipped: tuple[RecordIssue, ...] = ()
     sanitization: SanitizationReport = SanitizationReport()
     erased_by: str = ""
+    # Counted with the tokenizer of the base model named here; 0 and "" when none was given.
+    tokens: int = 0
+    tokenizer: str = ""
+    # (exclusive upper bound in tokens, or None for the open last bucket; samples)
+    length_histogram: tuple[tuple[int | None, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -150,6 +160,11 @@ def _version(row: sqlite3.Row) -> DatasetVersion:
         skipped=tuple(RecordIssue(**issue) for issue in json.loads(row["skipped"])),
         sanitization=SanitizationReport(**json.loads(row["sanitization"])),
         erased_by=row["erased_by"],
+        tokens=row["tokens"],
+        tokenizer=row["tokenizer"],
+        length_histogram=tuple(
+            (bound, samples) for bound, samples in json.loads(row["length_histogram"])
+        ),
     )
 
 
@@ -173,7 +188,7 @@ class DataStore:
             )
             connection.execute(
                 "INSERT INTO dataset_versions VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     version.id,
                     version.dataset_name,
@@ -195,6 +210,9 @@ class DataStore:
                     json.dumps([vars(issue) for issue in version.skipped]),
                     json.dumps(vars(version.sanitization)),
                     version.erased_by,
+                    version.tokens,
+                    version.tokenizer,
+                    json.dumps([list(bucket) for bucket in version.length_histogram]),
                 ),
             )
         return version

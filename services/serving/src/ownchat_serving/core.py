@@ -206,14 +206,24 @@ class ServingCore:
     async def restore(self) -> Deployment | None:
         """Reloads the deployment that was live when the service last stopped.
 
-        Uses the files recorded at deploy time, so it needs no model registry.
-        A deployment that no longer loads is marked FAILED; the service then
-        starts with nothing deployed.
+        Uses the files recorded at deploy time, so it needs no model registry;
+        but when the registry answers that the model has since been blocked
+        (its training data was erased), it is not reloaded. A deployment that
+        is blocked or no longer loads is marked FAILED; the service then starts
+        with nothing deployed.
         """
         for stale in self._store.fail_interrupted():
             logger.warning("interrupted deployment failed", extra={"deployment_id": stale.id})
         deployment = self._store.live()
         if deployment is None:
+            return None
+        blocked = await self._blocked_reason(deployment.model_id)
+        if blocked:
+            self._store.mark_failed(deployment.id, f"not reloaded at start: {blocked}")
+            logger.error(
+                "live deployment not reloaded: model blocked",
+                extra={"deployment_id": deployment.id, "model_id": deployment.model_id},
+            )
             return None
         self._restoring = True
         try:
@@ -290,6 +300,13 @@ class ServingCore:
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
         return deployment
+
+    async def _blocked_reason(self, model_id: str) -> str:
+        """Why the registry blocks a model, or "" (also when it cannot be asked)."""
+        try:
+            return (await self._resolver(model_id)).blocked_reason
+        except OwnchatError:
+            return ""
 
     async def _resolve(self, model_id: str) -> ResolvedModel:
         resolved = await self._resolver(model_id)

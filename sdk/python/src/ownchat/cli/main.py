@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated
 
@@ -133,6 +134,16 @@ FORMAT_BY_SUFFIX = {
 }
 
 
+def print_histogram(buckets: Iterable[data_pb2.LengthBucket]) -> None:
+    """Samples per token-count bucket, one line per bucket that has any."""
+    lower = 0
+    for bucket in buckets:
+        if bucket.samples:
+            upper = f"{bucket.below_tokens - 1}" if bucket.below_tokens else "+"
+            console.print(f"  {lower:>5}-{upper:<5} tokens: {bucket.samples} samples")
+        lower = bucket.below_tokens
+
+
 @data_app.command("ingest")
 @reports_rpc_errors
 def data_ingest(
@@ -158,6 +169,16 @@ def data_ingest(
     csv_role_column: Annotated[str, typer.Option(help="CSV: author column.")] = "",
     csv_content_column: Annotated[str, typer.Option(help="CSV: message column.")] = "",
     csv_order_column: Annotated[str, typer.Option(help="CSV: ordering column.")] = "",
+    base: Annotated[
+        str,
+        typer.Option(
+            help="Base model the data is for: count tokens with its template and remove "
+            "samples longer than its context."
+        ),
+    ] = "",
+    max_tokens: Annotated[
+        int, typer.Option(help="With --base: remove samples over this many tokens.")
+    ] = 0,
 ) -> None:
     """Upload a source file: chat JSONL, ShareGPT, CSV transcript, preferences, documents."""
     if pii not in PII_MODES:
@@ -178,7 +199,10 @@ def data_ingest(
             if skip_bad_records
             else data_pb2.BAD_RECORD_POLICY_REJECT_ALL
         ),
-        sanitize=data_pb2.SanitizeOptions(pii_mode=PII_MODES[pii], languages=language or []),
+        sanitize=data_pb2.SanitizeOptions(
+            pii_mode=PII_MODES[pii], languages=language or [], max_tokens=max_tokens
+        ),
+        base_model=base,
         csv_columns=data_pb2.CsvColumns(
             conversation_id=csv_conversation_column,
             role=csv_role_column,
@@ -195,6 +219,9 @@ def data_ingest(
         f"dataset version [bold]{version.id}[/bold]: {version.stats.samples} samples "
         f"({version.stats.train_samples} train, {version.stats.validation_samples} validation)"
     )
+    if version.stats.tokenizer:
+        console.print(f"{version.stats.tokens} tokens with {version.stats.tokenizer}'s template")
+        print_histogram(version.stats.length_histogram)
     report = version.sanitization
     for step, count in sorted(report.changed.items()):
         console.print(f"  {step.replace('_', ' ')}: {count} message(s)")
@@ -232,12 +259,7 @@ def data_lint(
         f"{report.samples_checked} samples, {report.total_tokens} tokens, "
         f"{report.loss_tokens} carrying loss; context {report.max_length}"
     )
-    lower = 0
-    for bucket in report.length_histogram:
-        if bucket.samples:
-            upper = f"{bucket.below_tokens - 1}" if bucket.below_tokens else "+"
-            console.print(f"  {lower:>5}-{upper:<5} tokens: {bucket.samples} samples")
-        lower = bucket.below_tokens
+    print_histogram(report.length_histogram)
     if report.too_long_records:
         console.print(f"[yellow]longer than the context[/yellow]: {list(report.too_long_records)}")
     if report.special_token_records:
@@ -297,6 +319,11 @@ def data_erase(
     if response.erased_version_ids:
         console.print(
             f"versions whose files were deleted: {', '.join(response.erased_version_ids)}"
+        )
+    if response.blocked_model_ids:
+        console.print(
+            "models trained on them, now refused by deploy until retrained: "
+            + ", ".join(response.blocked_model_ids)
         )
 
 

@@ -189,6 +189,7 @@ class UploadHeader(_message.Message):
     BAD_RECORD_POLICY_FIELD_NUMBER: _builtins.int
     CSV_COLUMNS_FIELD_NUMBER: _builtins.int
     SANITIZE_FIELD_NUMBER: _builtins.int
+    BASE_MODEL_FIELD_NUMBER: _builtins.int
     dataset_name: _builtins.str
     """The dataset to add a version to; created on first upload.
     Lowercase letters, digits, "-" and "_", at most 64 characters.
@@ -203,6 +204,11 @@ class UploadHeader(_message.Message):
     """The seed of the deterministic split."""
     bad_record_policy: Global___BadRecordPolicy.ValueType
     """What to do with bad records."""
+    base_model: _builtins.str
+    """The base model the data is meant for (a name the trainer's registry
+    knows). When set, tokens are counted with its tokenizer and chat template,
+    and samples longer than its context (or sanitize.max_tokens) are removed.
+    """
     @_builtins.property
     def csv_columns(self) -> Global___CsvColumns:
         """Which columns of a CSV transcript hold what; defaults when unset."""
@@ -222,10 +228,11 @@ class UploadHeader(_message.Message):
         bad_record_policy: Global___BadRecordPolicy.ValueType = ...,
         csv_columns: Global___CsvColumns | None = ...,
         sanitize: Global___SanitizeOptions | None = ...,
+        base_model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_validation_fraction", b"_validation_fraction", "csv_columns", b"csv_columns", "sanitize", b"sanitize", "validation_fraction", b"validation_fraction"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_validation_fraction", b"_validation_fraction", "bad_record_policy", b"bad_record_policy", "csv_columns", b"csv_columns", "dataset_name", b"dataset_name", "file_name", b"file_name", "format", b"format", "sanitize", b"sanitize", "split_seed", b"split_seed", "validation_fraction", b"validation_fraction"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_validation_fraction", b"_validation_fraction", "bad_record_policy", b"bad_record_policy", "base_model", b"base_model", "csv_columns", b"csv_columns", "dataset_name", b"dataset_name", "file_name", b"file_name", "format", b"format", "sanitize", b"sanitize", "split_seed", b"split_seed", "validation_fraction", b"validation_fraction"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__validation_fraction: _TypeAlias = _typing.Literal["validation_fraction"]  # noqa: Y015
     _WhichOneofArgType__validation_fraction: _TypeAlias = _typing.Literal["_validation_fraction", b"_validation_fraction"]  # noqa: Y015
@@ -244,6 +251,7 @@ class SanitizeOptions(_message.Message):
     KEEP_NEAR_DUPLICATES_FIELD_NUMBER: _builtins.int
     PII_MODE_FIELD_NUMBER: _builtins.int
     LANGUAGES_FIELD_NUMBER: _builtins.int
+    MAX_TOKENS_FIELD_NUMBER: _builtins.int
     skip_cleaning: _builtins.bool
     """Keep messages as uploaded: no encoding repair, markup stripping,
     boilerplate removal or whitespace normalisation.
@@ -256,6 +264,11 @@ class SanitizeOptions(_message.Message):
     """
     pii_mode: Global___PiiMode.ValueType
     """How personal data and secrets are replaced; placeholders when unset."""
+    max_tokens: _builtins.int
+    """Remove samples longer than this many tokens, as rendered by
+    header.base_model's chat template (which it requires); the model's
+    context length when 0.
+    """
     @_builtins.property
     def languages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Keep only conversations in these languages (ISO 639-1 codes such as "en");
@@ -270,10 +283,11 @@ class SanitizeOptions(_message.Message):
         keep_near_duplicates: _builtins.bool = ...,
         pii_mode: Global___PiiMode.ValueType = ...,
         languages: _abc.Iterable[_builtins.str] | None = ...,
+        max_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["keep_near_duplicates", b"keep_near_duplicates", "languages", b"languages", "pii_mode", b"pii_mode", "skip_cleaning", b"skip_cleaning", "skip_quality_filters", b"skip_quality_filters"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keep_near_duplicates", b"keep_near_duplicates", "languages", b"languages", "max_tokens", b"max_tokens", "pii_mode", b"pii_mode", "skip_cleaning", b"skip_cleaning", "skip_quality_filters", b"skip_quality_filters"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -480,6 +494,9 @@ class DatasetStats(_message.Message):
     VALIDATION_SAMPLES_FIELD_NUMBER: _builtins.int
     MESSAGES_FIELD_NUMBER: _builtins.int
     SKIPPED_RECORDS_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
+    TOKENIZER_FIELD_NUMBER: _builtins.int
+    LENGTH_HISTOGRAM_FIELD_NUMBER: _builtins.int
     samples: _builtins.int
     """Samples in all."""
     train_samples: _builtins.int
@@ -490,6 +507,16 @@ class DatasetStats(_message.Message):
     """Messages over all samples."""
     skipped_records: _builtins.int
     """Records of the source that were skipped as bad."""
+    tokens: _builtins.int
+    """Tokens over all samples, counted by `tokenizer`; 0 when no base model was
+    given at upload.
+    """
+    tokenizer: _builtins.str
+    """The base model whose tokenizer and chat template counted the tokens."""
+    @_builtins.property
+    def length_histogram(self) -> _containers.RepeatedCompositeFieldContainer[Global___LengthBucket]:
+        """How many samples have how many tokens."""
+
     def __init__(
         self,
         *,
@@ -498,10 +525,13 @@ class DatasetStats(_message.Message):
         validation_samples: _builtins.int = ...,
         messages: _builtins.int = ...,
         skipped_records: _builtins.int = ...,
+        tokens: _builtins.int = ...,
+        tokenizer: _builtins.str = ...,
+        length_histogram: _abc.Iterable[Global___LengthBucket] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "samples", b"samples", "skipped_records", b"skipped_records", "train_samples", b"train_samples", "validation_samples", b"validation_samples"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["length_histogram", b"length_histogram", "messages", b"messages", "samples", b"samples", "skipped_records", b"skipped_records", "tokenizer", b"tokenizer", "tokens", b"tokens", "train_samples", b"train_samples", "validation_samples", b"validation_samples"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
