@@ -1,0 +1,225 @@
+"""Packing a step's samples into few rows, with no attention between samples.
+
+A step's samples (``worker.batch_order`` picks them; packing never changes
+which) are placed first-fit decreasing into rows of at most ``max_length``
+tokens. Every sample's position ids restart at 0, and the free tail of a row is
+filled with pad tokens that form a position run of their own, so the model sees
+each sample exactly as it would alone. Labels and per-token weights travel with
+the tokens, so the packed loss is the same sum over the same tokens as the
+padded one (``batches.collate`` + ``batches.weighted_loss_terms``).
+
+How the model must be called (transformers 5.19, Llama-style decoders; read in
+``masking_utils.py`` and ``modeling_flash_attention_utils.py``), all done by
+:meth:`PackedBatch.model_inputs`:
+
+- Always ``position_ids=batch.position_ids``, ``attention_mask=None`` and
+  ``use_cache=False``. ``_preprocess_mask_arguments`` looks for packing only
+  when the 2-D attention mask is ``None`` *and* there is no cache; then
+  ``find_packed_sequence_indices`` starts a new sequence wherever a position id
+  is not its left neighbour's plus one, and ``create_causal_mask`` ANDs the
+  causal mask with "same sequence". An all-ones ``attention_mask`` (what
+  ``collate`` produces) or a cache silently turns this off, and samples then
+  attend to each other: the tests show both.
+- ``sdpa`` and ``eager`` (CPU and GPU): the result is a materialised
+  block-diagonal causal mask of ``[rows, 1, T, T]`` booleans. On GPU, sdpa with
+  an explicit mask cannot use its flash kernel and takes the memory-efficient
+  one; fine for moderate ``T``.
+- ``flex_attention`` (GPU): the same detection yields a ``BlockMask``, whose
+  block sparsity skips the cross-sample blocks. On CPU, torch 2.13's
+  FlexAttention has no backward (inference only, and it compiles slowly).
+- ``flash_attention_2`` / ``flash_attention_3``: the mask function returns
+  ``None`` and the varlen kernel is used only when ``cu_seq_lens_q/k`` and
+  ``max_length_q/k`` are passed, or when the batch has a *single* row whose
+  position ids restart. With several rows and position ids alone, flash
+  attention runs plain causal attention over each whole row and samples
+  *would* attend to each other. So ``model_inputs`` also passes
+  ``cu_seq_lens`` (offsets into the rows laid end to end, the pad runs being
+  sequences of their own) and ``max_seq_len`` for any implementation whose
+  name contains ``flash``; the varlen kernel then needs no mask at all.
+
+The first token of every sample gets label -100: it has no previous token in
+its sample, so it can never be a next-token target (the padded loss drops it by
+the shift too); without this, the last token of the sample before it in the row
+would learn to predict it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ownchat.chat_template import IGNORE_INDEX
+from ownchat_trainer.batches import EncodedSample
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one sample of the step lies in the packed batch."""
+
+    row: int
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class PackedBatch:
+    """A step's samples packed into rows; all tensors are ``[rows, T]``.
+
+    ``labels`` hold -100 wherever no loss is taken (prompt tokens, each
+    sample's first token, padding); ``token_weights`` (float32) hold the
+    sample's weight on each loss token and 0 elsewhere. ``cu_seq_lens``
+    (int32, ``[segments + 1]``) are the start offsets of every sample and every
+    pad run in the rows laid end to end, then ``rows * T``; ``max_seq_len`` is
+    the longest of those segments. ``placements`` follow the order of the
+    samples given to :func:`pack_samples`.
+    """
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    labels: torch.Tensor
+    token_weights: torch.Tensor
+    cu_seq_lens: torch.Tensor
+    max_seq_len: int
+    placements: tuple[Placement, ...]
+
+    @property
+    def real_tokens(self) -> int:
+        """Tokens that belong to a sample (not padding)."""
+        return sum(placement.length for placement in self.placements)
+
+    @property
+    def loss_weight(self) -> float:
+        """The sum of the token weights: the denominator of the step's loss."""
+        return float(self.token_weights.sum())
+
+    def to(self, device: torch.device) -> PackedBatch:
+        """The same batch with its tensors on ``device``."""
+        return PackedBatch(
+            self.input_ids.to(device),
+            self.position_ids.to(device),
+            self.labels.to(device),
+            self.token_weights.to(device),
+            self.cu_seq_lens.to(device),
+            self.max_seq_len,
+            self.placements,
+        )
+
+    def model_inputs(self, attn_implementation: str | None) -> dict[str, Any]:
+        """Keyword arguments for a causal LM's forward over this batch.
+
+        ``attn_implementation`` is the model's ``config._attn_implementation``;
+        see the module docstring for why each argument is needed.
+        """
+        inputs: dict[str, Any] = {
+            "input_ids": self.input_ids,
+            "position_ids": self.position_ids,
+            "attention_mask": None,
+            "use_cache": False,
+        }
+        if attn_implementation and "flash" in attn_implementation:
+            inputs.update(
+                cu_seq_lens_q=self.cu_seq_lens,
+                cu_seq_lens_k=self.cu_seq_lens,
+                max_length_q=self.max_seq_len,
+                max_length_k=self.max_seq_len,
+            )
+        return inputs
+
+
+def first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Indices of ``lengths`` grouped into bins of at most ``capacity``.
+
+    Longest first (ties in index order), each into the first bin it fits;
+    within a bin, indices are in placement order. Deterministic.
+    """
+    order = sorted(range(len(lengths)), key=lambda index: (-lengths[index], index))
+    bins: list[list[int]] = []
+    free: list[int] = []
+    for index in order:
+        for slot, room in enumerate(free):
+            if lengths[index] <= room:
+                bins[slot].append(index)
+                free[slot] -= lengths[index]
+                break
+        else:
+            bins.append([index])
+            free.append(capacity - lengths[index])
+    return bins
+
+
+def pack_samples(
+    samples: Sequence[EncodedSample],
+    max_length: int,
+    pad_token_id: int,
+    pad_to_multiple_of: int = 1,
+) -> PackedBatch:
+    """Packs one step's samples into as few rows of at most ``max_length`` tokens as
+    first-fit decreasing finds.
+
+    The row width ``T`` is the fullest row's length rounded up to
+    ``pad_to_multiple_of`` (never past ``max_length``). Raises ``ValueError``
+    for an empty step, an empty sample, or a sample longer than ``max_length``
+    (``batches.encode_samples`` truncates to the same length beforehand).
+    """
+    if max_length < 1 or pad_to_multiple_of < 1:
+        raise ValueError(
+            f"max_length ({max_length}) and pad_to_multiple_of ({pad_to_multiple_of}) "
+            "must be at least 1"
+        )
+    if not samples:
+        raise ValueError("a step needs at least one sample to pack")
+    lengths = [len(sample.input_ids) for sample in samples]
+    for index, (sample, length) in enumerate(zip(samples, lengths, strict=True)):
+        if length == 0:
+            raise ValueError(f"sample {index} (record {sample.record}) has no tokens")
+        if length > max_length:
+            raise ValueError(
+                f"sample {index} (record {sample.record}) has {length} tokens, more than "
+                f"max_length={max_length}; truncate it first (encode_samples does)"
+            )
+        if len(sample.labels) != length:
+            raise ValueError(f"sample {index} (record {sample.record}): labels and ids differ")
+
+    rows = first_fit_decreasing(lengths, max_length)
+    fullest = max(sum(lengths[index] for index in row) for row in rows)
+    width = min(-(-fullest // pad_to_multiple_of) * pad_to_multiple_of, max_length)
+
+    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    token_weights = torch.zeros((len(rows), width), dtype=torch.float32)
+    placements: list[Placement | None] = [None] * len(samples)
+    starts: list[int] = []
+    for row, members in enumerate(rows):
+        offset = 0
+        for index in members:
+            sample, length = samples[index], lengths[index]
+            end = offset + length
+            input_ids[row, offset:end] = torch.tensor(sample.input_ids, dtype=torch.long)
+            position_ids[row, offset:end] = torch.arange(length)
+            sample_labels = torch.tensor(sample.labels, dtype=torch.long)
+            sample_labels[0] = IGNORE_INDEX
+            labels[row, offset:end] = sample_labels
+            token_weights[row, offset:end] = (sample_labels != IGNORE_INDEX).float() * sample.weight
+            placements[index] = Placement(row, offset, length)
+            starts.append(row * width + offset)
+            offset = end
+        if offset < width:
+            # The pad run restarts its own positions, so it is a sequence apart.
+            position_ids[row, offset:] = torch.arange(width - offset)
+            starts.append(row * width + offset)
+    bounds = starts + [len(rows) * width]
+    cu_seq_lens = torch.tensor(bounds, dtype=torch.int32)
+    max_seq_len = max(b - a for a, b in zip(bounds, bounds[1:], strict=False))
+    return PackedBatch(
+        input_ids=input_ids,
+        position_ids=position_ids,
+        labels=labels,
+        token_weights=token_weights,
+        cu_seq_lens=cu_seq_lens,
+        max_seq_len=max_seq_len,
+        placements=tuple(p for p in placements if p is not None),
+    )
