@@ -129,6 +129,12 @@ def test_the_whole_path_through_every_service(ownchat_env: dict[str, str], tmp_p
         assert "tokens with smollm2-135m-instruct's template" in ingested.stdout
         version = re.search(r"dsv_[0-9a-f]+", ingested.stdout)
         assert version, ingested.stdout
+        exported = cli(
+            env, "data", "export", version.group(), "-o", str(tmp_path / "train.jsonl")
+        )  # fmt: skip
+        assert exported.returncode == 0, exported.stderr
+        train_lines = (tmp_path / "train.jsonl").read_text().splitlines()
+        assert train_lines and all(json.loads(line)["messages"] for line in train_lines)
 
         trained = cli(
             env,

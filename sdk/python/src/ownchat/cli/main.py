@@ -283,9 +283,17 @@ def data_export(
         split=data_pb2.SPLIT_VALIDATION if split == "validation" else data_pb2.SPLIT_TRAIN,
     )
     partial = output.with_name(output.name + ".partial")
-    with client() as ownchat, partial.open("wb") as handle:
+    with client() as ownchat, partial.open("wb") as handle, upload_progress() as progress:
+        version = ownchat.data.GetDatasetVersion(
+            data_pb2.GetDatasetVersionRequest(dataset_version_id=version_id)
+        ).dataset_version
+        size = (
+            version.validation_split if split == "validation" else version.train_split
+        ).size_bytes
+        task = progress.add_task("export", total=size)
         for response in ownchat.data.ExportDatasetVersion(request, timeout=3600):
             handle.write(response.chunk)
+            progress.advance(task, len(response.chunk))
     partial.replace(output)
     console.print(f"wrote {output} ({output.stat().st_size} bytes)")
 
