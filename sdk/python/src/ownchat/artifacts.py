@@ -34,7 +34,8 @@ class Artifact:
     size_bytes: int
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_directory(path: Path) -> None:
+    """Makes a directory's entries (creations, renames, deletions) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -107,7 +108,7 @@ class ArtifactStore:
                 staged.unlink()
         else:
             os.replace(staged, target)
-            _fsync_dir(self._objects)
+            fsync_directory(self._objects)
         return target
 
     @contextmanager
@@ -175,7 +176,7 @@ class ArtifactStore:
             shutil.rmtree(location)
         else:
             location.unlink()
-        _fsync_dir(self._objects)
+        fsync_directory(self._objects)
         return True
 
     def verify_tree(self, digest: str) -> list[str]:

@@ -48,6 +48,8 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 
+from ownchat.artifacts import fsync_directory
+
 CHECKPOINT_PREFIX = "step-"
 TEMPORARY_PREFIX = ".tmp-"
 COMPLETE_MARKER = "COMPLETE"
@@ -228,9 +230,9 @@ def save_checkpoint(
     if target.exists():
         _retire(target, checkpoints_dir)
     os.rename(temporary, target)
-    _fsync_directory(checkpoints_dir)
+    fsync_directory(checkpoints_dir)
     _write_marker(target, step)
-    _fsync_directory(checkpoints_dir)
+    fsync_directory(checkpoints_dir)
     return target
 
 
@@ -303,7 +305,7 @@ def clean_incomplete(checkpoints_dir: Path) -> list[Path]:
                 path.unlink()
             removed.append(path)
     if removed:
-        _fsync_directory(checkpoints_dir)
+        fsync_directory(checkpoints_dir)
     return removed
 
 
@@ -325,11 +327,11 @@ def prune_checkpoints(
         if path in newest or checkpoint_step(path) in kept:
             continue
         (path / COMPLETE_MARKER).unlink()
-        _fsync_directory(path)
+        fsync_directory(path)
         shutil.rmtree(path)
         removed.append(path)
     if removed:
-        _fsync_directory(checkpoints_dir)
+        fsync_directory(checkpoints_dir)
     return removed
 
 
@@ -343,13 +345,13 @@ def _retire(target: Path, checkpoints_dir: Path) -> None:
     marker = target / COMPLETE_MARKER
     if marker.exists():
         marker.unlink()
-        _fsync_directory(target)
+        fsync_directory(target)
     retired = Path(
         tempfile.mkdtemp(prefix=f"{TEMPORARY_PREFIX}old-{target.name}-", dir=checkpoints_dir)
     )
     # On POSIX a directory renamed onto an empty directory replaces it.
     os.rename(target, retired)
-    _fsync_directory(checkpoints_dir)
+    fsync_directory(checkpoints_dir)
     shutil.rmtree(retired)
 
 
@@ -362,7 +364,7 @@ def _write_marker(target: Path, step: int) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.rename(partial, target / COMPLETE_MARKER)
-    _fsync_directory(target)
+    fsync_directory(target)
 
 
 def _fsync_tree(root: Path) -> None:
@@ -377,13 +379,4 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_directory(Path(directory))
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Makes a directory's entries (creations, renames, deletions) durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_directory(Path(directory))
