@@ -16,7 +16,7 @@ from ownchat.errors import (
 )
 from ownchat_serving.core import DeploySpec, ServingCore
 from ownchat_serving.engine import EngineOptions
-from ownchat_serving.generation import ChatTurn, GenerateInput
+from ownchat_serving.generation import ChatTurn, GenerateInput, Sampling
 from ownchat_serving.resolver import ModelKind
 from ownchat_serving.store import DeploymentState, DeploymentStore, EngineKind
 
@@ -41,12 +41,7 @@ def violations(error: pytest.ExceptionInfo[Any]) -> set[str]:
     return {v.field for v in error.value.violations}
 
 
-def test_other_engines_and_canaries_come_later(runner: asyncio.Runner, core: ServingCore) -> None:
-    for engine in (EngineKind.ONNXRUNTIME, EngineKind.TRANSFORMERS):
-        with pytest.raises(InvalidArgumentError) as error:
-            runner.run(core.deploy(DeploySpec("m", engine=engine)))
-        assert violations(error) == {"engine"}
-        assert "later" in error.value.violations[0].description
+def test_canaries_come_later(runner: asyncio.Runner, core: ServingCore) -> None:
     with pytest.raises(InvalidArgumentError) as error:
         runner.run(core.deploy(DeploySpec("m", canary_percent=10)))
     assert violations(error) == {"canary_percent"}
@@ -56,6 +51,50 @@ def test_other_engines_and_canaries_come_later(runner: asyncio.Runner, core: Ser
     assert violations(error) == {"model_id", "canary_percent"}
     # Refused requests leave no history.
     assert core.list_deployments(50, 0) == []
+
+
+@pytest.mark.slow
+def test_the_engine_is_chosen_per_deployment(
+    runner: asyncio.Runner,
+    core: ServingCore,
+    store: DeploymentStore,
+    registry: Any,
+    servable_models: dict[int, Path],
+) -> None:
+    """Transformers and ONNX Runtime deployments give the same greedy reply, and
+    a restart reloads the live deployment with its own engine."""
+    registry.add("m", servable_models[0])
+    question = GenerateInput(
+        (ChatTurn("user", "Hello there"),), Sampling(temperature=0.0, max_tokens=12)
+    )
+
+    async def reply() -> str:
+        return "".join([chunk.text async for chunk in core.generate(question)])
+
+    async def scenario() -> tuple[str, str, str]:
+        try:
+            await core.deploy(DeploySpec("m", engine=EngineKind.TRANSFORMERS))
+            reference = await reply()
+            await core.deploy(DeploySpec("m", engine=EngineKind.ONNXRUNTIME))
+            exported = await reply()
+            assert store.live() is not None and store.live().engine is EngineKind.ONNXRUNTIME
+            restarted = ServingCore(store, registry.artifacts, registry, EngineOptions())
+            try:
+                await restarted.restore()
+                assert restarted.live is not None
+                reloaded = "".join([c.text async for c in restarted.generate(question)])
+            finally:
+                await restarted.close()
+            return reference, exported, reloaded
+        finally:
+            await core.close()
+
+    reference, exported, reloaded = runner.run(scenario())
+    assert reference and exported == reference == reloaded
+    assert [d.engine for d in core.list_deployments(10, 0)] == [
+        EngineKind.ONNXRUNTIME,
+        EngineKind.TRANSFORMERS,
+    ]
 
 
 def test_an_unknown_model_fails_the_deployment(

@@ -33,6 +33,7 @@ async def serve(settings: ServingSettings) -> None:
         resolver,
         settings.engine_options(),
         drain_seconds=settings.drain_seconds,
+        export_root=settings.state_dir("serving") / "onnx",
     )
     spec = ServiceSpec(
         short_name="serving",

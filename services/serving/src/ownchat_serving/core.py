@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from ownchat.artifacts import ArtifactStore
 from ownchat.errors import (
@@ -30,8 +31,8 @@ from ownchat_serving.engine import (
     EngineOptions,
     EngineRequestError,
     EngineUnavailableError,
-    VllmEngine,
 )
+from ownchat_serving.engines import Engine, load_engine
 from ownchat_serving.generation import (
     ChatTurn,
     FinishReason,
@@ -90,12 +91,6 @@ def validate_deploy(spec: DeploySpec) -> EngineKind:
             FieldViolation("model_id", f"must be at most {MAX_MODEL_ID_CHARS} characters")
         )
     engine = spec.engine or EngineKind.VLLM
-    if engine is not EngineKind.VLLM:
-        violations.append(
-            FieldViolation(
-                "engine", f"the {engine.value} engine comes later; only vLLM serves for now"
-            )
-        )
     if spec.canary_percent != 0:
         description = (
             "canary deployments come later; use 0 to move all traffic"
@@ -115,7 +110,7 @@ def validate_deploy(spec: DeploySpec) -> EngineKind:
 class _Live:
     """The engine behind a live deployment and the replies it is producing."""
 
-    def __init__(self, deployment: Deployment, engine: VllmEngine) -> None:
+    def __init__(self, deployment: Deployment, engine: Engine) -> None:
         self.deployment = deployment
         self.engine = engine
         self.active = 0
@@ -150,8 +145,12 @@ class ServingCore:
         resolver: ModelResolver,
         options: EngineOptions,
         drain_seconds: float = 30.0,
+        export_root: Path | None = None,
     ) -> None:
+        """``export_root``: where ONNX exports of model versions are kept (the
+        service's own folder; beside the database when not given)."""
         self._store = store
+        self._export_root = export_root or store.path.parent / "onnx"
         self._artifacts = artifacts
         self._resolver = resolver
         self._options = options
@@ -167,7 +166,7 @@ class ServingCore:
         return self._live.deployment if self._live else None
 
     @property
-    def live_engine(self) -> VllmEngine | None:
+    def live_engine(self) -> Engine | None:
         """The live deployment's engine (for checks and reference runs)."""
         return self._live.engine if self._live else None
 
@@ -227,7 +226,9 @@ class ServingCore:
             return None
         self._restoring = True
         try:
-            engine = await self._load_checked(deployment.model_id, deployment.artifact_digest)
+            engine = await self._load_checked(
+                deployment.model_id, deployment.artifact_digest, deployment.engine
+            )
         except (OwnchatError, asyncio.CancelledError) as error:
             reason = getattr(error, "message", "the service stopped while reloading")
             self._store.mark_failed(deployment.id, f"could not be reloaded at start: {reason}")
@@ -273,7 +274,9 @@ class ServingCore:
         try:
             resolved = await self._resolve(deployment.model_id)
             self._store.set_artifact(deployment.id, resolved.artifact_digest)
-            engine = await self._load_checked(deployment.model_id, resolved.artifact_digest)
+            engine = await self._load_checked(
+                deployment.model_id, resolved.artifact_digest, deployment.engine
+            )
         except BaseException as error:
             reason = error.message if isinstance(error, OwnchatError) else repr(error)
             self._store.mark_failed(deployment.id, reason)
@@ -328,7 +331,7 @@ class ServingCore:
             )
         return resolved
 
-    async def _load_checked(self, model_id: str, digest: str) -> VllmEngine:
+    async def _load_checked(self, model_id: str, digest: str, kind: EngineKind) -> Engine:
         """Verifies the files against their manifest, then loads and warms them."""
         try:
             directory = self._artifacts.path(digest)
@@ -354,7 +357,9 @@ class ServingCore:
                 [PreconditionViolation("MODEL_FORMAT", model_id, "no *.safetensors file")],
             )
         try:
-            engine = await VllmEngine.load(directory, self._options)
+            engine = await load_engine(
+                kind, directory, self._options, export_root=self._export_root
+            )
         except EngineLoadError as error:
             raise FailedPreconditionError(
                 f"model {model_id!r} could not be loaded: {error}",

@@ -110,6 +110,7 @@ class DeploymentStore:
     """Reads and writes the deployment history."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         self._db = Database(path, MIGRATIONS)
 
     def create(self, model_id: str, engine: EngineKind, deployed_by: str) -> Deployment:

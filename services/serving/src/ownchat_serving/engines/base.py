@@ -1,0 +1,79 @@
+"""The one interface every inference engine offers the serving core.
+
+It is exactly what the core uses of an engine: load a model directory, render
+a conversation to prompt ids, stream or complete a reply, count the requests
+still held, and shut down. vLLM's engine (``ownchat_serving.engine``), the
+Transformers reference engine and the ONNX Runtime engine all satisfy it;
+which one serves is chosen per deployment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from ownchat_serving.engine import (
+    EngineLoadError,
+    EngineOptions,
+    EngineRequestError,
+    EngineStep,
+    EngineUnavailableError,
+)
+from ownchat_serving.generation import ChatTurn, ResolvedSampling
+
+__all__ = [
+    "Engine",
+    "EngineLoadError",
+    "EngineOptions",
+    "EngineRequestError",
+    "EngineStep",
+    "EngineUnavailableError",
+]
+
+
+class Engine(Protocol):
+    """A loaded model taking requests.
+
+    Errors: ``load`` raises EngineLoadError; ``stream`` and ``complete`` raise
+    EngineRequestError for a request the engine refuses and
+    EngineUnavailableError when the engine stops under a request. A reply cut
+    off by ``shutdown`` ends with the finish reason "abort".
+    """
+
+    # Longest prompt plus reply, in tokens: the model's own limit or the
+    # configured one, whichever is lower.
+    max_model_len: int
+
+    @classmethod
+    async def load(cls, model_dir: Path, options: EngineOptions) -> Engine:
+        """Loads a model directory (safetensors only, no remote code) and starts serving it."""
+        ...
+
+    def render(self, turns: Sequence[ChatTurn]) -> list[int]:
+        """The prompt's token ids: the conversation through the model's chat template."""
+        ...
+
+    def stream(
+        self, prompt_ids: list[int], sampling: ResolvedSampling, request_id: str
+    ) -> AsyncIterator[EngineStep]:
+        """Generates a reply, one engine step's new text at a time.
+
+        The last step carries the finish reason ("stop", "length" or "abort");
+        closing the iterator early (a cancelled caller) frees the request.
+        """
+        ...
+
+    async def complete(
+        self, prompt_ids: list[int], sampling: ResolvedSampling, request_id: str
+    ) -> EngineStep:
+        """Generates a whole reply and returns it at once (warm-up, reference runs)."""
+        ...
+
+    def unfinished_requests(self) -> int:
+        """Requests the engine still holds, running or waiting."""
+        ...
+
+    async def shutdown(self) -> None:
+        """Ends the replies still running (as aborted) and frees the model."""
+        ...
