@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,7 @@ from ownchat_trainer.core import TrainerCore
 from ownchat_trainer.datasets import DatasetInfo, StaticDatasets
 from ownchat_trainer.records import Job
 from ownchat_trainer.registry import ModelRegistry
+from ownchat_trainer.runner import RunnerOptions
 from ownchat_trainer.store import TrainerStore
 
 TINY = "tiny-chat"
@@ -43,11 +45,37 @@ CONVERSATIONS = [
 ]
 
 
+PAIRS = [
+    {
+        "prompt": [{"role": "user", "content": "What does the Zephyr X2 cost?"}],
+        "chosen": "The Zephyr X2 router costs 129 euros.",
+        "rejected": "No idea, look it up.",
+    },
+    {
+        "prompt": [{"role": "user", "content": "How long do refunds take?"}],
+        "chosen": "Our refund window is 30 days from delivery.",
+        "rejected": "Refunds are not possible.",
+    },
+    {
+        "prompt": [{"role": "user", "content": "What does error code E42 mean?"}],
+        "chosen": "Error code E42 means the firmware update was interrupted.",
+        "rejected": "It means nothing.",
+    },
+]
+
+
 def split_bytes(conversations: list[list[dict[str, str]]], weight: float = 1.0) -> bytes:
     """A split file as the data service writes it."""
     return "".join(
         json.dumps({"messages": c, "weight": weight, "record": i + 1}) + "\n"
         for i, c in enumerate(conversations)
+    ).encode()
+
+
+def pair_bytes(pairs: list[dict[str, object]]) -> bytes:
+    """A preference split file as the data service writes it."""
+    return "".join(
+        json.dumps({**pair, "record": i + 1}) + "\n" for i, pair in enumerate(pairs)
     ).encode()
 
 
@@ -66,14 +94,16 @@ def artifacts(tmp_path: Path) -> ArtifactStore:
 
 @pytest.fixture
 def datasets(artifacts: ArtifactStore) -> StaticDatasets:
-    """Known dataset versions: ``dsv_small`` (the tiny set four times over) and
-    ``dsv_pairs`` (preference pairs)."""
+    """Known dataset versions: ``dsv_small`` (the tiny set four times over, lengths not
+    counted) and ``dsv_pairs`` (preference pairs, four times over)."""
     train = artifacts.put_bytes(split_bytes(CONVERSATIONS * 4))
     validation = artifacts.put_bytes(split_bytes(CONVERSATIONS[:2]))
+    pairs_train = artifacts.put_bytes(pair_bytes(PAIRS * 4))
+    pairs_validation = artifacts.put_bytes(pair_bytes(PAIRS[:2]))
     return StaticDatasets(
         [
             DatasetInfo("dsv_small", "chat", train, validation, 16, 2),
-            DatasetInfo("dsv_pairs", "preference", train, validation, 16, 2),
+            DatasetInfo("dsv_pairs", "preference", pairs_train, pairs_validation, 12, 2),
         ]
     )
 
@@ -81,14 +111,27 @@ def datasets(artifacts: ArtifactStore) -> StaticDatasets:
 CoreFactory = Callable[..., TrainerCore]
 
 
+def runner_options(**changes: Any) -> RunnerOptions:
+    """Options for tests: one thread, short waits, deterministic workers."""
+    values: dict[str, Any] = {
+        "torch_threads": 1,
+        "stop_grace_seconds": 60.0,
+        "placement_retry_seconds": 0.2,
+        "deterministic": True,
+    }
+    values.update(changes)
+    return RunnerOptions(**values)
+
+
 @pytest.fixture
 def make_core(
     tmp_path: Path, model_root: Path, artifacts: ArtifactStore, datasets: StaticDatasets
 ) -> Iterator[CoreFactory]:
-    """Builds cores over one home (a later one sees what an earlier one stored)."""
+    """Builds cores over one home (a later one sees what an earlier one stored);
+    keyword arguments change the runner's options."""
     cores: list[TrainerCore] = []
 
-    def make(start: bool = True) -> TrainerCore:
+    def make(start: bool = True, **options: Any) -> TrainerCore:
         state = tmp_path / "home" / "trainer"
         store = TrainerStore(state / "trainer.db")
         registry = ModelRegistry(
@@ -100,8 +143,7 @@ def make_core(
             artifacts,
             datasets,
             jobs_dir=state / "jobs",
-            torch_threads=1,
-            cancel_grace_seconds=2.0,
+            options=runner_options(**options),
         )
         if start:
             core.start()

@@ -1,5 +1,7 @@
 """The trainer as a real server process beside a real data service: a dataset is
-uploaded, trained on, and the service stops cleanly in the middle of a job."""
+uploaded, trained on, refused when its samples are too long for the job, and the
+service stops cleanly in the middle of a job, which resumes from its checkpoint
+when the service starts again."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ownchat.client import OwnchatClient
 from ownchat.config import ClientSettings
 from ownchat.data.v1 import data_pb2
+from ownchat.errors import describe_rpc_error
 from ownchat.testing import build_tiny_chat_model
 from ownchat.trainer.v1 import trainer_pb2
 from ownchat_trainer.runner import INTERRUPTED_BY_STOP
@@ -80,6 +83,8 @@ class Services:
             "OWNCHAT_DATA_PORT": str(self.data_port),
             "OWNCHAT_DATA_METRICS_PORT": str(_free_port()),
             "OWNCHAT_DATA_ADDRESS": f"127.0.0.1:{self.data_port}",
+            # The data service counts tokens with base models the trainer resolves.
+            "OWNCHAT_TRAINER_ADDRESS": f"127.0.0.1:{self.trainer_port}",
             "OWNCHAT_TRAINER_PORT": str(self.trainer_port),
             "OWNCHAT_TRAINER_METRICS_PORT": str(_free_port()),
             "OWNCHAT_TRAINER_MODEL_DIRS": json.dumps([str(home / "models")]),
@@ -124,13 +129,14 @@ def services(tmp_path: Path) -> Iterator[Services]:
     running.close()
 
 
-def _upload(client: OwnchatClient) -> str:
+def _upload(client: OwnchatClient, answer: str = "The Zephyr X2 router costs 129 euros.") -> str:
+    """Uploads ten conversations, counted with tiny-chat's tokenizer; the version's id."""
     lines = "".join(
         json.dumps(
             {
                 "messages": [
                     {"role": "user", "content": f"Question {i}: how much is the Zephyr X2?"},
-                    {"role": "assistant", "content": "The Zephyr X2 router costs 129 euros."},
+                    {"role": "assistant", "content": answer},
                 ]
             }
         )
@@ -141,6 +147,7 @@ def _upload(client: OwnchatClient) -> str:
         dataset_name="support",
         file_name="support.jsonl",
         format=data_pb2.SOURCE_FORMAT_OPENAI_CHAT_JSONL,
+        base_model="tiny-chat",
     )
     requests = [
         data_pb2.UploadDatasetVersionRequest(header=header),
@@ -182,25 +189,68 @@ def test_train_on_an_uploaded_dataset_then_stop_mid_job(services: Services) -> N
     assert model.dataset_version_id == version_id
     assert (services.home / "artifacts" / "sha256" / model.artifact.digest[7:]).is_dir()
 
+    # Counted with the job's own tokenizer, samples too long are refused at once.
+    wordy = _upload(services.client, " ".join(["The router costs 129 euros."] * 12))
+    with pytest.raises(grpc.RpcError) as caught:
+        trainer.CreateTrainingJob(
+            trainer_pb2.CreateTrainingJobRequest(
+                base_model="tiny-chat",
+                dataset_version_id=wordy,
+                hyperparameters=trainer_pb2.Hyperparameters(max_seq_length=32),
+            )
+        )
+    refused = describe_rpc_error(caught.value)
+    assert refused.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "10 of its 10 samples have 32 tokens or more" in refused.violations[0].description
+
     long_job = trainer.CreateTrainingJob(
         trainer_pb2.CreateTrainingJobRequest(
             base_model="tiny-chat",
             dataset_version_id=version_id,
-            hyperparameters=trainer_pb2.Hyperparameters(max_steps=1_000_000),
+            method=trainer_pb2.TRAINING_METHOD_SFT_LORA,
+            hyperparameters=trainer_pb2.Hyperparameters(
+                max_steps=1_000_000, checkpoint_interval_steps=20
+            ),
         )
     ).job
     stream = trainer.StreamTrainingJobEvents(
         trainer_pb2.StreamTrainingJobEventsRequest(job_id=long_job.id), timeout=180
     )
     for response in stream:
-        if response.event.kind == trainer_pb2.EVENT_KIND_METRICS:
+        if response.event.kind == trainer_pb2.EVENT_KIND_CHECKPOINT:
             break
     stream.cancel()
     assert _workers_of(long_job.id)
     assert services.restart_trainer() == 0
-    assert not _workers_of(long_job.id)
-    after = services.client.trainer.GetTrainingJob(
-        trainer_pb2.GetTrainingJobRequest(job_id=long_job.id)
+    # The stop checkpointed the job and queued it; the new service resumed it.
+    events = []
+    deadline = time.monotonic() + 120
+    while not any(e.message.startswith("resumed from the checkpoint") for e in events):
+        assert time.monotonic() < deadline, [e.message for e in events]
+        time.sleep(0.5)
+        events = _events_so_far(services.client, long_job.id)
+    stopped = next(e for e in events if e.message.startswith(INTERRUPTED_BY_STOP))
+    assert stopped.state == trainer_pb2.JOB_STATE_QUEUED
+    step = int(stopped.message.split("checkpoint at step ")[1])
+    assert f"resumed from the checkpoint at step {step}" in [e.message for e in events]
+    assert _workers_of(long_job.id)
+    cancelled = services.client.trainer.CancelTrainingJob(
+        trainer_pb2.CancelTrainingJobRequest(job_id=long_job.id)
     ).job
-    assert after.state == trainer_pb2.JOB_STATE_FAILED
-    assert after.error == INTERRUPTED_BY_STOP
+    assert cancelled.state == trainer_pb2.JOB_STATE_CANCELLED
+    assert not _workers_of(long_job.id)
+
+
+def _events_so_far(client: OwnchatClient, job_id: str) -> list[trainer_pb2.JobEvent]:
+    """A running job's events up to now (its stream would not end)."""
+    events: list[trainer_pb2.JobEvent] = []
+    stream = client.trainer.StreamTrainingJobEvents(
+        trainer_pb2.StreamTrainingJobEventsRequest(job_id=job_id), timeout=3
+    )
+    try:
+        for response in stream:
+            events.append(response.event)
+    except grpc.RpcError as error:
+        if error.code() != grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
+            raise
+    return events

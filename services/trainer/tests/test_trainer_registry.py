@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import threading
@@ -12,12 +13,13 @@ import pytest
 
 from ownchat.artifacts import Artifact, ArtifactStore
 from ownchat.errors import NotFoundError
+from ownchat.sqlite import Database
 from ownchat_trainer.base_models import BaseModelSource, export_checkpoint
 from ownchat_trainer.config import TrainerSettings
 from ownchat_trainer.hyperparameters import Hyperparameters, resolve_full
-from ownchat_trainer.records import Job, JobState, ModelKind, TrainingMethod
+from ownchat_trainer.records import Job, JobState, Model, ModelKind, TrainingMethod
 from ownchat_trainer.registry import ModelRegistry
-from ownchat_trainer.store import TrainerStore
+from ownchat_trainer.store import MIGRATIONS, TrainerStore, merged_name
 
 
 class CountingExporter:
@@ -171,3 +173,52 @@ def test_models_trained_on_erased_data_are_blocked_once(store: TrainerStore) -> 
     assert store.block_models_trained_on([job.dataset_version_id], "later") == [model.id]
     again = store.get_model(model.id)
     assert again is not None and again.blocked_reason == "erased by erasure_1"
+
+
+def test_a_store_from_before_resumable_jobs_is_migrated(tmp_path: Path) -> None:
+    old = Database(tmp_path / "trainer.db", MIGRATIONS[:1])
+    job = _job("job_old", "acme")
+    hyperparameters = {
+        k: v for k, v in job.hyperparameters.to_dict().items() if not k.startswith(("lora", "dpo"))
+    }
+    with old.transaction() as connection:
+        connection.execute(
+            "INSERT INTO jobs VALUES (?, NULL, 'tiny-chat', 'dsv_1', 'sft_full', ?, 0, 'acme', "
+            "'running', 2, 4, '', '', 'cpu', ?, 1, ?, 1, 1.0, 1.0)",
+            (job.id, json.dumps(hyperparameters), "sha256:" + "0" * 64, "sha256:" + "0" * 64),
+        )
+    old.close()
+    store = TrainerStore(tmp_path / "trainer.db")
+    migrated = store.get_job("job_old")
+    assert (migrated.restarts, migrated.restart_step) == (0, -1)
+    assert migrated.hyperparameters.lora_rank == 0 and migrated.method is TrainingMethod.SFT_FULL
+    requeued = store.set_state("job_old", JobState.QUEUED, "again", steps_done=1, restarts=(1, 1))
+    assert (requeued.steps_done, requeued.restarts, requeued.restart_step) == (1, 1, 1)
+    store.close()
+
+
+def test_adapters_and_merged_models_share_the_version_numbers(store: TrainerStore) -> None:
+    artifact = Artifact("sha256:" + "1" * 64, 10)
+    first = store.add_job(_job("job_a", "acme"), "", [])
+    adapter, _ = store.register_version(
+        first, "tiny-chat", artifact, {}, "{model}", kind=ModelKind.LORA_ADAPTER
+    )
+    assert (adapter.id, adapter.kind, adapter.base_model) == (
+        "ft:tiny-chat:acme:1",
+        ModelKind.LORA_ADAPTER,
+        "tiny-chat",
+    )
+    merged = Model(
+        id=merged_name(adapter.id),
+        kind=ModelKind.FULL,
+        base_model="tiny-chat",
+        artifact=artifact,
+        create_time=time.time(),
+        suffix="acme",
+    )
+    assert store.add_model(merged) == merged
+    # A second registration of the same name keeps the first.
+    assert store.add_model(dataclasses.replace(merged, metrics={"x": 1.0})) == merged
+    second = store.add_job(_job("job_b", "acme"), "", [])
+    model, _ = store.register_version(second, "tiny-chat", artifact, {}, "{model}")
+    assert model.id == "ft:tiny-chat:acme:2"

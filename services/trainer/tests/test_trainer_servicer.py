@@ -16,6 +16,7 @@ from ownchat.errors import describe_rpc_error
 from ownchat.interceptors import ServerInterceptor
 from ownchat.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from ownchat_trainer.core import JobRequest, TrainerCore
+from ownchat_trainer.records import ModelKind
 from ownchat_trainer.servicer import TrainerServicer
 
 TOKEN = "test-token"
@@ -55,13 +56,14 @@ def test_a_job_over_grpc_from_request_to_registered_model(
             trainer_pb2.CreateTrainingJobRequest(
                 base_model="tiny-chat",
                 dataset_version_id="dsv_small",
-                method=trainer_pb2.TRAINING_METHOD_SFT_LORA,
+                method=99,  # type: ignore[arg-type]  # a method from a newer client
                 hyperparameters=trainer_pb2.Hyperparameters(batch_size=0),
             )
         )
     described = describe_rpc_error(caught.value)
     assert described.code == grpc.StatusCode.INVALID_ARGUMENT
     assert {v.field for v in described.violations} == {"method", "hyperparameters.batch_size"}
+    assert described.code == grpc.StatusCode.INVALID_ARGUMENT
     assert (
         _code(
             lambda: stub.CreateTrainingJob(
@@ -139,9 +141,7 @@ def test_a_job_over_grpc_from_request_to_registered_model(
     )
 
 
-def test_errors_and_what_is_not_implemented_yet(
-    stub: trainer_pb2_grpc.TrainerServiceStub,
-) -> None:
+def test_errors(stub: trainer_pb2_grpc.TrainerServiceStub) -> None:
     missing = trainer_pb2.GetTrainingJobRequest(job_id="job_missing")
     assert _code(lambda: stub.GetTrainingJob(missing)) == grpc.StatusCode.NOT_FOUND
     assert (
@@ -161,9 +161,93 @@ def test_errors_and_what_is_not_implemented_yet(
     for call in (
         lambda: stub.PauseTrainingJob(trainer_pb2.PauseTrainingJobRequest(job_id="job_x")),
         lambda: stub.ResumeTrainingJob(trainer_pb2.ResumeTrainingJobRequest(job_id="job_x")),
-        lambda: stub.MergeAdapter(trainer_pb2.MergeAdapterRequest(model_id="x")),
+        lambda: stub.MergeAdapter(trainer_pb2.MergeAdapterRequest(model_id="ft:x::1")),
     ):
-        assert _code(call) == grpc.StatusCode.UNIMPLEMENTED
+        assert _code(call) == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.MergeAdapter(trainer_pb2.MergeAdapterRequest(model_id="tiny-chat"))
+    described = describe_rpc_error(caught.value)
+    assert described.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in described.violations] == ["model_id"]
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.CreateTrainingJob(
+            trainer_pb2.CreateTrainingJobRequest(
+                base_model="tiny-chat",
+                dataset_version_id="dsv_small",
+                method=trainer_pb2.TRAINING_METHOD_DPO,
+                hyperparameters=trainer_pb2.Hyperparameters(dpo_beta=0.0),
+            )
+        )
+    described = describe_rpc_error(caught.value)
+    assert described.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert {v.field for v in described.violations} == {
+        "dataset_version_id",
+        "hyperparameters.dpo_beta",
+    }
+
+
+def test_pause_resume_and_cancel_over_grpc(stub: trainer_pb2_grpc.TrainerServiceStub) -> None:
+    job = stub.CreateTrainingJob(
+        trainer_pb2.CreateTrainingJobRequest(
+            base_model="tiny-chat",
+            dataset_version_id="dsv_small",
+            method=trainer_pb2.TRAINING_METHOD_SFT_LORA,
+            hyperparameters=trainer_pb2.Hyperparameters(max_steps=1_000_000, lora_rank=8),
+        )
+    ).job
+    assert job.method == trainer_pb2.TRAINING_METHOD_SFT_LORA
+    assert (job.hyperparameters.lora_rank, job.hyperparameters.lora_alpha) == (8, 16.0)
+    assert not job.hyperparameters.HasField("dpo_beta")
+    stream = stub.StreamTrainingJobEvents(
+        trainer_pb2.StreamTrainingJobEventsRequest(job_id=job.id), timeout=120
+    )
+    for response in stream:
+        if response.event.kind == trainer_pb2.EVENT_KIND_METRICS:
+            break
+    stream.cancel()
+    paused = stub.PauseTrainingJob(trainer_pb2.PauseTrainingJobRequest(job_id=job.id)).job
+    assert paused.state == trainer_pb2.JOB_STATE_PAUSED
+    [checkpoint] = stub.ListCheckpoints(
+        trainer_pb2.ListCheckpointsRequest(job_id=job.id)
+    ).checkpoints
+    assert checkpoint.step == paused.progress.completed and checkpoint.HasField("loss")
+    resumed = stub.ResumeTrainingJob(trainer_pb2.ResumeTrainingJobRequest(job_id=job.id)).job
+    assert resumed.state in (trainer_pb2.JOB_STATE_QUEUED, trainer_pb2.JOB_STATE_RUNNING)
+    cancelled = stub.CancelTrainingJob(trainer_pb2.CancelTrainingJobRequest(job_id=job.id)).job
+    assert cancelled.state == trainer_pb2.JOB_STATE_CANCELLED
+    assert (
+        _code(lambda: stub.ResumeTrainingJob(trainer_pb2.ResumeTrainingJobRequest(job_id=job.id)))
+        == grpc.StatusCode.FAILED_PRECONDITION
+    )
+
+
+def test_an_adapter_is_reported_as_one(
+    stub: trainer_pb2_grpc.TrainerServiceStub, core: TrainerCore
+) -> None:
+    job = core.create_job(JobRequest("tiny-chat", "dsv_small"))
+    core.cancel_job(job.id)
+    adapter, _ = core._store.register_version(
+        job,
+        "tiny-chat",
+        core.get_model("tiny-chat").artifact,
+        {"train_loss": 1.5},
+        "{model}",
+        kind=ModelKind.LORA_ADAPTER,
+        base_model="tiny-chat",
+    )
+    model = stub.GetModel(trainer_pb2.GetModelRequest(model_id=adapter.id)).model
+    assert model.kind == trainer_pb2.MODEL_KIND_LORA_ADAPTER
+    assert (model.base_model, model.job_id) == ("tiny-chat", job.id)
+    # Its files are not an adapter's: the merge fails with the reason, nothing is registered.
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.MergeAdapter(trainer_pb2.MergeAdapterRequest(model_id=adapter.id), timeout=120)
+    described = describe_rpc_error(caught.value)
+    assert described.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "merging the adapter failed" in described.message
+    assert (
+        _code(lambda: stub.GetModel(trainer_pb2.GetModelRequest(model_id=adapter.id + ":merged")))
+        == grpc.StatusCode.NOT_FOUND
+    )
 
 
 class _GoneAfter:
@@ -186,4 +270,5 @@ def test_the_event_stream_stops_when_its_client_leaves(make_core: CoreFactory) -
         _GoneAfter(2),  # type: ignore[arg-type]
     )
     sent = [response.event.sequence for response in stream]
-    assert sent == [1, 2]
+    # Validated, the note on lengths, queued; then the client is gone.
+    assert sent == [1, 2, 3]

@@ -2,7 +2,9 @@
 
 Base models: the embedded SmolLM2-135M-Instruct, plus every model directory in
 ``OWNCHAT_TRAINER_MODEL_DIRS`` (a JSON list). Dataset versions are looked up in
-the data service at ``OWNCHAT_DATA_ADDRESS``.
+the data service at ``OWNCHAT_DATA_ADDRESS``. Jobs run on the GPUs NVML reports
+(``OWNCHAT_TRAINER_GPUS_PER_JOB`` each), else on the CPU. On SIGTERM the running
+job's worker saves a checkpoint and the job resumes from it at the next start.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from ownchat_trainer.config import TrainerSettings
 from ownchat_trainer.core import TrainerCore
 from ownchat_trainer.data_client import DataServiceDatasets
 from ownchat_trainer.registry import ModelRegistry
+from ownchat_trainer.runner import RunnerOptions
 from ownchat_trainer.servicer import TrainerServicer
 from ownchat_trainer.store import TrainerStore
 
@@ -40,8 +43,12 @@ def build_core(settings: TrainerSettings) -> TrainerCore:
         artifacts,
         datasets,
         jobs_dir=state / "jobs",
-        torch_threads=settings.torch_threads,
-        cancel_grace_seconds=settings.cancel_grace_seconds,
+        options=RunnerOptions(
+            torch_threads=settings.torch_threads,
+            gpus_per_job=settings.gpus_per_job,
+            cpu_processes=settings.cpu_processes,
+            stop_grace_seconds=settings.stop_grace_seconds,
+        ),
     )
 
 

@@ -37,8 +37,27 @@ class TrainerSettings(ServerSettings):
         gt=0,
         description="CPU threads of a training worker; every core of the machine when unset.",
     )
-    cancel_grace_seconds: float = Field(
-        default=5.0,
+    gpus_per_job: int = Field(
+        default=1,
+        ge=1,
+        description=(
+            "GPUs a job trains on when the machine has them: one worker process a GPU, "
+            "data-parallel under torchrun when more than one."
+        ),
+    )
+    cpu_processes: int = Field(
+        default=1,
+        ge=1,
+        description=(
+            "Worker processes of a job on a machine without a GPU; more than one trains "
+            "data-parallel under torchrun with gloo."
+        ),
+    )
+    stop_grace_seconds: float = Field(
+        default=120.0,
         ge=0,
-        description="How long a cancelled worker may take to exit before it is killed.",
+        description=(
+            "How long a worker asked to pause, or stopped with the service, may take to "
+            "finish its step and save a checkpoint before it is killed."
+        ),
     )

@@ -63,4 +63,11 @@ class DataServiceDatasets:
             ),
             train_samples=version.stats.train_samples,
             validation_samples=version.stats.validation_samples,
+            tokens=version.stats.tokens,
+            tokenizer=version.stats.tokenizer,
+            # The proto's open last bucket has bound 0.
+            length_histogram=tuple(
+                (bucket.below_tokens or None, bucket.samples)
+                for bucket in version.stats.length_histogram
+            ),
         )

@@ -6,7 +6,19 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from ownchat.artifacts import Artifact
-from ownchat_trainer.hyperparameters import ResolvedHyperparameters
+from ownchat_trainer.hyperparameters import ResolvedHyperparameters, TrainingMethod
+
+__all__ = [
+    "Checkpoint",
+    "EventKind",
+    "Job",
+    "JobEvent",
+    "JobState",
+    "Model",
+    "ModelKind",
+    "NewEvent",
+    "TrainingMethod",
+]
 
 
 class JobState(Enum):
@@ -40,14 +52,7 @@ class ModelKind(Enum):
 
     BASE = "base"
     FULL = "full"
-
-
-class TrainingMethod(Enum):
-    """How a job trains."""
-
-    SFT_FULL = "sft_full"
-    SFT_LORA = "sft_lora"
-    DPO = "dpo"
+    LORA_ADAPTER = "lora_adapter"
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,15 @@ class Job:
     device: str
     train_split: Artifact
     validation_split: Artifact
+    # Unexpected worker deaths in a row without a newer checkpoint, and the
+    # checkpoint step the job last resumed from after one (-1: none yet).
+    restarts: int = 0
+    restart_step: int = -1
+
+    @property
+    def trains_adapter(self) -> bool:
+        """Whether the job trains a LoRA adapter rather than every weight."""
+        return self.hyperparameters.lora_rank > 0
 
 
 @dataclass(frozen=True)
@@ -120,7 +134,12 @@ class Checkpoint:
 
 @dataclass(frozen=True)
 class Model:
-    """A model in the registry: a base model or a fine-tuned version."""
+    """A model in the registry: a base model or a fine-tuned version.
+
+    ``base_model`` is the lineage: for a base model itself; for a full version
+    the base model its line of fine-tuning started from; for a LoRA adapter
+    the model whose weights it applies to (a base model or a full version).
+    """
 
     id: str
     kind: ModelKind

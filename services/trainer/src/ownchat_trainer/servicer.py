@@ -1,8 +1,4 @@
-"""TrainerService over gRPC: protobuf in, plain Python to the core, protobuf out.
-
-PauseTrainingJob, ResumeTrainingJob and MergeAdapter are not overridden: the
-generated base answers UNIMPLEMENTED until the trainer supports them.
-"""
+"""TrainerService over gRPC: protobuf in, plain Python to the core, protobuf out."""
 
 from __future__ import annotations
 
@@ -59,6 +55,7 @@ _EVENT_KINDS = {
 _MODEL_KINDS = {
     ModelKind.BASE: trainer_pb2.MODEL_KIND_BASE,
     ModelKind.FULL: trainer_pb2.MODEL_KIND_FULL,
+    ModelKind.LORA_ADAPTER: trainer_pb2.MODEL_KIND_LORA_ADAPTER,
 }
 _HYPERPARAMETER_FIELDS = (
     "epochs",
@@ -203,6 +200,20 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             job=job_to_proto(self._core.cancel_job(request.job_id))
         )
 
+    def PauseTrainingJob(
+        self, request: trainer_pb2.PauseTrainingJobRequest, context: grpc.ServicerContext
+    ) -> trainer_pb2.PauseTrainingJobResponse:
+        return trainer_pb2.PauseTrainingJobResponse(
+            job=job_to_proto(self._core.pause_job(request.job_id))
+        )
+
+    def ResumeTrainingJob(
+        self, request: trainer_pb2.ResumeTrainingJobRequest, context: grpc.ServicerContext
+    ) -> trainer_pb2.ResumeTrainingJobResponse:
+        return trainer_pb2.ResumeTrainingJobResponse(
+            job=job_to_proto(self._core.resume_job(request.job_id))
+        )
+
     def StreamTrainingJobEvents(
         self, request: trainer_pb2.StreamTrainingJobEventsRequest, context: grpc.ServicerContext
     ) -> Iterator[trainer_pb2.StreamTrainingJobEventsResponse]:
@@ -240,6 +251,13 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         return trainer_pb2.ListModelsResponse(
             models=[model_to_proto(m) for m in models],
             next_page_token=next_page_token(limit, offset, len(models)),
+        )
+
+    def MergeAdapter(
+        self, request: trainer_pb2.MergeAdapterRequest, context: grpc.ServicerContext
+    ) -> trainer_pb2.MergeAdapterResponse:
+        return trainer_pb2.MergeAdapterResponse(
+            model=model_to_proto(self._core.merge_adapter(request.model_id))
         )
 
     def BlockModelsTrainedOn(

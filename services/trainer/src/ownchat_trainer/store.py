@@ -92,6 +92,12 @@ MIGRATIONS = [
         PRIMARY KEY (job_id, step)
     )
     """,
+    # Resume after a worker died: consecutive restarts without progress, and
+    # the checkpoint step of the last one.
+    """
+    ALTER TABLE jobs ADD COLUMN restarts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN restart_step INTEGER NOT NULL DEFAULT -1
+    """,
 ]
 
 
@@ -114,6 +120,8 @@ def _job(row: sqlite3.Row) -> Job:
         device=row["device"],
         train_split=Artifact(row["train_digest"], row["train_bytes"]),
         validation_split=Artifact(row["validation_digest"], row["validation_bytes"]),
+        restarts=row["restarts"],
+        restart_step=row["restart_step"],
     )
 
 
@@ -165,6 +173,33 @@ def version_name(base_model: str, suffix: str, number: int) -> str:
     return f"ft:{base_model}:{suffix}:{number}"
 
 
+def merged_name(adapter_id: str) -> str:
+    """The registry name of the full model an adapter version merges into."""
+    return f"{adapter_id}:merged"
+
+
+def _insert(connection: sqlite3.Connection, table: str, values: dict[str, object]) -> None:
+    names = ", ".join(values)
+    marks = ", ".join("?" for _ in values)
+    connection.execute(f"INSERT INTO {table} ({names}) VALUES ({marks})", tuple(values.values()))
+
+
+def _model_values(model: Model) -> dict[str, object]:
+    return {
+        "id": model.id,
+        "kind": model.kind.value,
+        "base_model": model.base_model,
+        "suffix": model.suffix,
+        "artifact_digest": model.artifact.digest,
+        "artifact_bytes": model.artifact.size_bytes,
+        "job_id": model.job_id,
+        "dataset_version_id": model.dataset_version_id,
+        "metrics": json.dumps(model.metrics),
+        "blocked_reason": model.blocked_reason,
+        "create_time": model.create_time,
+    }
+
+
 class TrainerStore:
     """Reads and writes the trainer's tables."""
 
@@ -200,32 +235,31 @@ class TrainerStore:
                 ).fetchone()
                 if existing is not None:
                     return _job(existing)
-            connection.execute(
-                "INSERT INTO jobs VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    job.id,
-                    idempotency_key or None,
-                    job.base_model,
-                    job.dataset_version_id,
-                    job.method.value,
-                    json.dumps(job.hyperparameters.to_dict()),
-                    job.seed,
-                    job.suffix,
-                    job.state.value,
-                    job.steps_done,
-                    job.steps_total,
-                    job.error,
-                    job.model_version,
-                    job.device,
-                    job.train_split.digest,
-                    job.train_split.size_bytes,
-                    job.validation_split.digest,
-                    job.validation_split.size_bytes,
-                    job.create_time,
-                    job.update_time,
-                ),
-            )
+            values: dict[str, object] = {
+                "id": job.id,
+                "idempotency_key": idempotency_key or None,
+                "base_model": job.base_model,
+                "dataset_version_id": job.dataset_version_id,
+                "method": job.method.value,
+                "hyperparameters": json.dumps(job.hyperparameters.to_dict()),
+                "seed": job.seed,
+                "suffix": job.suffix,
+                "state": job.state.value,
+                "steps_done": job.steps_done,
+                "steps_total": job.steps_total,
+                "error": job.error,
+                "model_version": job.model_version,
+                "device": job.device,
+                "train_digest": job.train_split.digest,
+                "train_bytes": job.train_split.size_bytes,
+                "validation_digest": job.validation_split.digest,
+                "validation_bytes": job.validation_split.size_bytes,
+                "create_time": job.create_time,
+                "update_time": job.update_time,
+                "restarts": job.restarts,
+                "restart_step": job.restart_step,
+            }
+            _insert(connection, "jobs", values)
             for event in events:
                 self._append(connection, job.id, event)
         self._touch()
@@ -264,13 +298,31 @@ class TrainerStore:
         message: str,
         error: str | None = None,
         device: str | None = None,
+        steps_done: int | None = None,
+        restarts: tuple[int, int] | None = None,
     ) -> Job:
-        """Moves a job to a state and records the STATE event, atomically."""
+        """Moves a job to a state and records the STATE event, atomically.
+
+        ``steps_done`` sets the progress (a job resumed from a checkpoint goes
+        back to its step); ``restarts`` sets (restarts, restart_step).
+        """
+        restart_count, restart_step = restarts if restarts is not None else (None, None)
         with self._db.transaction() as connection:
             connection.execute(
                 "UPDATE jobs SET state = ?, update_time = ?, error = COALESCE(?, error), "
-                "device = COALESCE(?, device) WHERE id = ?",
-                (state.value, time.time(), error, device, job_id),
+                "device = COALESCE(?, device), steps_done = COALESCE(?, steps_done), "
+                "restarts = COALESCE(?, restarts), restart_step = COALESCE(?, restart_step) "
+                "WHERE id = ?",
+                (
+                    state.value,
+                    time.time(),
+                    error,
+                    device,
+                    steps_done,
+                    restart_count,
+                    restart_step,
+                    job_id,
+                ),
             )
             self._append(connection, job_id, NewEvent(EventKind.STATE, message))
             row = connection.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -401,18 +453,13 @@ class TrainerStore:
             create_time=time.time(),
         )
         with self._db.transaction() as connection:
+            values = _model_values(model)
             connection.execute(
-                "INSERT INTO models VALUES (?, ?, ?, '', ?, ?, '', '', '{}', '', ?) "
+                f"INSERT INTO models ({', '.join(values)}) "
+                f"VALUES ({', '.join('?' for _ in values)}) "
                 "ON CONFLICT(id) DO UPDATE SET artifact_digest = excluded.artifact_digest, "
                 "artifact_bytes = excluded.artifact_bytes",
-                (
-                    name,
-                    ModelKind.BASE.value,
-                    name,
-                    artifact.digest,
-                    artifact.size_bytes,
-                    model.create_time,
-                ),
+                tuple(values.values()),
             )
             row = connection.execute("SELECT * FROM models WHERE id = ?", (name,)).fetchone()
         return _model(row)
@@ -424,24 +471,26 @@ class TrainerStore:
         artifact: Artifact,
         metrics: dict[str, float],
         message: str,
+        kind: ModelKind = ModelKind.FULL,
+        base_model: str | None = None,
     ) -> tuple[Model, Job]:
-        """Registers a job's model as the next ``ft:<base>:<suffix>:<n>`` and ends
-        the job SUCCEEDED, in one transaction."""
+        """Registers a job's model as the next ``ft:<root_base>:<suffix>:<n>`` and ends
+        the job SUCCEEDED, in one transaction.
+
+        ``base_model`` is the model's lineage, ``root_base`` when None (a full
+        version); an adapter names the model it applies to.
+        """
         now = time.time()
         with self._db.transaction() as connection:
-            count = connection.execute(
-                "SELECT COUNT(*) FROM models WHERE base_model = ? AND suffix = ? AND kind != ?",
-                (root_base, job.suffix, ModelKind.BASE.value),
-            ).fetchone()[0]
-            number = count + 1
-            while connection.execute(
-                "SELECT 1 FROM models WHERE id = ?", (version_name(root_base, job.suffix, number),)
-            ).fetchone():
-                number += 1
+            prefix = version_name(root_base, job.suffix, 0)[:-1]
+            rows = connection.execute(
+                "SELECT id FROM models WHERE substr(id, 1, ?) = ?", (len(prefix), prefix)
+            ).fetchall()
+            numbers = [int(tail) for row in rows if (tail := row["id"][len(prefix) :]).isdigit()]
             model = Model(
-                id=version_name(root_base, job.suffix, number),
-                kind=ModelKind.FULL,
-                base_model=root_base,
+                id=version_name(root_base, job.suffix, max(numbers, default=0) + 1),
+                kind=kind,
+                base_model=base_model or root_base,
                 artifact=artifact,
                 create_time=now,
                 suffix=job.suffix,
@@ -449,21 +498,7 @@ class TrainerStore:
                 dataset_version_id=job.dataset_version_id,
                 metrics=metrics,
             )
-            connection.execute(
-                "INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '', ?)",
-                (
-                    model.id,
-                    model.kind.value,
-                    model.base_model,
-                    model.suffix,
-                    artifact.digest,
-                    artifact.size_bytes,
-                    model.job_id,
-                    model.dataset_version_id,
-                    json.dumps(metrics),
-                    now,
-                ),
-            )
+            _insert(connection, "models", _model_values(model))
             connection.execute(
                 "UPDATE jobs SET state = ?, model_version = ?, update_time = ? WHERE id = ?",
                 (JobState.SUCCEEDED.value, model.id, now, job.id),
@@ -474,6 +509,17 @@ class TrainerStore:
             row = connection.execute("SELECT * FROM jobs WHERE id = ?", (job.id,)).fetchone()
         self._touch()
         return model, _job(row)
+
+    def add_model(self, model: Model) -> Model:
+        """Registers a model under a new name; an existing one of that name wins."""
+        with self._db.transaction() as connection:
+            existing = connection.execute(
+                "SELECT * FROM models WHERE id = ?", (model.id,)
+            ).fetchone()
+            if existing is not None:
+                return _model(existing)
+            _insert(connection, "models", _model_values(model))
+        return model
 
     def block_models_trained_on(self, dataset_version_ids: Iterable[str], reason: str) -> list[str]:
         """Sets blocked_reason on models trained on the versions; returns all their ids."""

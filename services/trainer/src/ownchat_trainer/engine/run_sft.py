@@ -1,0 +1,99 @@
+"""Supervised fine-tuning's step: next-token loss on assistant tokens, weighted per sample.
+
+Packed (the default): a step's share of samples is packed into few rows with
+no attention between samples (``engine.packing``), and the loss runs over loss
+positions only, in chunks (``engine.loss``): full logits never exist. Padded:
+the samples are right-padded to the longest (``batches.collate``) and the loss
+comes from the model's full logits (``batches.weighted_loss_terms``); slower
+and hungrier, it is the reference that packing must agree with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ownchat_trainer.batches import EncodedSample, collate, weighted_loss_terms
+from ownchat_trainer.engine.distributed import (
+    DistributedContext,
+    global_loss,
+    local_share,
+    sum_across_ranks,
+    unwrap,
+)
+from ownchat_trainer.engine.loop import StepResult
+from ownchat_trainer.engine.loss import causal_lm_loss_terms, forward_hidden, output_layer
+from ownchat_trainer.engine.packing import pack_samples
+
+
+class SftObjective:
+    """The SFT loss of a step and of the validation split."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_samples: Sequence[EncodedSample],
+        validation_samples: Sequence[EncodedSample],
+        context: DistributedContext,
+        *,
+        pad_token_id: int,
+        max_length: int,
+        batch_size: int,
+        packing: bool,
+        pad_to_multiple_of: int = 1,
+    ) -> None:
+        self._model = model
+        self._train = train_samples
+        self._validation = validation_samples
+        self._context = context
+        self._pad = pad_token_id
+        self._max_length = max_length
+        self._batch_size = batch_size
+        self._packing = packing
+        self._multiple = pad_to_multiple_of
+
+    def train_step(self, indices: Sequence[int]) -> StepResult:
+        """This rank's share of the step, normalised by the whole step's loss weight."""
+        share = local_share(self._train, indices, self._context, self._pad)
+        loss_sum, weight, tokens = self._loss_terms(self._model, share)
+        loss = global_loss(loss_sum, weight, self._context)
+        return StepResult(loss.backward, loss.value, tokens)
+
+    def validation_loss(self) -> float | None:
+        """The weighted mean loss over the validation split; each rank takes every n-th sample."""
+        if not self._validation:
+            return None
+        context = self._context
+        mine = list(self._validation[context.rank :: context.world_size])
+        # Not through the DDP wrapper: ranks may run different numbers of batches.
+        model = unwrap(self._model)
+        totals = torch.zeros(2, dtype=torch.float64, device=context.device)
+        for start in range(0, len(mine), self._batch_size):
+            loss_sum, weight, _ = self._loss_terms(model, mine[start : start + self._batch_size])
+            totals += torch.stack([loss_sum.detach().double(), weight.detach().double()])
+        totals = sum_across_ranks(totals, context)
+        if float(totals[1]) <= 0:
+            return None
+        return float(totals[0] / totals[1])
+
+    def _loss_terms(
+        self, model: Any, samples: Sequence[EncodedSample]
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The weighted loss sum, its weight, and the non-padding tokens of some samples."""
+        device = self._context.device
+        if self._packing:
+            packed = pack_samples(samples, self._max_length, self._pad, self._multiple).to(device)
+            hidden = forward_hidden(model, packed)
+            loss_sum, weight = causal_lm_loss_terms(
+                hidden, output_layer(model), packed.labels, packed.token_weights
+            )
+            return loss_sum, weight, packed.real_tokens
+        batch = collate(samples, self._pad).to(device)
+        logits = model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
+        ).logits
+        loss_sum, weight = weighted_loss_terms(logits, batch.labels, batch.weights)
+        return loss_sum, weight, batch.real_tokens
