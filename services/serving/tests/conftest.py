@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from grpc import aio
 
 from ownchat.artifacts import ArtifactStore
+from ownchat.auth import AUTHORIZATION_KEY, bearer
 from ownchat.errors import NotFoundError
+from ownchat.interceptors import AsyncServerInterceptor
+from ownchat.serving.v1 import serving_pb2_grpc
 from ownchat.testing import build_tiny_chat_model
+from ownchat_serving.core import ServingCore, ServingLimits
+from ownchat_serving.engine import EngineOptions
 from ownchat_serving.resolver import ModelKind, ResolvedModel
+from ownchat_serving.servicer import ServingServicer
+from ownchat_serving.store import DeploymentStore
+
+TOKEN = "test-token"
+METADATA = ((AUTHORIZATION_KEY, bearer(TOKEN)),)
 
 # vLLM's CPU attention supports head sizes of 32 and up; ownchat.testing's
 # tiny model has 16, so its weights are rebuilt here with 2 heads of 32. Tied
@@ -58,9 +74,12 @@ class LocalRegistry:
         directory: Path,
         kind: ModelKind = ModelKind.FULL,
         blocked_reason: str = "",
+        base: str = "",
     ) -> ResolvedModel:
+        """Registers a model; ``base`` names an adapter's base, registered before it."""
         digest = self.artifacts.put_tree(directory).digest
-        resolved = ResolvedModel(model_id, digest, kind, blocked_reason)
+        base_digest = self.models[base].artifact_digest if base else ""
+        resolved = ResolvedModel(model_id, digest, kind, blocked_reason, base, base_digest)
         self.models[model_id] = resolved
         return resolved
 
@@ -86,3 +105,58 @@ def registry(tmp_path: Path) -> LocalRegistry:
 def registry_class() -> type[LocalRegistry]:
     """For module-scoped fixtures, which cannot use the per-test registry."""
     return LocalRegistry
+
+
+@dataclass
+class Stack:
+    """A core over a local registry, served over gRPC on loopback, on one event loop."""
+
+    runner: asyncio.Runner
+    core: ServingCore
+    store: DeploymentStore
+    registry: LocalRegistry
+    stub: serving_pb2_grpc.ServingServiceStub
+    address: str
+
+    def run(self, coroutine: Any) -> Any:
+        return self.runner.run(coroutine)
+
+
+@contextmanager
+def serving_stack(
+    root: Path,
+    models: dict[str, Path],
+    limits: ServingLimits | None = None,
+    options: EngineOptions | None = None,
+) -> Iterator[Stack]:
+    """A core with ``models`` registered, its servicer on a free loopback port, and a stub."""
+    artifacts = ArtifactStore(root / "artifacts")
+    registry = LocalRegistry(artifacts)
+    for model_id, directory in models.items():
+        registry.add(model_id, directory)
+    store = DeploymentStore(root / "serving.db")
+    core = ServingCore(store, artifacts, registry, options or EngineOptions(), limits=limits)
+    with asyncio.Runner() as runner:
+
+        async def start() -> tuple[aio.Server, str, aio.Channel]:
+            server = aio.server(interceptors=[AsyncServerInterceptor(TOKEN)])
+            serving_pb2_grpc.add_ServingServiceServicer_to_server(ServingServicer(core), server)
+            address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+            await server.start()
+            return server, address, aio.insecure_channel(address)
+
+        server, address, channel = runner.run(start())
+        stub = serving_pb2_grpc.ServingServiceStub(channel)
+        try:
+            yield Stack(runner, core, store, registry, stub, address)
+        finally:
+            runner.run(channel.close())
+            runner.run(server.stop(None))
+            runner.run(core.close())
+            store.close()
+
+
+@pytest.fixture(scope="session")
+def stack_factory() -> Any:
+    """``serving_stack``, for test modules (which cannot import this conftest)."""
+    return serving_stack

@@ -27,3 +27,19 @@ def test_environment_and_toml(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     options = ServingSettings().engine_options()
     assert options.max_model_len == 1024
     assert options.kv_cache_bytes == 12345
+
+
+def test_limits_and_adapters(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("OWNCHAT_HOME", str(tmp_path))
+    monkeypatch.setenv("OWNCHAT_SERVING_MAX_RUNNING_REPLIES", "8")
+    monkeypatch.setenv("OWNCHAT_SERVING_MAX_WAITING_REPLIES", "0")
+    monkeypatch.setenv("OWNCHAT_SERVING_MAX_LORA_RANK", "32")
+    settings = ServingSettings()
+    limits = settings.limits()
+    assert (limits.max_running, limits.max_waiting) == (8, 0)
+    assert limits.drain_seconds == settings.drain_seconds
+    assert limits.restart_backoff == (1.0, 30.0)
+    assert settings.engine_options().max_lora_rank == 32
+    monkeypatch.setenv("OWNCHAT_SERVING_MAX_RUNNING_REPLIES", "0")
+    with pytest.raises(ValueError):
+        ServingSettings()

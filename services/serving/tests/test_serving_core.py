@@ -41,15 +41,23 @@ def violations(error: pytest.ExceptionInfo[Any]) -> set[str]:
     return {v.field for v in error.value.violations}
 
 
-def test_canaries_come_later(runner: asyncio.Runner, core: ServingCore) -> None:
+def test_deploy_requests_are_checked_with_every_problem_at_once(
+    runner: asyncio.Runner, core: ServingCore
+) -> None:
     with pytest.raises(InvalidArgumentError) as error:
-        runner.run(core.deploy(DeploySpec("m", canary_percent=10)))
-    assert violations(error) == {"canary_percent"}
-    assert "later" in error.value.violations[0].description
+        runner.run(core.deploy(DeploySpec("", canary_percent=-1, deployed_by="x" * 300)))
+    assert violations(error) == {"model_id", "canary_percent", "deployed_by"}
     with pytest.raises(InvalidArgumentError) as error:
-        runner.run(core.deploy(DeploySpec("", canary_percent=-1)))
-    assert violations(error) == {"model_id", "canary_percent"}
+        runner.run(core.deploy(DeploySpec("m", canary_percent=101)))
+    assert "1..99" in error.value.violations[0].description
     # Refused requests leave no history.
+    assert core.list_deployments(50, 0) == []
+
+
+def test_a_canary_needs_a_live_deployment(runner: asyncio.Runner, core: ServingCore) -> None:
+    with pytest.raises(FailedPreconditionError) as error:
+        runner.run(core.deploy(DeploySpec("m", canary_percent=10)))
+    assert "canary needs a live deployment" in error.value.message
     assert core.list_deployments(50, 0) == []
 
 
@@ -123,13 +131,18 @@ def test_a_blocked_model_is_refused(
     assert core.live is None
 
 
-def test_an_adapter_is_refused(
+def test_an_adapter_needs_vllm_and_its_base(
     runner: asyncio.Runner, core: ServingCore, registry: Any, servable_models: dict[int, Path]
 ) -> None:
     registry.add("ft:m:a:1", servable_models[0], kind=ModelKind.LORA_ADAPTER)
+    # Only vLLM serves adapters; the others need the merged version.
+    with pytest.raises(FailedPreconditionError) as error:
+        runner.run(core.deploy(DeploySpec("ft:m:a:1", EngineKind.ONNXRUNTIME)))
+    assert "MergeAdapter" in error.value.message
+    # An adapter needs its base's files.
     with pytest.raises(FailedPreconditionError) as error:
         runner.run(core.deploy(DeploySpec("ft:m:a:1")))
-    assert "MergeAdapter" in error.value.message
+    assert "base model has no files" in error.value.message
 
 
 def test_tampered_files_are_refused(

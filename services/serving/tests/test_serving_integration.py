@@ -167,7 +167,19 @@ def test_an_empty_service_is_healthy_and_authenticates(start: object, tmp_path: 
     assert_gone(list(descendants))
 
 
-def test_the_live_deployment_is_back_before_serving_and_gone_after_sigterm(
+def wait_for_health(service: Service, status: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if service.health() == status:
+                return True
+        except grpc.RpcError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
+def test_the_live_deployment_is_back_before_serving_restarts_and_is_gone_after_sigterm(
     start: object, tmp_path: Path, servable_models: dict[int, Path]
 ) -> None:
     home = tmp_path / "home"
@@ -202,6 +214,28 @@ def test_the_live_deployment_is_back_before_serving_and_gone_after_sigterm(
         serving_pb2.DEPLOYMENT_STATE_LIVE,
         "alice",
     )
+
+    first_engine = service.descendants()
+    (engine_core,) = [p for p, name in first_engine.items() if name.startswith("VLLM::EngineCor")]
+
+    # The engine's process dies: health says so until the engine is started again.
+    engine_core.send_signal(signal.SIGKILL)
+    assert wait_for_health(service, health_pb2.HealthCheckResponse.NOT_SERVING, 10)
+    assert wait_for_health(service, health_pb2.HealthCheckResponse.SERVING, 300), (
+        service.log.read_text()[-4000:]
+    )
+    again = list(
+        service.stub.Generate(
+            chat_request(temperature=0, max_tokens=5), metadata=service.metadata, timeout=30
+        )
+    )
+    assert [r.text for r in again] == [r.text for r in responses]
+    listing = service.stub.ListDeployments(
+        serving_pb2.ListDeploymentsRequest(), metadata=service.metadata, timeout=10
+    )
+    assert listing.deployments[0].restart_count == 1
+    # The dead engine's other processes (its worker) are gone too.
+    assert_gone([p for p, name in first_engine.items() if "VLLM" in name])
 
     descendants = service.descendants()
     assert any(name.startswith("VLLM::EngineCor") for name in descendants.values()), descendants

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from ownchat.common.v1 import common_pb2
@@ -46,16 +48,48 @@ def test_deploy_engines() -> None:
         deploy_spec(serving_pb2.DeployRequest(model_id="m", engine=42))  # type: ignore[arg-type]
 
 
-def test_only_the_live_deployment_takes_traffic() -> None:
-    base = Deployment("dep_1", "m", EngineKind.VLLM, DeploymentState.LIVE, "alice", 1.5)
+def test_deployments_show_their_traffic_canary_share_and_restarts() -> None:
+    base = Deployment(
+        "dep_1", "m", EngineKind.VLLM, DeploymentState.LIVE, "alice", 1.5, traffic_percent=90
+    )
     live = deployment_to_proto(base)
-    assert live.traffic_percent == 100
+    assert live.traffic_percent == 90 and live.canary_percent == 0
     assert live.state == serving_pb2.DEPLOYMENT_STATE_LIVE
     assert live.engine == serving_pb2.ENGINE_VLLM
     assert live.create_time.seconds == 1 and live.create_time.nanos == 500_000_000
+    canary = Deployment(
+        "dep_2",
+        "m2",
+        EngineKind.TRANSFORMERS,
+        DeploymentState.LIVE,
+        "bob",
+        2.0,
+        canary_percent=10,
+        traffic_percent=10,
+        restarts=2,
+    )
+    proto = deployment_to_proto(canary)
+    assert (proto.traffic_percent, proto.canary_percent, proto.restart_count) == (10, 10, 2)
     failed = Deployment(
-        "dep_2", "m", EngineKind.VLLM, DeploymentState.FAILED, "bob", 2.0, error="boom"
+        "dep_3", "m", EngineKind.VLLM, DeploymentState.FAILED, "bob", 2.0, error="boom"
     )
     proto = deployment_to_proto(failed)
     assert proto.traffic_percent == 0 and proto.error == "boom"
     assert proto.state == serving_pb2.DEPLOYMENT_STATE_FAILED
+
+
+def test_the_call_deadline_and_conversation_reach_the_core() -> None:
+    request = serving_pb2.GenerateRequest(
+        messages=[common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content="Hi")],
+        conversation_id="c-1",
+    )
+    before = time.monotonic()
+    plain = generate_input(request, time_remaining=2.0)
+    assert plain.conversation_id == "c-1"
+    assert plain.deadline is not None and before + 2.0 <= plain.deadline <= time.monotonic() + 2.0
+    assert generate_input(request).deadline is None
+
+
+def test_a_canary_share_passes_through() -> None:
+    spec = deploy_spec(serving_pb2.DeployRequest(model_id="m", canary_percent=10))
+    assert spec.canary_percent == 10

@@ -149,3 +149,62 @@ def test_a_live_deployment_that_cannot_reload_can_fail(store: DeploymentStore) -
     live = go_live(store, "m1")
     assert store.mark_failed(live, "files gone").state is FAILED
     assert store.live() is None
+
+
+def go_live_canary(store: DeploymentStore, model_id: str, percent: int) -> str:
+    deployment = store.create(model_id, EngineKind.VLLM, "bob", canary_percent=percent)
+    return store.mark_live(deployment.id).id
+
+
+def test_a_canary_goes_live_beside_the_main_one(store: DeploymentStore) -> None:
+    with pytest.raises(InvalidTransitionError):
+        go_live_canary(store, "m2", 10)  # nothing to share traffic with
+    main = go_live(store, "m1")
+    canary = go_live_canary(store, "m2", 10)
+    assert store.live() is not None and store.live().id == main  # type: ignore[union-attr]
+    assert store.canary() is not None and store.canary().id == canary  # type: ignore[union-attr]
+    assert [(d.model_id, d.state, d.traffic_percent) for d in store.list(10, 0)] == [
+        ("m2", LIVE, 10),
+        ("m1", LIVE, 90),
+        ("m2", LOADING, 0),  # the refused one moved nowhere
+    ]
+    # A new canary replaces the old one; the main one stays.
+    wider = go_live_canary(store, "m2", 40)
+    assert store.get(canary).state is RETIRED and store.get(main).state is LIVE
+    assert store.get(main).traffic_percent == 60 and store.get(wider).traffic_percent == 40
+    # A main deployment replaces both.
+    promoted = go_live(store, "m2")
+    assert store.get(wider).state is RETIRED and store.get(main).state is RETIRED
+    assert store.canary() is None and store.get(promoted).traffic_percent == 100
+
+
+def test_canaries_are_never_rollback_targets(store: DeploymentStore) -> None:
+    go_live(store, "m1")
+    go_live_canary(store, "m2", 10)
+    go_live(store, "m1")  # the canary ended
+    assert store.rollback_target() is None
+    with pytest.raises(ValueError):
+        store.create("m3", EngineKind.VLLM, "x", canary_percent=100)
+
+
+def test_restarts_are_counted(store: DeploymentStore) -> None:
+    live = go_live(store, "m1")
+    store.record_restart(live)
+    assert store.record_restart(live).restarts == 2
+
+
+def test_a_database_of_the_first_version_is_migrated(tmp_path: Path) -> None:
+    from ownchat.sqlite import Database
+    from ownchat_serving.store import MIGRATIONS
+
+    path = tmp_path / "old.db"
+    old = Database(path, MIGRATIONS[:1])
+    old.close()
+    store = DeploymentStore(path)
+    live = go_live(store, "m1")
+    deployment = store.get(live)
+    assert (deployment.canary_percent, deployment.restarts, deployment.traffic_percent) == (
+        0,
+        0,
+        100,
+    )

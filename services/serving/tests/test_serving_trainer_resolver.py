@@ -20,16 +20,28 @@ from ownchat_serving.trainer_resolver import TrainerResolver
 
 TOKEN = "trainer-token"
 DIGEST = "sha256:" + "a" * 64
+BASE_DIGEST = "sha256:" + "b" * 64
 
 
 class Registry(trainer_pb2_grpc.TrainerServiceServicer):
-    """A trainer that knows two models."""
+    """A trainer that knows a few models."""
 
     MODELS = {
         "ft:smollm2-135m-instruct:demo:1": trainer_pb2.Model(
             id="ft:smollm2-135m-instruct:demo:1",
             kind=trainer_pb2.MODEL_KIND_FULL,
             artifact=common_pb2.ArtifactRef(digest=DIGEST, size_bytes=10),
+        ),
+        "smollm2-135m-instruct": trainer_pb2.Model(
+            id="smollm2-135m-instruct",
+            kind=trainer_pb2.MODEL_KIND_BASE,
+            artifact=common_pb2.ArtifactRef(digest=BASE_DIGEST),
+        ),
+        "ft:smollm2-135m-instruct:lora:1": trainer_pb2.Model(
+            id="ft:smollm2-135m-instruct:lora:1",
+            kind=trainer_pb2.MODEL_KIND_LORA_ADAPTER,
+            base_model="smollm2-135m-instruct",
+            artifact=common_pb2.ArtifactRef(digest=DIGEST),
         ),
         "erased": trainer_pb2.Model(
             id="erased",
@@ -78,6 +90,10 @@ def test_a_model_resolves_to_its_digest(runner: asyncio.Runner, trainer_address:
     assert model.kind is ModelKind.FULL and model.blocked_reason == ""
     blocked = runner.run(resolve("erased"))
     assert blocked.blocked_reason == "data erased" and blocked.kind is ModelKind.LORA_ADAPTER
+    adapter = runner.run(resolve("ft:smollm2-135m-instruct:lora:1"))
+    assert adapter.kind is ModelKind.LORA_ADAPTER and adapter.artifact_digest == DIGEST
+    assert adapter.base_model_id == "smollm2-135m-instruct"
+    assert adapter.base_artifact_digest == BASE_DIGEST
     runner.run(resolve.close())
 
 

@@ -8,6 +8,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from ownchat.config import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, ServerSettings
+from ownchat_serving.core import ServingLimits
 from ownchat_serving.engine import EngineOptions
 
 
@@ -43,6 +44,18 @@ class ServingSettings(ServerSettings):
         default=None, gt=0, description="Most sequences in one engine step; the engine's default."
     )
     seed: int = Field(default=0, ge=0, description="The engine's seed for unseeded sampling.")
+    max_loras: int = Field(
+        default=4,
+        gt=0,
+        description="LoRA adapters one vLLM engine holds at once (adapters of one base model "
+        "share its engine; more are swapped in as requests need them).",
+    )
+    max_lora_rank: int = Field(
+        default=16,
+        gt=0,
+        description="Largest LoRA rank an engine accepts; an adapter of a higher rank fails "
+        "its deployment. vLLM takes 8, 16, 32, 64, 128, 256, 320 or 512.",
+    )
     resolve_timeout_seconds: float = Field(
         default=300.0,
         gt=0,
@@ -55,6 +68,36 @@ class ServingSettings(ServerSettings):
         "its engine is shut down.",
     )
 
+    max_running_replies: int = Field(
+        default=64,
+        gt=0,
+        description="Replies one engine produces at once; later requests wait. Match it to "
+        "the engine's batch (max_num_seqs) for vLLM.",
+    )
+    max_waiting_replies: int = Field(
+        default=128,
+        ge=0,
+        description="Requests that may wait for one engine; past that, Generate answers "
+        "RESOURCE_EXHAUSTED with a retry delay instead of queueing without bound.",
+    )
+    restart_backoff_max_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Longest wait between attempts to start a dead engine again.",
+    )
+
+    def limits(self) -> ServingLimits:
+        """The admission, drain and restart part of these settings."""
+        return ServingLimits(
+            max_running=self.max_running_replies,
+            max_waiting=self.max_waiting_replies,
+            drain_seconds=self.drain_seconds,
+            restart_backoff=(
+                min(1.0, self.restart_backoff_max_seconds),
+                self.restart_backoff_max_seconds,
+            ),
+        )
+
     def engine_options(self) -> EngineOptions:
         """The engine's part of these settings."""
         return EngineOptions(
@@ -64,4 +107,6 @@ class ServingSettings(ServerSettings):
             dtype=self.dtype,
             max_num_seqs=self.max_num_seqs,
             seed=self.seed,
+            max_loras=self.max_loras,
+            max_lora_rank=self.max_lora_rank,
         )

@@ -6,15 +6,20 @@ model's chat template, streams one step's new text at a time (DELTA output),
 aborts a request the moment its caller goes away, and shuts the engine's
 processes down. vLLM is imported on first load, so a service with nothing
 deployed starts without it.
+
+An engine started with ``adapters`` serves LoRA adapters of its model too: a
+request names its adapter, which vLLM loads on first use and keeps (up to
+``max_loras`` at once), so every adapter of one base shares one engine.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +49,18 @@ class EngineOptions:
     dtype: str = "auto"
     max_num_seqs: int | None = None
     seed: int = 0
+    # For engines that serve LoRA adapters: how many at once, and their largest rank.
+    max_loras: int = 4
+    max_lora_rank: int = 16
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A LoRA adapter to apply to one request: its files and a number unique to them."""
+
+    name: str
+    id: int
+    path: Path
 
 
 @dataclass(frozen=True)
@@ -74,7 +91,7 @@ def _configure_environment() -> None:
         os.environ.setdefault(key, value)
 
 
-def _start_engine(model_dir: Path, options: EngineOptions) -> AsyncLLM:
+def _start_engine(model_dir: Path, options: EngineOptions, adapters: bool) -> AsyncLLM:
     """Builds the engine; blocks for the whole start, so it runs in a thread."""
     _configure_environment()
     from vllm.engine.arg_utils import AsyncEngineArgs
@@ -91,6 +108,9 @@ def _start_engine(model_dir: Path, options: EngineOptions) -> AsyncLLM:
         max_num_seqs=options.max_num_seqs,
         seed=options.seed,
         disable_log_stats=True,
+        enable_lora=adapters,
+        max_loras=options.max_loras,
+        max_lora_rank=options.max_lora_rank,  # type: ignore[arg-type]
     )
     config = args.create_engine_config()
     # The configured length is a ceiling; a model with a shorter context keeps its own.
@@ -119,30 +139,38 @@ def _first_line(error: BaseException) -> str:
 class VllmEngine:
     """A loaded model taking requests."""
 
-    def __init__(self, llm: AsyncLLM, tokenizer: Any, model_dir: Path) -> None:
+    def __init__(
+        self, llm: AsyncLLM, tokenizer: Any, model_dir: Path, adapters: bool = False
+    ) -> None:
         self._llm = llm
         self._tokenizer = tokenizer
         self.model_dir = model_dir
+        self.serves_adapters = adapters
         self.max_model_len: int = llm.model_config.max_model_len
         self._closed = False
         self._running: set[str] = set()
 
     @classmethod
-    async def load(cls, model_dir: Path, options: EngineOptions) -> VllmEngine:
-        """Starts an engine on a model directory (safetensors only, no remote code)."""
+    async def load(
+        cls, model_dir: Path, options: EngineOptions, adapters: bool = False
+    ) -> VllmEngine:
+        """Starts an engine on a model directory (safetensors only, no remote code).
+
+        ``adapters``: also serve LoRA adapters of this model, per request.
+        """
         try:
             tokenizer = await asyncio.to_thread(_load_tokenizer, model_dir)
             # Handed over through a box, not as the thread's result: the
             # executor's futures keep their result alive, and the engine must
             # be freed once shut down.
             box: list[AsyncLLM] = []
-            await asyncio.to_thread(lambda: box.append(_start_engine(model_dir, options)))
+            await asyncio.to_thread(lambda: box.append(_start_engine(model_dir, options, adapters)))
             llm = box.pop()
         except EngineLoadError:
             raise
         except Exception as error:  # noqa: BLE001 - vLLM raises many kinds while loading
             raise EngineLoadError(_first_line(error)) from error
-        return cls(llm, tokenizer, model_dir)
+        return cls(llm, tokenizer, model_dir, adapters)
 
     def render(self, turns: Sequence[ChatTurn]) -> list[int]:
         """The prompt's token ids: the conversation through the chat template."""
@@ -166,19 +194,29 @@ class VllmEngine:
             output_kind=RequestOutputKind.FINAL_ONLY if final_only else RequestOutputKind.DELTA,
         )
 
+    def _lora(self, adapter: Adapter | None) -> Any:
+        if adapter is None:
+            return None
+        if not self.serves_adapters:
+            raise EngineRequestError("this engine was started without LoRA adapters")
+        from vllm.lora.request import LoRARequest
+
+        return LoRARequest(adapter.name, adapter.id, str(adapter.path))
+
     async def _run(
-        self, prompt_ids: list[int], params: Any, request_id: str
-    ) -> AsyncIterator[EngineStep]:
+        self, prompt_ids: list[int], params: Any, request_id: str, adapter: Adapter | None
+    ) -> AsyncGenerator[EngineStep, None]:
         from vllm.exceptions import VLLMClientError
         from vllm.v1.engine.exceptions import EngineDeadError
 
         if self._closed:
             raise EngineUnavailableError("the engine has been shut down")
+        lora = self._lora(adapter)
         finished = False
         self._running.add(request_id)
         try:
             async for output in self._llm.generate(
-                {"prompt_token_ids": prompt_ids}, params, request_id=request_id
+                {"prompt_token_ids": prompt_ids}, params, request_id=request_id, lora_request=lora
             ):
                 completion = output.outputs[0]
                 finished = output.finished
@@ -204,18 +242,26 @@ class VllmEngine:
                     pass
 
     def stream(
-        self, prompt_ids: list[int], sampling: ResolvedSampling, request_id: str
-    ) -> AsyncIterator[EngineStep]:
+        self,
+        prompt_ids: list[int],
+        sampling: ResolvedSampling,
+        request_id: str,
+        adapter: Adapter | None = None,
+    ) -> AsyncGenerator[EngineStep, None]:
         """Generates a reply, one step's new text at a time."""
-        return self._run(prompt_ids, self._params(sampling, final_only=False), request_id)
+        return self._run(prompt_ids, self._params(sampling, final_only=False), request_id, adapter)
 
     async def complete(
-        self, prompt_ids: list[int], sampling: ResolvedSampling, request_id: str
+        self,
+        prompt_ids: list[int],
+        sampling: ResolvedSampling,
+        request_id: str,
+        adapter: Adapter | None = None,
     ) -> EngineStep:
         """Generates a whole reply and returns it at once (warm-up, reference runs)."""
         last: EngineStep | None = None
         async for step in self._run(
-            prompt_ids, self._params(sampling, final_only=True), request_id
+            prompt_ids, self._params(sampling, final_only=True), request_id, adapter
         ):
             last = step
         if last is None:
@@ -228,15 +274,21 @@ class VllmEngine:
             return 0
         return int(self._llm.get_num_unfinished_requests())
 
+    @property
+    def dead(self) -> bool:
+        """Whether the engine core's process died (vLLM's monitor noticed) or stopped reading."""
+        return not self._closed and bool(self._llm.errored)
+
     async def shutdown(self) -> None:
         """Stops the engine's processes; waiting for them runs off the event loop."""
         if self._closed:
             return
         self._closed = True
         # Replies still running end now, as aborted, rather than wait forever
-        # for outputs that will not come.
+        # for outputs that will not come. A dead engine may refuse.
         if self._running:
-            await self._llm.abort(list(self._running))
+            with contextlib.suppress(Exception):
+                await self._llm.abort(list(self._running))
         # Stop reading outputs: otherwise the reader sees the engine's
         # processes exit and logs it as a crash.
         reader = getattr(self._llm, "output_handler", None)

@@ -21,6 +21,7 @@ MAX_TEMPERATURE = 2.0
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256
 MAX_MODEL_ID_CHARS = 256
+MAX_CONVERSATION_ID_CHARS = 256
 MAX_SEED = 2**63 - 1
 
 
@@ -56,12 +57,19 @@ class ResolvedSampling:
 
 @dataclass(frozen=True)
 class GenerateInput:
-    """A Generate request."""
+    """A Generate request.
+
+    ``conversation_id`` keeps a conversation on one side of a canary split
+    (when empty, its first user message does). ``deadline`` is when the caller
+    stops waiting, on the ``time.monotonic()`` clock; None for no deadline.
+    """
 
     messages: Sequence[ChatTurn]
     sampling: Sampling = field(default_factory=Sampling)
     model_id: str = ""
     request_id: str = ""
+    conversation_id: str = ""
+    deadline: float | None = None
 
 
 class FinishReason(Enum):
@@ -129,6 +137,12 @@ def validate_generate(request: GenerateInput) -> ResolvedSampling:
     if len(request.model_id) > MAX_MODEL_ID_CHARS:
         violations.append(
             FieldViolation("model_id", f"must be at most {MAX_MODEL_ID_CHARS} characters")
+        )
+    if len(request.conversation_id) > MAX_CONVERSATION_ID_CHARS:
+        violations.append(
+            FieldViolation(
+                "conversation_id", f"must be at most {MAX_CONVERSATION_ID_CHARS} characters"
+            )
         )
     violations += _sampling_violations(request.sampling)
     if violations:

@@ -12,7 +12,7 @@ from enum import Enum
 
 
 class ModelKind(Enum):
-    """What a registered model is; only full models can be served for now."""
+    """What a registered model is; an adapter is served on an engine of its base (vLLM)."""
 
     BASE = "base"
     FULL = "full"
@@ -22,12 +22,18 @@ class ModelKind(Enum):
 
 @dataclass(frozen=True)
 class ResolvedModel:
-    """A model version's files in the artifact store and whether it may be deployed."""
+    """A model version's files in the artifact store and whether it may be deployed.
+
+    For a LoRA adapter, ``base_model_id`` and ``base_artifact_digest`` name the
+    model it adapts and that model's files; a block on the base blocks it too.
+    """
 
     model_id: str
     artifact_digest: str
     kind: ModelKind = ModelKind.FULL
     blocked_reason: str = ""
+    base_model_id: str = ""
+    base_artifact_digest: str = ""
 
 
 # Raises NotFoundError for an unknown id, UnavailableError when the registry

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ownchat.errors import FieldViolation, InvalidArgumentError
+import grpc
+
+from ownchat.errors import FieldViolation, InvalidArgumentError, OwnchatError
 from ownchat.paging import next_page_token, page_window
 from ownchat.roles import NAME_BY_ROLE
 from ownchat.serving.v1 import serving_pb2, serving_pb2_grpc
 from ownchat.timestamps import to_timestamp
 from ownchat_serving.core import DeploySpec, ServingCore
 from ownchat_serving.generation import ChatTurn, FinishReason, GenerateInput, Sampling
+from ownchat_serving.replies import DeadlineExceededError
 from ownchat_serving.store import Deployment, DeploymentState, EngineKind
 
 _ENGINES_IN = {
@@ -44,11 +48,12 @@ def deployment_to_proto(deployment: Deployment) -> serving_pb2.Deployment:
         model_id=deployment.model_id,
         engine=_ENGINES_OUT[deployment.engine],
         state=_STATES[deployment.state],
-        # No canaries yet: the live deployment takes all traffic, the others none.
-        traffic_percent=100 if deployment.state is DeploymentState.LIVE else 0,
+        traffic_percent=deployment.traffic_percent,
         deployed_by=deployment.deployed_by,
         create_time=to_timestamp(deployment.create_time),
         error=deployment.error,
+        canary_percent=deployment.canary_percent,
+        restart_count=deployment.restarts,
     )
 
 
@@ -66,8 +71,19 @@ def deploy_spec(request: serving_pb2.DeployRequest) -> DeploySpec:
     )
 
 
-def generate_input(request: serving_pb2.GenerateRequest) -> GenerateInput:
-    """The core's view of a Generate request; an unknown role is left for validation."""
+class CallDeadlineExceededError(OwnchatError):
+    """The call's deadline passed before the reply was done."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def generate_input(
+    request: serving_pb2.GenerateRequest, time_remaining: float | None = None
+) -> GenerateInput:
+    """The core's view of a Generate request; an unknown role is left for validation.
+
+    ``time_remaining`` is the call's, in seconds (None without a deadline).
+    """
     sampling = request.sampling
     return GenerateInput(
         messages=[
@@ -83,6 +99,8 @@ def generate_input(request: serving_pb2.GenerateRequest) -> GenerateInput:
         ),
         model_id=request.model_id,
         request_id=request.request_id,
+        conversation_id=request.conversation_id,
+        deadline=None if time_remaining is None else time.monotonic() + time_remaining,
     )
 
 
@@ -117,10 +135,15 @@ class ServingServicer(serving_pb2_grpc.ServingServiceServicer):
     async def Generate(  # type: ignore[override]
         self, request: serving_pb2.GenerateRequest, context: Any
     ) -> AsyncIterator[serving_pb2.GenerateResponse]:
-        async for chunk in self._core.generate(generate_input(request)):
-            response = serving_pb2.GenerateResponse(text=chunk.text, model_id=chunk.model_id)
-            if chunk.finish_reason is not None:
-                response.finish_reason = _FINISH[chunk.finish_reason]
-                response.usage.prompt_tokens = chunk.prompt_tokens
-                response.usage.completion_tokens = chunk.completion_tokens
-            yield response
+        try:
+            async for chunk in self._core.generate(
+                generate_input(request, context.time_remaining())
+            ):
+                response = serving_pb2.GenerateResponse(text=chunk.text, model_id=chunk.model_id)
+                if chunk.finish_reason is not None:
+                    response.finish_reason = _FINISH[chunk.finish_reason]
+                    response.usage.prompt_tokens = chunk.prompt_tokens
+                    response.usage.completion_tokens = chunk.completion_tokens
+                yield response
+        except DeadlineExceededError as error:
+            raise CallDeadlineExceededError(str(error)) from error

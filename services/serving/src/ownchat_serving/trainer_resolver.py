@@ -46,7 +46,7 @@ class TrainerResolver:
                 )
         return trainer_pb2_grpc.TrainerServiceStub(self._channel)
 
-    async def __call__(self, model_id: str) -> ResolvedModel:
+    async def _get(self, model_id: str) -> trainer_pb2.Model:
         try:
             response = await self._stub().GetModel(
                 trainer_pb2.GetModelRequest(model_id=model_id),
@@ -66,12 +66,25 @@ class TrainerResolver:
                 f"the model registry (trainer at {self._address}) could not resolve "
                 f"{model_id!r}: {code.name}: {error.details()}"
             ) from None
-        model = response.model
+        model: trainer_pb2.Model = response.model
+        return model
+
+    async def __call__(self, model_id: str) -> ResolvedModel:
+        model = await self._get(model_id)
+        kind = _KINDS.get(model.kind, ModelKind.UNKNOWN)
+        blocked, base_id, base_digest = model.blocked_reason, "", ""
+        if kind is ModelKind.LORA_ADAPTER and model.base_model:
+            base = await self._get(model.base_model)
+            base_id, base_digest = base.id or model.base_model, base.artifact.digest
+            if not blocked and base.blocked_reason:
+                blocked = f"its base model {base_id!r} is blocked: {base.blocked_reason}"
         return ResolvedModel(
             model_id=model.id or model_id,
             artifact_digest=model.artifact.digest,
-            kind=_KINDS.get(model.kind, ModelKind.UNKNOWN),
-            blocked_reason=model.blocked_reason,
+            kind=kind,
+            blocked_reason=blocked,
+            base_model_id=base_id,
+            base_artifact_digest=base_digest,
         )
 
     async def close(self) -> None:

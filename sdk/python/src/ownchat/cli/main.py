@@ -358,37 +358,64 @@ def data_show(version_id: str) -> None:
     console.print(version)
 
 
+_TRAINING_METHODS = {
+    "full": trainer_pb2.TRAINING_METHOD_SFT_FULL,
+    "lora": trainer_pb2.TRAINING_METHOD_SFT_LORA,
+    "dpo": trainer_pb2.TRAINING_METHOD_DPO,
+}
+
+
 @train_app.command("create")
 @reports_rpc_errors
 def train_create(
     dataset_version: Annotated[str, typer.Option(help="Dataset version to train on.")],
     base: Annotated[str, typer.Option(help="Base model.")] = "smollm2-135m-instruct",
+    method: Annotated[
+        str,
+        typer.Option(
+            help="full: every weight; lora: a LoRA adapter; dpo: preference pairs "
+            "(a LoRA adapter unless --lora-rank 0)."
+        ),
+    ] = "full",
     suffix: Annotated[str, typer.Option(help="Name part of the new version.")] = "",
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
     epochs: Annotated[float | None, typer.Option()] = None,
     learning_rate: Annotated[float | None, typer.Option()] = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
     max_seq_length: Annotated[int | None, typer.Option()] = None,
+    lora_rank: Annotated[int | None, typer.Option(help="LoRA rank (lora, dpo).")] = None,
+    lora_alpha: Annotated[float | None, typer.Option(help="LoRA alpha (lora, dpo).")] = None,
+    dpo_beta: Annotated[float | None, typer.Option(help="DPO's beta (dpo).")] = None,
     seed: Annotated[int, typer.Option()] = 0,
+    idempotency_key: Annotated[
+        str, typer.Option(help="Retries with the same key create one job.")
+    ] = "",
     follow: Annotated[bool, typer.Option(help="Show progress until the job ends.")] = True,
 ) -> None:
     """Fine-tune a base model on a dataset version."""
+    if method not in _TRAINING_METHODS:
+        error_console.print(f"--method must be one of {', '.join(_TRAINING_METHODS)}")
+        raise typer.Exit(2)
     hyperparameters = trainer_pb2.Hyperparameters(
         max_steps=max_steps,
         epochs=epochs,
         learning_rate=learning_rate,
         batch_size=batch_size,
         max_seq_length=max_seq_length,
+        lora_rank=lora_rank,
+        lora_alpha=lora_alpha,
+        dpo_beta=dpo_beta,
     )
     with client() as ownchat:
         job = ownchat.trainer.CreateTrainingJob(
             trainer_pb2.CreateTrainingJobRequest(
                 base_model=base,
                 dataset_version_id=dataset_version,
-                method=trainer_pb2.TRAINING_METHOD_SFT_FULL,
+                method=_TRAINING_METHODS[method],
                 hyperparameters=hyperparameters,
                 seed=seed,
                 suffix=suffix,
+                idempotency_key=idempotency_key,
             ),
             timeout=600,
         ).job
@@ -421,11 +448,13 @@ def train_list() -> None:
     """List training jobs."""
     with client() as ownchat:
         jobs = ownchat.trainer.ListTrainingJobs(trainer_pb2.ListTrainingJobsRequest()).jobs
-    table = Table("job", "state", "base", "dataset version", "model version")
+    table = Table("job", "state", "method", "base", "dataset version", "model version")
+    methods = {value: name for name, value in _TRAINING_METHODS.items()}
     for job in jobs:
         table.add_row(
             job.id,
             trainer_pb2.JobState.Name(job.state),
+            methods.get(job.method, ""),
             job.base_model,
             job.dataset_version_id,
             job.model_version,
@@ -454,6 +483,36 @@ def train_cancel(job_id: str) -> None:
     console.print(f"job {job.id} {trainer_pb2.JobState.Name(job.state)}")
 
 
+@train_app.command("pause")
+@reports_rpc_errors
+def train_pause(job_id: str) -> None:
+    """Pause a training job; a running one saves a checkpoint first."""
+    with client() as ownchat:
+        job = ownchat.trainer.PauseTrainingJob(
+            trainer_pb2.PauseTrainingJobRequest(job_id=job_id), timeout=60
+        ).job
+    state = trainer_pb2.JobState.Name(job.state)
+    if job.state == trainer_pb2.JOB_STATE_RUNNING:
+        state += " (saving a checkpoint, then PAUSED)"
+    console.print(f"job {job.id} {state}")
+
+
+@train_app.command("resume")
+@reports_rpc_errors
+def train_resume(
+    job_id: str,
+    follow: Annotated[bool, typer.Option(help="Show progress until the job ends.")] = False,
+) -> None:
+    """Resume a paused training job from its newest checkpoint."""
+    with client() as ownchat:
+        job = ownchat.trainer.ResumeTrainingJob(
+            trainer_pb2.ResumeTrainingJobRequest(job_id=job_id)
+        ).job
+        console.print(f"job {job.id} {trainer_pb2.JobState.Name(job.state)}")
+        if follow:
+            _report_job(follow_job(ownchat, job.id))
+
+
 @models_app.command("list")
 @reports_rpc_errors
 def models_list() -> None:
@@ -465,6 +524,17 @@ def models_list() -> None:
         kind = trainer_pb2.ModelKind.Name(model.kind).removeprefix("MODEL_KIND_").lower()
         table.add_row(model.id, kind, model.base_model, model.dataset_version_id)
     console.print(table)
+
+
+@models_app.command("merge")
+@reports_rpc_errors
+def models_merge(model: str) -> None:
+    """Merge a LoRA adapter version into its base as a new full version."""
+    with client() as ownchat:
+        merged = ownchat.trainer.MergeAdapter(
+            trainer_pb2.MergeAdapterRequest(model_id=model), timeout=1800
+        ).model
+    console.print(f"merged into [bold]{merged.id}[/bold] (full, base {merged.base_model})")
 
 
 def run_evaluation(
@@ -511,67 +581,205 @@ def eval_run(
         console.print(f"{name} [bold]{result.value:.3f}[/bold] ({result.details})")
 
 
+ENGINES = {
+    "vllm": serving_pb2.ENGINE_VLLM,
+    "onnxruntime": serving_pb2.ENGINE_ONNXRUNTIME,
+    "transformers": serving_pb2.ENGINE_TRANSFORMERS,
+}
+
+
 @app.command()
 @reports_rpc_errors
-def deploy(model: str) -> None:
-    """Load a model version into serving and move traffic to it."""
-    with client() as ownchat, console.status(f"loading {model}"):
-        deployment = ownchat.serving.Deploy(
-            serving_pb2.DeployRequest(model_id=model, deployed_by="cli"), timeout=900
-        ).deployment
+def deploy(
+    model: str,
+    engine: Annotated[
+        str, typer.Option(help="vllm, onnxruntime (small CPU deployments) or transformers.")
+    ] = "vllm",
+    canary: Annotated[
+        str,
+        typer.Option(
+            help="Send this share of conversations (1% to 99%) to the version beside the live "
+            "one; deploying the canary's version again without --canary promotes it."
+        ),
+    ] = "",
+) -> None:
+    """Load a model version into serving and move traffic to it, or a canary's share."""
+    import getpass
+
+    if engine not in ENGINES:
+        raise typer.BadParameter(f"--engine must be one of {', '.join(ENGINES)}")
+    share = canary.strip().removesuffix("%").strip()
+    if canary and not (share.isdigit() and 1 <= int(share) <= 99):
+        raise typer.BadParameter("takes a share from 1% to 99%", param_hint="--canary")
+    request = serving_pb2.DeployRequest(
+        model_id=model,
+        deployed_by=getpass.getuser() or "cli",
+        engine=ENGINES[engine],
+        canary_percent=int(share) if canary else 0,
+    )
+    with client() as ownchat, console.status(f"loading {model} on {engine}"):
+        deployment = ownchat.serving.Deploy(request, timeout=900).deployment
+    role = f"canary ({deployment.canary_percent}%)" if deployment.canary_percent else "main"
     console.print(
         f"deployment {deployment.id}: {deployment.model_id} "
-        f"{serving_pb2.DeploymentState.Name(deployment.state)}"
+        f"{serving_pb2.DeploymentState.Name(deployment.state).removeprefix('DEPLOYMENT_STATE_')}, "
+        f"{role}, {deployment.traffic_percent}% of traffic"
     )
 
 
 @app.command()
 @reports_rpc_errors
 def rollback() -> None:
-    """Move traffic back to the previously live version."""
+    """End the canary; without one, move traffic back to the previously live version."""
+    import getpass
+
     with client() as ownchat, console.status("rolling back"):
         deployment = ownchat.serving.Rollback(
-            serving_pb2.RollbackRequest(deployed_by="cli"), timeout=900
+            serving_pb2.RollbackRequest(deployed_by=getpass.getuser() or "cli"), timeout=900
         ).deployment
-    console.print(f"live: {deployment.model_id}")
+    console.print(f"live: {deployment.model_id}, {deployment.traffic_percent}% of traffic")
 
 
 @app.command()
 @reports_rpc_errors
-def deployments() -> None:
-    """Show the live deployment and the history."""
+def deployments(
+    limit: Annotated[int, typer.Option(help="Show at most this many, newest first.")] = 50,
+) -> None:
+    """Show the live deployments (main and canary) and the history: who deployed what, when."""
     with client() as ownchat:
-        response = ownchat.serving.ListDeployments(serving_pb2.ListDeploymentsRequest())
-    table = Table("deployment", "model", "state", "by")
+        response = ownchat.serving.ListDeployments(
+            serving_pb2.ListDeploymentsRequest(page_size=limit)
+        )
+    table = Table("deployment", "model", "engine", "state", "traffic", "by", "when", "note")
     for item in response.deployments:
         state = serving_pb2.DeploymentState.Name(item.state).removeprefix("DEPLOYMENT_STATE_")
-        table.add_row(item.id, item.model_id, state, item.deployed_by)
+        engine = serving_pb2.Engine.Name(item.engine).removeprefix("ENGINE_").lower()
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(item.create_time.seconds))
+        notes = [f"canary {item.canary_percent}%"] if item.canary_percent else []
+        if item.restart_count:
+            notes.append(f"engine restarted {item.restart_count}x")
+        if item.error:
+            notes.append(item.error)
+        table.add_row(
+            item.id,
+            item.model_id,
+            engine,
+            state,
+            f"{item.traffic_percent}%",
+            item.deployed_by,
+            when,
+            "; ".join(notes),
+        )
     console.print(table)
 
 
 @app.command()
 @reports_rpc_errors
 def chat(
-    message: str,
+    message: Annotated[
+        str | None,
+        typer.Argument(help="Ask this once and exit; without it, chat until /exit or Ctrl-D."),
+    ] = None,
     model: Annotated[str, typer.Option(help="Model version; the live one when empty.")] = "",
     system: Annotated[str, typer.Option(help="A system message.")] = "",
     max_tokens: Annotated[int, typer.Option()] = 256,
     temperature: Annotated[float, typer.Option()] = 0.0,
 ) -> None:
-    """Ask the deployed model one question; the answer streams in."""
-    messages = (
+    """Chat with the deployed model in the terminal; replies stream in as they are written.
+
+    The conversation keeps one id, so a canary split answers it with one version
+    throughout. /reset starts a new conversation; Ctrl-C stops a reply.
+    """
+    import uuid
+
+    import grpc
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    from ownchat.errors import describe_rpc_error
+
+    opening = (
         [common_pb2.ChatMessage(role=common_pb2.ROLE_SYSTEM, content=system)] if system else []
     )
-    messages.append(common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content=message))
-    request = serving_pb2.GenerateRequest(
-        model_id=model,
-        messages=messages,
-        sampling=serving_pb2.SamplingParams(max_tokens=max_tokens, temperature=temperature),
-    )
+    sampling = serving_pb2.SamplingParams(max_tokens=max_tokens, temperature=temperature)
+
+    def retry_delay(error: grpc.RpcError) -> float | None:
+        """The server's advice when it is at capacity, in seconds."""
+        if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:  # type: ignore[attr-defined]
+            return None
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+        for detail in status.details if status else ():
+            if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                info = error_details_pb2.RetryInfo()
+                detail.Unpack(info)
+                return float(info.retry_delay.ToTimedelta().total_seconds())
+        return 1.0
+
+    def reply(ownchat: OwnchatClient, request: serving_pb2.GenerateRequest) -> str:
+        """Streams one reply to the terminal; retries a busy server twice, as it advises."""
+        for attempt in range(3):
+            call = ownchat.serving.Generate(request, timeout=300)
+            pieces: list[str] = []
+            try:
+                for piece in call:
+                    console.print(piece.text, end="", soft_wrap=True, highlight=False, markup=False)
+                    pieces.append(piece.text)
+            except KeyboardInterrupt:
+                call.cancel()
+                console.print(" [dim](stopped)[/dim]")
+                return "".join(pieces)
+            except grpc.RpcError as error:
+                delay = retry_delay(error)
+                if delay is None or pieces or attempt == 2:
+                    raise
+                error_console.print(f"[yellow]serving is busy[/yellow]; retrying in {delay:.1f} s")
+                time.sleep(delay)
+                continue
+            console.print()
+            return "".join(pieces)
+        raise AssertionError("unreachable")
+
+    def request(
+        turns: list[common_pb2.ChatMessage], conversation: str
+    ) -> serving_pb2.GenerateRequest:
+        return serving_pb2.GenerateRequest(
+            model_id=model, messages=turns, sampling=sampling, conversation_id=conversation
+        )
+
     with client() as ownchat:
-        for piece in ownchat.serving.Generate(request, timeout=300):
-            console.print(piece.text, end="", soft_wrap=True, highlight=False, markup=False)
-    console.print()
+        if message is not None:
+            turn = common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content=message)
+            reply(ownchat, request([*opening, turn], uuid.uuid4().hex))
+            return
+        console.print(
+            f"[dim]Chatting with {model or 'the live deployment'}. /reset starts over, "
+            "/exit or Ctrl-D quits, Ctrl-C stops a reply.[/dim]"
+        )
+        turns, conversation = list(opening), uuid.uuid4().hex
+        while True:
+            try:
+                text = console.input("[bold green]you>[/bold green] ").strip()
+            except (EOFError, KeyboardInterrupt):
+                console.print()
+                return
+            if text in ("/exit", "/quit"):
+                return
+            if text == "/reset":
+                turns, conversation = list(opening), uuid.uuid4().hex
+                console.print("[dim]a new conversation[/dim]")
+                continue
+            if not text:
+                continue
+            turns.append(common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content=text))
+            console.print("[bold blue]bot>[/bold blue] ", end="")
+            try:
+                answer = reply(ownchat, request(turns, conversation))
+            except grpc.RpcError as error:
+                console.print()
+                error_console.print(f"[red]error[/red] {describe_rpc_error(error)}")
+                turns.pop()
+                continue
+            turns.append(common_pb2.ChatMessage(role=common_pb2.ROLE_ASSISTANT, content=answer))
 
 
 @app.command()

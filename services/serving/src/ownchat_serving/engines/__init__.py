@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ownchat_serving.engine import EngineOptions
+from ownchat_serving.engine import EngineLoadError, EngineOptions
 from ownchat_serving.engines.base import Engine
 from ownchat_serving.store import EngineKind
 
@@ -18,17 +18,25 @@ __all__ = ["Engine", "load_engine"]
 
 
 async def load_engine(
-    kind: EngineKind, model_dir: Path, options: EngineOptions, *, export_root: Path
+    kind: EngineKind,
+    model_dir: Path,
+    options: EngineOptions,
+    *,
+    export_root: Path,
+    adapters: bool = False,
 ) -> Engine:
     """Starts the deployment's engine on a model directory.
 
     ``export_root`` is where the ONNX engine keeps its exports (one folder per
-    model's artifact digest); the other engines do not use it.
+    model's artifact digest); the other engines do not use it. ``adapters``
+    (vLLM only) starts an engine that also serves LoRA adapters of the model.
     """
     if kind is EngineKind.VLLM:
         from ownchat_serving.engine import VllmEngine
 
-        return await VllmEngine.load(model_dir, options)
+        return await VllmEngine.load(model_dir, options, adapters)
+    if adapters:
+        raise EngineLoadError(f"LoRA adapters are served by vLLM only, not {kind.value}")
     if kind is EngineKind.TRANSFORMERS:
         from ownchat_serving.engines.transformers_engine import TransformersEngine
 

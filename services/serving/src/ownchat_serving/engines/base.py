@@ -9,11 +9,12 @@ which one serves is chosen per deployment.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 from typing import Protocol
 
 from ownchat_serving.engine import (
+    Adapter,
     EngineLoadError,
     EngineOptions,
     EngineRequestError,
@@ -23,6 +24,7 @@ from ownchat_serving.engine import (
 from ownchat_serving.generation import ChatTurn, ResolvedSampling
 
 __all__ = [
+    "Adapter",
     "Engine",
     "EngineLoadError",
     "EngineOptions",
@@ -37,13 +39,16 @@ class Engine(Protocol):
 
     Errors: ``load`` raises EngineLoadError; ``stream`` and ``complete`` raise
     EngineRequestError for a request the engine refuses and
-    EngineUnavailableError when the engine stops under a request. A reply cut
-    off by ``shutdown`` ends with the finish reason "abort".
+    EngineUnavailableError when the engine stops under a request (shut down,
+    or ``dead``). A reply cut off by ``shutdown`` ends with the finish reason
+    "abort".
     """
 
     # Longest prompt plus reply, in tokens: the model's own limit or the
     # configured one, whichever is lower.
     max_model_len: int
+    # Whether requests may name a LoRA adapter of the model (vLLM started for it).
+    serves_adapters: bool
 
     @classmethod
     async def load(cls, model_dir: Path, options: EngineOptions) -> Engine:
@@ -55,9 +60,13 @@ class Engine(Protocol):
         ...
 
     def stream(
-        self, prompt_ids: list[int], sampling: ResolvedSampling, request_id: str
-    ) -> AsyncIterator[EngineStep]:
-        """Generates a reply, one engine step's new text at a time.
+        self,
+        prompt_ids: list[int],
+        sampling: ResolvedSampling,
+        request_id: str,
+        adapter: Adapter | None = None,
+    ) -> AsyncGenerator[EngineStep, None]:
+        """Generates a reply, one engine step's new text at a time, through ``adapter`` if any.
 
         The last step carries the finish reason ("stop", "length" or "abort");
         closing the iterator early (a cancelled caller) frees the request.
@@ -65,13 +74,26 @@ class Engine(Protocol):
         ...
 
     async def complete(
-        self, prompt_ids: list[int], sampling: ResolvedSampling, request_id: str
+        self,
+        prompt_ids: list[int],
+        sampling: ResolvedSampling,
+        request_id: str,
+        adapter: Adapter | None = None,
     ) -> EngineStep:
         """Generates a whole reply and returns it at once (warm-up, reference runs)."""
         ...
 
     def unfinished_requests(self) -> int:
         """Requests the engine still holds, running or waiting."""
+        ...
+
+    @property
+    def dead(self) -> bool:
+        """Whether the engine stopped on its own (its process died), not by ``shutdown``.
+
+        A dead engine serves nothing more; the core starts a new one for the
+        deployment. In-process engines cannot die apart from the service.
+        """
         ...
 
     async def shutdown(self) -> None:

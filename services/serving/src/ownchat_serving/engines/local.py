@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from pathlib import Path
@@ -25,6 +25,7 @@ import numpy as np
 
 from ownchat.chat_template import render
 from ownchat_serving.engine import (
+    Adapter,
     EngineLoadError,
     EngineOptions,
     EngineRequestError,
@@ -162,6 +163,8 @@ class LocalEngine:
         self._held = 0
         self._held_lock = threading.Lock()
         self._closed = False
+        # LoRA adapters are vLLM's alone; merge an adapter to serve it here.
+        self.serves_adapters = False
 
     def render(self, turns: Sequence[ChatTurn]) -> list[int]:
         """The prompt's token ids: the conversation through the chat template."""
@@ -172,7 +175,9 @@ class LocalEngine:
             ids = self._tokenizer(text, add_special_tokens=False)["input_ids"]
         return list(ids)
 
-    def _check(self, prompt_ids: list[int], request_id: str) -> None:
+    def _check(self, prompt_ids: list[int], request_id: str, adapter: Adapter | None) -> None:
+        if adapter is not None:
+            raise EngineRequestError("this engine serves no LoRA adapters")
         if self._closed:
             raise EngineUnavailableError("the engine has been shut down")
         if not prompt_ids:
@@ -215,9 +220,13 @@ class LocalEngine:
             self._held -= 1
 
     async def _run(
-        self, prompt_ids: list[int], sampling: ResolvedSampling, request_id: str
-    ) -> AsyncIterator[EngineStep]:
-        self._check(prompt_ids, request_id)
+        self,
+        prompt_ids: list[int],
+        sampling: ResolvedSampling,
+        request_id: str,
+        adapter: Adapter | None = None,
+    ) -> AsyncGenerator[EngineStep, None]:
+        self._check(prompt_ids, request_id, adapter)
         seed = sampling.seed
         if seed is None:
             seed = int(self._seeds.integers(_SEED_BOUND))
@@ -245,17 +254,25 @@ class LocalEngine:
                     await asyncio.wrap_future(work)
 
     def stream(
-        self, prompt_ids: list[int], sampling: ResolvedSampling, request_id: str
-    ) -> AsyncIterator[EngineStep]:
-        """Generates a reply, one step's new text at a time."""
-        return self._run(prompt_ids, sampling, request_id)
+        self,
+        prompt_ids: list[int],
+        sampling: ResolvedSampling,
+        request_id: str,
+        adapter: Adapter | None = None,
+    ) -> AsyncGenerator[EngineStep, None]:
+        """Generates a reply, one step's new text at a time; refuses an adapter."""
+        return self._run(prompt_ids, sampling, request_id, adapter)
 
     async def complete(
-        self, prompt_ids: list[int], sampling: ResolvedSampling, request_id: str
+        self,
+        prompt_ids: list[int],
+        sampling: ResolvedSampling,
+        request_id: str,
+        adapter: Adapter | None = None,
     ) -> EngineStep:
         """Generates a whole reply and returns it at once (warm-up, reference runs)."""
         texts, tokens, last = [], 0, None
-        async for step in self._run(prompt_ids, sampling, request_id):
+        async for step in self._run(prompt_ids, sampling, request_id, adapter):
             texts.append(step.text)
             tokens += step.new_tokens
             last = step
@@ -267,6 +284,11 @@ class LocalEngine:
         """Requests decoding or waiting for a worker."""
         with self._held_lock:
             return self._held
+
+    @property
+    def dead(self) -> bool:
+        """Never: the decoder runs in this process, which lives as long as the service."""
+        return False
 
     async def shutdown(self) -> None:
         """Ends the replies in flight as aborted, waits for the workers, frees the model."""

@@ -26,41 +26,41 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from ownchat.common.v1 import common_pb2 as ownchat_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n ownchat/serving/v1/serving.proto\x12\x12ownchat.serving.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eownchat/common/v1/common.proto\"\xf8\x01\n\nDeployment\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12*\n\x06\x65ngine\x18\x03 \x01(\x0e\x32\x1a.ownchat.serving.v1.Engine\x12\x32\n\x05state\x18\x04 \x01(\x0e\x32#.ownchat.serving.v1.DeploymentState\x12\x17\n\x0ftraffic_percent\x18\x05 \x01(\x05\x12\x13\n\x0b\x64\x65ployed_by\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x08 \x01(\t\"z\n\rDeployRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12*\n\x06\x65ngine\x18\x02 \x01(\x0e\x32\x1a.ownchat.serving.v1.Engine\x12\x16\n\x0e\x63\x61nary_percent\x18\x03 \x01(\x05\x12\x13\n\x0b\x64\x65ployed_by\x18\x04 \x01(\t\"D\n\x0e\x44\x65ployResponse\x12\x32\n\ndeployment\x18\x01 \x01(\x0b\x32\x1e.ownchat.serving.v1.Deployment\"&\n\x0fRollbackRequest\x12\x13\n\x0b\x64\x65ployed_by\x18\x01 \x01(\t\"F\n\x10RollbackResponse\x12\x32\n\ndeployment\x18\x01 \x01(\x0b\x32\x1e.ownchat.serving.v1.Deployment\"?\n\x16ListDeploymentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"g\n\x17ListDeploymentsResponse\x12\x33\n\x0b\x64\x65ployments\x18\x01 \x03(\x0b\x32\x1e.ownchat.serving.v1.Deployment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xaa\x01\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x03\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\r\n\x0b_max_tokensB\x07\n\x05_seed\"\xb8\x01\n\x0fGenerateRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x30\n\x08messages\x18\x02 \x03(\x0b\x32\x1e.ownchat.common.v1.ChatMessage\x12\x34\n\x08sampling\x18\x03 \x01(\x0b\x32\".ownchat.serving.v1.SamplingParams\x12\x17\n\x0f\x63onversation_id\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\"\x95\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x37\n\rfinish_reason\x18\x02 \x01(\x0e\x32 .ownchat.serving.v1.FinishReason\x12(\n\x05usage\x18\x03 \x01(\x0b\x32\x19.ownchat.serving.v1.Usage\x12\x10\n\x08model_id\x18\x04 \x01(\t*b\n\x06\x45ngine\x12\x16\n\x12\x45NGINE_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x45NGINE_VLLM\x10\x01\x12\x16\n\x12\x45NGINE_ONNXRUNTIME\x10\x02\x12\x17\n\x13\x45NGINE_TRANSFORMERS\x10\x03*\xa7\x01\n\x0f\x44\x65ploymentState\x12 \n\x1c\x44\x45PLOYMENT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44\x45PLOYMENT_STATE_LOADING\x10\x01\x12\x19\n\x15\x44\x45PLOYMENT_STATE_LIVE\x10\x02\x12\x1c\n\x18\x44\x45PLOYMENT_STATE_RETIRED\x10\x03\x12\x1b\n\x17\x44\x45PLOYMENT_STATE_FAILED\x10\x04*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x32\xfd\x02\n\x0eServingService\x12O\n\x06\x44\x65ploy\x12!.ownchat.serving.v1.DeployRequest\x1a\".ownchat.serving.v1.DeployResponse\x12U\n\x08Rollback\x12#.ownchat.serving.v1.RollbackRequest\x1a$.ownchat.serving.v1.RollbackResponse\x12j\n\x0fListDeployments\x12*.ownchat.serving.v1.ListDeploymentsRequest\x1a+.ownchat.serving.v1.ListDeploymentsResponse\x12W\n\x08Generate\x12#.ownchat.serving.v1.GenerateRequest\x1a$.ownchat.serving.v1.GenerateResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n ownchat/serving/v1/serving.proto\x12\x12ownchat.serving.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eownchat/common/v1/common.proto\"\xa7\x02\n\nDeployment\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12*\n\x06\x65ngine\x18\x03 \x01(\x0e\x32\x1a.ownchat.serving.v1.Engine\x12\x32\n\x05state\x18\x04 \x01(\x0e\x32#.ownchat.serving.v1.DeploymentState\x12\x17\n\x0ftraffic_percent\x18\x05 \x01(\x05\x12\x13\n\x0b\x64\x65ployed_by\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x16\n\x0e\x63\x61nary_percent\x18\t \x01(\x05\x12\x15\n\rrestart_count\x18\n \x01(\x05\"z\n\rDeployRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12*\n\x06\x65ngine\x18\x02 \x01(\x0e\x32\x1a.ownchat.serving.v1.Engine\x12\x16\n\x0e\x63\x61nary_percent\x18\x03 \x01(\x05\x12\x13\n\x0b\x64\x65ployed_by\x18\x04 \x01(\t\"D\n\x0e\x44\x65ployResponse\x12\x32\n\ndeployment\x18\x01 \x01(\x0b\x32\x1e.ownchat.serving.v1.Deployment\"&\n\x0fRollbackRequest\x12\x13\n\x0b\x64\x65ployed_by\x18\x01 \x01(\t\"F\n\x10RollbackResponse\x12\x32\n\ndeployment\x18\x01 \x01(\x0b\x32\x1e.ownchat.serving.v1.Deployment\"?\n\x16ListDeploymentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"g\n\x17ListDeploymentsResponse\x12\x33\n\x0b\x64\x65ployments\x18\x01 \x03(\x0b\x32\x1e.ownchat.serving.v1.Deployment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xaa\x01\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x03\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\r\n\x0b_max_tokensB\x07\n\x05_seed\"\xb8\x01\n\x0fGenerateRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x30\n\x08messages\x18\x02 \x03(\x0b\x32\x1e.ownchat.common.v1.ChatMessage\x12\x34\n\x08sampling\x18\x03 \x01(\x0b\x32\".ownchat.serving.v1.SamplingParams\x12\x17\n\x0f\x63onversation_id\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\"\x95\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x37\n\rfinish_reason\x18\x02 \x01(\x0e\x32 .ownchat.serving.v1.FinishReason\x12(\n\x05usage\x18\x03 \x01(\x0b\x32\x19.ownchat.serving.v1.Usage\x12\x10\n\x08model_id\x18\x04 \x01(\t*b\n\x06\x45ngine\x12\x16\n\x12\x45NGINE_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x45NGINE_VLLM\x10\x01\x12\x16\n\x12\x45NGINE_ONNXRUNTIME\x10\x02\x12\x17\n\x13\x45NGINE_TRANSFORMERS\x10\x03*\xa7\x01\n\x0f\x44\x65ploymentState\x12 \n\x1c\x44\x45PLOYMENT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44\x45PLOYMENT_STATE_LOADING\x10\x01\x12\x19\n\x15\x44\x45PLOYMENT_STATE_LIVE\x10\x02\x12\x1c\n\x18\x44\x45PLOYMENT_STATE_RETIRED\x10\x03\x12\x1b\n\x17\x44\x45PLOYMENT_STATE_FAILED\x10\x04*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x32\xfd\x02\n\x0eServingService\x12O\n\x06\x44\x65ploy\x12!.ownchat.serving.v1.DeployRequest\x1a\".ownchat.serving.v1.DeployResponse\x12U\n\x08Rollback\x12#.ownchat.serving.v1.RollbackRequest\x1a$.ownchat.serving.v1.RollbackResponse\x12j\n\x0fListDeployments\x12*.ownchat.serving.v1.ListDeploymentsRequest\x1a+.ownchat.serving.v1.ListDeploymentsResponse\x12W\n\x08Generate\x12#.ownchat.serving.v1.GenerateRequest\x1a$.ownchat.serving.v1.GenerateResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ownchat.serving.v1.serving_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ENGINE']._serialized_start=1419
-  _globals['_ENGINE']._serialized_end=1517
-  _globals['_DEPLOYMENTSTATE']._serialized_start=1520
-  _globals['_DEPLOYMENTSTATE']._serialized_end=1687
-  _globals['_FINISHREASON']._serialized_start=1689
-  _globals['_FINISHREASON']._serialized_end=1784
+  _globals['_ENGINE']._serialized_start=1466
+  _globals['_ENGINE']._serialized_end=1564
+  _globals['_DEPLOYMENTSTATE']._serialized_start=1567
+  _globals['_DEPLOYMENTSTATE']._serialized_end=1734
+  _globals['_FINISHREASON']._serialized_start=1736
+  _globals['_FINISHREASON']._serialized_end=1831
   _globals['_DEPLOYMENT']._serialized_start=122
-  _globals['_DEPLOYMENT']._serialized_end=370
-  _globals['_DEPLOYREQUEST']._serialized_start=372
-  _globals['_DEPLOYREQUEST']._serialized_end=494
-  _globals['_DEPLOYRESPONSE']._serialized_start=496
-  _globals['_DEPLOYRESPONSE']._serialized_end=564
-  _globals['_ROLLBACKREQUEST']._serialized_start=566
-  _globals['_ROLLBACKREQUEST']._serialized_end=604
-  _globals['_ROLLBACKRESPONSE']._serialized_start=606
-  _globals['_ROLLBACKRESPONSE']._serialized_end=676
-  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_start=678
-  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_end=741
-  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_start=743
-  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_end=846
-  _globals['_SAMPLINGPARAMS']._serialized_start=849
-  _globals['_SAMPLINGPARAMS']._serialized_end=1019
-  _globals['_GENERATEREQUEST']._serialized_start=1022
-  _globals['_GENERATEREQUEST']._serialized_end=1206
-  _globals['_USAGE']._serialized_start=1208
-  _globals['_USAGE']._serialized_end=1265
-  _globals['_GENERATERESPONSE']._serialized_start=1268
-  _globals['_GENERATERESPONSE']._serialized_end=1417
-  _globals['_SERVINGSERVICE']._serialized_start=1787
-  _globals['_SERVINGSERVICE']._serialized_end=2168
+  _globals['_DEPLOYMENT']._serialized_end=417
+  _globals['_DEPLOYREQUEST']._serialized_start=419
+  _globals['_DEPLOYREQUEST']._serialized_end=541
+  _globals['_DEPLOYRESPONSE']._serialized_start=543
+  _globals['_DEPLOYRESPONSE']._serialized_end=611
+  _globals['_ROLLBACKREQUEST']._serialized_start=613
+  _globals['_ROLLBACKREQUEST']._serialized_end=651
+  _globals['_ROLLBACKRESPONSE']._serialized_start=653
+  _globals['_ROLLBACKRESPONSE']._serialized_end=723
+  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_start=725
+  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_end=788
+  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_start=790
+  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_end=893
+  _globals['_SAMPLINGPARAMS']._serialized_start=896
+  _globals['_SAMPLINGPARAMS']._serialized_end=1066
+  _globals['_GENERATEREQUEST']._serialized_start=1069
+  _globals['_GENERATEREQUEST']._serialized_end=1253
+  _globals['_USAGE']._serialized_start=1255
+  _globals['_USAGE']._serialized_end=1312
+  _globals['_GENERATERESPONSE']._serialized_start=1315
+  _globals['_GENERATERESPONSE']._serialized_end=1464
+  _globals['_SERVINGSERVICE']._serialized_start=1834
+  _globals['_SERVINGSERVICE']._serialized_end=2215
 # @@protoc_insertion_point(module_scope)

@@ -119,6 +119,8 @@ class Deployment(_message.Message):
     DEPLOYED_BY_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    CANARY_PERCENT_FIELD_NUMBER: _builtins.int
+    RESTART_COUNT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The deployment's id."""
     model_id: _builtins.str
@@ -128,11 +130,19 @@ class Deployment(_message.Message):
     state: Global___DeploymentState.ValueType
     """Where it is."""
     traffic_percent: _builtins.int
-    """The share of traffic, in percent, for a canary; 100 for the main one."""
+    """The share of traffic it takes now, in percent: 0 unless live; a main
+    deployment takes what its canary leaves.
+    """
     deployed_by: _builtins.str
     """Who deployed it."""
     error: _builtins.str
     """Why it failed, when it did."""
+    canary_percent: _builtins.int
+    """The share it was deployed with as a canary (1 to 99); 0 for a
+    deployment that took all traffic.
+    """
+    restart_count: _builtins.int
+    """How many times its engine was started again after its process died."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was created."""
@@ -148,10 +158,12 @@ class Deployment(_message.Message):
         deployed_by: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         error: _builtins.str = ...,
+        canary_percent: _builtins.int = ...,
+        restart_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deployed_by", b"deployed_by", "engine", b"engine", "error", b"error", "id", b"id", "model_id", b"model_id", "state", b"state", "traffic_percent", b"traffic_percent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary_percent", b"canary_percent", "create_time", b"create_time", "deployed_by", b"deployed_by", "engine", b"engine", "error", b"error", "id", b"id", "model_id", b"model_id", "restart_count", b"restart_count", "state", b"state", "traffic_percent", b"traffic_percent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -172,8 +184,10 @@ class DeployRequest(_message.Message):
     engine: Global___Engine.ValueType
     """The engine; vLLM when unset."""
     canary_percent: _builtins.int
-    """Send this share of traffic (1 to 99) to the new version as a canary;
-    0 moves all traffic.
+    """Send this share of traffic (1 to 99) to the new version as a canary,
+    beside the live version, sticky per conversation; 0 or 100 moves all
+    traffic. Deploying the canary's version again promotes it (0 or 100) or
+    changes its share, without loading it again.
     """
     deployed_by: _builtins.str
     """Who asks, for the history."""
@@ -386,7 +400,9 @@ class GenerateRequest(_message.Message):
     model_id: _builtins.str
     """The model version; the live deployment when empty."""
     conversation_id: _builtins.str
-    """A conversation id that keeps a canary choice sticky."""
+    """A conversation id that keeps the conversation on one side of a canary
+    split; when empty, its first user message does.
+    """
     request_id: _builtins.str
     """The caller's request id, for logs."""
     @_builtins.property

@@ -64,14 +64,17 @@ class ServingServiceServicer:
     """
 
     def Deploy(self, request, context):
-        """Loads a model version, warms it, then moves traffic to it.
+        """Loads a model version, warms it, then moves traffic to it: all of it,
+        or a canary's share beside the live version.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Rollback(self, request, context):
-        """Moves traffic back to the version live before the current one.
+        """Ends a canary when one is live (its share returns to the main
+        deployment); otherwise moves all traffic back to the version live
+        before the current one.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -87,7 +90,12 @@ class ServingServiceServicer:
     def Generate(self, request, context):
         """Generates a chat reply. Server streaming is deliberate (an exception to
         buf's advice): text is sent as the engine produces it, one message per
-        engine step, not one per token.
+        engine step, not one per token. RESOURCE_EXHAUSTED (with a
+        google.rpc.RetryInfo) when the engine's queue is full; INVALID_ARGUMENT
+        naming the limit for a conversation longer than the context;
+        DEADLINE_EXCEEDED when the call's deadline passes (the engine stops the
+        reply); UNAVAILABLE when the engine died during the reply or is being
+        started again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -36,15 +36,25 @@ class ServingServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ServingServiceAsyncStub: ...
     Deploy: _grpc.UnaryUnaryMultiCallable[_serving_pb2.DeployRequest, _serving_pb2.DeployResponse]
-    """Loads a model version, warms it, then moves traffic to it."""
+    """Loads a model version, warms it, then moves traffic to it: all of it,
+    or a canary's share beside the live version.
+    """
     Rollback: _grpc.UnaryUnaryMultiCallable[_serving_pb2.RollbackRequest, _serving_pb2.RollbackResponse]
-    """Moves traffic back to the version live before the current one."""
+    """Ends a canary when one is live (its share returns to the main
+    deployment); otherwise moves all traffic back to the version live
+    before the current one.
+    """
     ListDeployments: _grpc.UnaryUnaryMultiCallable[_serving_pb2.ListDeploymentsRequest, _serving_pb2.ListDeploymentsResponse]
     """Lists deployments, newest first: the live one and the history."""
     Generate: _grpc.UnaryStreamMultiCallable[_serving_pb2.GenerateRequest, _serving_pb2.GenerateResponse]
     """Generates a chat reply. Server streaming is deliberate (an exception to
     buf's advice): text is sent as the engine produces it, one message per
-    engine step, not one per token.
+    engine step, not one per token. RESOURCE_EXHAUSTED (with a
+    google.rpc.RetryInfo) when the engine's queue is full; INVALID_ARGUMENT
+    naming the limit for a conversation longer than the context;
+    DEADLINE_EXCEEDED when the call's deadline passes (the engine stops the
+    reply); UNAVAILABLE when the engine died during the reply or is being
+    started again.
     """
 
 @_typing.type_check_only
@@ -55,15 +65,25 @@ class ServingServiceAsyncStub(ServingServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Deploy: _aio.UnaryUnaryMultiCallable[_serving_pb2.DeployRequest, _serving_pb2.DeployResponse]  # type: ignore[assignment]
-    """Loads a model version, warms it, then moves traffic to it."""
+    """Loads a model version, warms it, then moves traffic to it: all of it,
+    or a canary's share beside the live version.
+    """
     Rollback: _aio.UnaryUnaryMultiCallable[_serving_pb2.RollbackRequest, _serving_pb2.RollbackResponse]  # type: ignore[assignment]
-    """Moves traffic back to the version live before the current one."""
+    """Ends a canary when one is live (its share returns to the main
+    deployment); otherwise moves all traffic back to the version live
+    before the current one.
+    """
     ListDeployments: _aio.UnaryUnaryMultiCallable[_serving_pb2.ListDeploymentsRequest, _serving_pb2.ListDeploymentsResponse]  # type: ignore[assignment]
     """Lists deployments, newest first: the live one and the history."""
     Generate: _aio.UnaryStreamMultiCallable[_serving_pb2.GenerateRequest, _serving_pb2.GenerateResponse]  # type: ignore[assignment]
     """Generates a chat reply. Server streaming is deliberate (an exception to
     buf's advice): text is sent as the engine produces it, one message per
-    engine step, not one per token.
+    engine step, not one per token. RESOURCE_EXHAUSTED (with a
+    google.rpc.RetryInfo) when the engine's queue is full; INVALID_ARGUMENT
+    naming the limit for a conversation longer than the context;
+    DEADLINE_EXCEEDED when the call's deadline passes (the engine stops the
+    reply); UNAVAILABLE when the engine died during the reply or is being
+    started again.
     """
 
 class ServingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -77,7 +97,9 @@ class ServingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _serving_pb2.DeployRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_serving_pb2.DeployResponse, _abc.Awaitable[_serving_pb2.DeployResponse]]:
-        """Loads a model version, warms it, then moves traffic to it."""
+        """Loads a model version, warms it, then moves traffic to it: all of it,
+        or a canary's share beside the live version.
+        """
 
     @_abc_1.abstractmethod
     def Rollback(
@@ -85,7 +107,10 @@ class ServingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _serving_pb2.RollbackRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_serving_pb2.RollbackResponse, _abc.Awaitable[_serving_pb2.RollbackResponse]]:
-        """Moves traffic back to the version live before the current one."""
+        """Ends a canary when one is live (its share returns to the main
+        deployment); otherwise moves all traffic back to the version live
+        before the current one.
+        """
 
     @_abc_1.abstractmethod
     def ListDeployments(
@@ -103,7 +128,12 @@ class ServingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_serving_pb2.GenerateResponse], _abc.AsyncIterator[_serving_pb2.GenerateResponse]]:
         """Generates a chat reply. Server streaming is deliberate (an exception to
         buf's advice): text is sent as the engine produces it, one message per
-        engine step, not one per token.
+        engine step, not one per token. RESOURCE_EXHAUSTED (with a
+        google.rpc.RetryInfo) when the engine's queue is full; INVALID_ARGUMENT
+        naming the limit for a conversation longer than the context;
+        DEADLINE_EXCEEDED when the call's deadline passes (the engine stops the
+        reply); UNAVAILABLE when the engine died during the reply or is being
+        started again.
         """
 
 def add_ServingServiceServicer_to_server(servicer: ServingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
