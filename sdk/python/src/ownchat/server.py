@@ -9,11 +9,10 @@ SIGINT: health turns NOT_SERVING, new calls are refused, calls in flight get
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import signal
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 
@@ -98,7 +97,8 @@ async def mark_serving_async(health_servicer: health.aio.HealthServicer, spec: S
         await health_servicer.set(name, SERVING)
 
 
-def _announce(spec: ServiceSpec, settings: ServerSettings, port: int) -> None:
+def announce(settings: ServerSettings, port: int) -> None:
+    """Starts the metrics endpoint and logs where the server listens."""
     metrics_port = serve_metrics(settings.host, settings.metrics_port)
     logger.info(
         "listening",
@@ -146,7 +146,7 @@ def run_threaded_server(
     """Runs a control-plane server until SIGTERM or SIGINT, then drains it."""
     configure_logging(spec.short_name, settings.log_level)
     running = start_threaded_server(spec, settings)
-    _announce(spec, settings, running.port)
+    announce(settings, running.port)
 
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -180,33 +180,3 @@ async def start_async_server(spec: ServiceSpec, settings: ServerSettings) -> Run
     port = _bind(server, settings)
     await server.start()
     return RunningAsyncServer(server, health_servicer, port)
-
-
-async def run_async_server(
-    spec: ServiceSpec,
-    settings: ServerSettings,
-    on_start: Callable[[], Awaitable[None]] | None = None,
-    on_shutdown: Callable[[], Awaitable[None]] | None = None,
-) -> None:
-    """Runs a ``grpc.aio`` server until SIGTERM or SIGINT, then drains it.
-
-    Health turns SERVING only after ``on_start`` (loading a model, say) returns.
-    """
-    configure_logging(spec.short_name, settings.log_level)
-    running = await start_async_server(spec, settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    _announce(spec, settings, running.port)
-    if on_start is not None:
-        await on_start()
-    await mark_serving_async(running.health, spec)
-    logger.info("ready")
-    await stop.wait()
-    logger.info("draining", extra={"grace_seconds": settings.grace_seconds})
-    await running.health.enter_graceful_shutdown()
-    await running.server.stop(settings.grace_seconds)
-    if on_shutdown is not None:
-        await on_shutdown()
-    logger.info("stopped")

@@ -19,8 +19,7 @@ from ownchat.artifacts import ArtifactStore
 from ownchat.auth import load_or_create_token
 from ownchat.config import ClientSettings
 from ownchat.logs import configure_logging
-from ownchat.metrics import serve_metrics
-from ownchat.server import ServiceSpec, start_async_server
+from ownchat.server import ServiceSpec, announce, start_async_server
 from ownchat.serving.v1 import serving_pb2, serving_pb2_grpc
 from ownchat_serving.config import ServingSettings
 from ownchat_serving.core import ServingCore
@@ -90,16 +89,7 @@ async def serve(settings: ServingSettings) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         register_gpu_metrics()
-        metrics_port = serve_metrics(settings.host, settings.metrics_port)
-        logger.info(
-            "listening",
-            extra={
-                "address": f"{settings.host}:{running.port}",
-                "port": running.port,
-                "metrics_port": metrics_port,
-                "tls": bool(settings.tls_cert_file),
-            },
-        )
+        announce(settings, running.port)
         # A SIGTERM during the reload is honoured once it is done: the server
         # drains and core.close() stops the engines just loaded.
         await core.restore()
