@@ -68,3 +68,11 @@ bench-demo: setup
 
 clean:
 	rm -rf $(VENV) .tools
+
+# The training benchmark (issue 4): on CUDA when torch sees a GPU, else the CPU setting.
+.PHONY: bench-train
+bench-train: setup
+	$(PIP) install -q -c requirements/constraints.txt -r requirements/bench-train.txt
+	if $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
+		$(PIP) install -q -r requirements/bench-train-gpu.txt; fi
+	$(PY) benchmarks/train.py
