@@ -25,10 +25,10 @@ from ownchat_serving.engine import (
     EngineRequestError,
     EngineStep,
     EngineUnavailableError,
+    load_tokenizer,
 )
 from ownchat_serving.engines import Engine
 from ownchat_serving.engines.decoding import pick_token
-from ownchat_serving.engines.local import load_tokenizer
 from ownchat_serving.engines.onnx_engine import OnnxEngine
 from ownchat_serving.engines.onnx_export import (
     INFO_FILE,

@@ -120,7 +120,8 @@ def _start_engine(model_dir: Path, options: EngineOptions, adapters: bool) -> As
     return AsyncLLM.from_vllm_config(config, disable_log_stats=True)
 
 
-def _load_tokenizer(model_dir: Path) -> Any:
+def load_tokenizer(model_dir: Path) -> Any:
+    """The model's tokenizer, from local files only; it must have a chat template."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(
@@ -131,7 +132,8 @@ def _load_tokenizer(model_dir: Path) -> Any:
     return tokenizer
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """An exception as one short line, for load errors shown to callers."""
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}".strip().rstrip(":")
 
@@ -159,7 +161,7 @@ class VllmEngine:
         ``adapters``: also serve LoRA adapters of this model, per request.
         """
         try:
-            tokenizer = await asyncio.to_thread(_load_tokenizer, model_dir)
+            tokenizer = await asyncio.to_thread(load_tokenizer, model_dir)
             # Handed over through a box, not as the thread's result: the
             # executor's futures keep their result alive, and the engine must
             # be freed once shut down.
@@ -169,7 +171,7 @@ class VllmEngine:
         except EngineLoadError:
             raise
         except Exception as error:  # noqa: BLE001 - vLLM raises many kinds while loading
-            raise EngineLoadError(_first_line(error)) from error
+            raise EngineLoadError(first_line(error)) from error
         return cls(llm, tokenizer, model_dir, adapters)
 
     def render(self, turns: Sequence[ChatTurn]) -> list[int]:

@@ -31,6 +31,7 @@ from ownchat_serving.engine import (
     EngineRequestError,
     EngineStep,
     EngineUnavailableError,
+    first_line,
 )
 from ownchat_serving.engines.decoding import DecodeLimits, Decoder, Detokenizer, decode
 from ownchat_serving.generation import ChatTurn, ResolvedSampling
@@ -41,30 +42,12 @@ DEFAULT_CONCURRENCY = 2
 _SEED_BOUND = 2**63
 
 
-def first_line(error: BaseException) -> str:
-    """An exception as one short line, for load errors shown to callers."""
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}".strip().rstrip(":")
-
-
 def check_safetensors(model_dir: Path) -> None:
     """Refuses a model directory without safetensors weights (pickled weights can run code)."""
     if not any(model_dir.glob("*.safetensors")):
         raise EngineLoadError(
             f"no *.safetensors weights in {model_dir.name}; only safetensors are loaded"
         )
-
-
-def load_tokenizer(model_dir: Path) -> Any:
-    """The model's tokenizer, from local files only; it must have a chat template."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_dir, local_files_only=True, trust_remote_code=False
-    )
-    if not getattr(tokenizer, "chat_template", None):
-        raise EngineLoadError("the model's tokenizer has no chat template")
-    return tokenizer
 
 
 def context_length(config: Any, options: EngineOptions) -> int:

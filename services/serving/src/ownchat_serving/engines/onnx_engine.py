@@ -18,14 +18,12 @@ from typing import Any
 import numpy as np
 
 from ownchat.chat_template import render
-from ownchat_serving.engine import EngineLoadError, EngineOptions
+from ownchat_serving.engine import EngineLoadError, EngineOptions, first_line, load_tokenizer
 from ownchat_serving.engines.local import (
     LocalEngine,
     check_safetensors,
     context_length,
     eos_ids,
-    first_line,
-    load_tokenizer,
 )
 from ownchat_serving.engines.onnx_export import MODEL_FILE, ensure_export
 

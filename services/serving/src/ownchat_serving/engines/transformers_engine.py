@@ -15,14 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ownchat_serving.engine import EngineLoadError, EngineOptions
+from ownchat_serving.engine import EngineLoadError, EngineOptions, first_line, load_tokenizer
 from ownchat_serving.engines.local import (
     LocalEngine,
     check_safetensors,
     context_length,
     eos_ids,
-    first_line,
-    load_tokenizer,
 )
 
 if TYPE_CHECKING:

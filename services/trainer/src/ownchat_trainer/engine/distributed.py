@@ -201,6 +201,28 @@ def sum_across_ranks(values: torch.Tensor, context: DistributedContext) -> torch
     return total
 
 
+def sharded_mean(
+    items: Sequence[T],
+    batch_size: int,
+    context: DistributedContext,
+    terms: Callable[[Sequence[T]], tuple[torch.Tensor, torch.Tensor]],
+) -> float | None:
+    """Sum of numerators over sum of denominators of ``terms`` over every batch of
+    ``items``, each rank taking every n-th item; None when the denominator is 0.
+
+    For validation losses: ``terms`` gives a batch's (weighted loss sum, weight).
+    """
+    mine = list(items[context.rank :: context.world_size])
+    totals = torch.zeros(2, dtype=torch.float64, device=context.device)
+    for start in range(0, len(mine), batch_size):
+        numerator, denominator = terms(mine[start : start + batch_size])
+        totals += torch.stack([numerator.detach().double(), denominator.detach().double()])
+    totals = sum_across_ranks(totals, context)
+    if float(totals[1]) <= 0:
+        return None
+    return float(totals[0] / totals[1])
+
+
 def wrap_model(
     model: nn.Module, context: DistributedContext, strategy: Strategy = "ddp"
 ) -> nn.Module:

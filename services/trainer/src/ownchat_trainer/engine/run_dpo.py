@@ -25,6 +25,7 @@ from ownchat_trainer.engine.distributed import (
     DistributedContext,
     global_loss,
     shard_indices,
+    sharded_mean,
     sum_across_ranks,
     unwrap,
 )
@@ -132,15 +133,13 @@ class DpoObjective:
         """The mean DPO loss over the validation pairs; each rank takes every n-th pair."""
         if not self._validation:
             return None
-        context = self._context
-        mine = list(self._validation[context.rank :: context.world_size])
         model = unwrap(self._model)
-        totals = torch.zeros(2, dtype=torch.float64, device=context.device)
-        for start in range(0, len(mine), self._batch_size):
-            loss_sum, count, _, _ = self._terms(model, mine[start : start + self._batch_size])
-            totals += torch.stack([loss_sum.detach().double(), count.double()])
-        totals = sum_across_ranks(totals, context)
-        return float(totals[0] / totals[1]) if float(totals[1]) > 0 else None
+
+        def terms(pairs: Sequence[EncodedPair]) -> tuple[torch.Tensor, torch.Tensor]:
+            loss_sum, count, _, _ = self._terms(model, pairs)
+            return loss_sum, count
+
+        return sharded_mean(self._validation, self._batch_size, self._context, terms)
 
     def _terms(
         self, model: Any, pairs: Sequence[EncodedPair]

@@ -21,7 +21,7 @@ from ownchat_trainer.engine.distributed import (
     DistributedContext,
     global_loss,
     local_share,
-    sum_across_ranks,
+    sharded_mean,
     unwrap,
 )
 from ownchat_trainer.engine.loop import StepResult
@@ -66,18 +66,14 @@ class SftObjective:
         """The weighted mean loss over the validation split; each rank takes every n-th sample."""
         if not self._validation:
             return None
-        context = self._context
-        mine = list(self._validation[context.rank :: context.world_size])
         # Not through the DDP wrapper: ranks may run different numbers of batches.
         model = unwrap(self._model)
-        totals = torch.zeros(2, dtype=torch.float64, device=context.device)
-        for start in range(0, len(mine), self._batch_size):
-            loss_sum, weight, _ = self._loss_terms(model, mine[start : start + self._batch_size])
-            totals += torch.stack([loss_sum.detach().double(), weight.detach().double()])
-        totals = sum_across_ranks(totals, context)
-        if float(totals[1]) <= 0:
-            return None
-        return float(totals[0] / totals[1])
+
+        def terms(batch: Sequence[EncodedSample]) -> tuple[torch.Tensor, torch.Tensor]:
+            loss_sum, weight, _ = self._loss_terms(model, batch)
+            return loss_sum, weight
+
+        return sharded_mean(self._validation, self._batch_size, self._context, terms)
 
     def _loss_terms(
         self, model: Any, samples: Sequence[EncodedSample]
