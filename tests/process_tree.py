@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import psutil
+
 
 def sessions_alive(session_ids: set[int]) -> list[int]:
     """Processes still alive in any of these sessions (zombies excluded)."""
@@ -59,4 +61,16 @@ def processes_with_env(key: str, value: str) -> list[int]:
             continue
         if wanted in environ.split(b"\0"):
             found.append(int(entry.name))
+    return found
+
+
+def vllm_processes() -> list[psutil.Process]:
+    """This process's running vLLM children (engine core, workers); exited ones don't count."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and "VLLM" in child.name():
+                found.append(child)
+        except psutil.Error:
+            continue
     return found

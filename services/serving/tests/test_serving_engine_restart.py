@@ -15,6 +15,7 @@ import grpc
 import psutil
 import pytest
 from grpc import aio
+from process_tree import vllm_processes
 
 from ownchat.auth import AUTHORIZATION_KEY, bearer
 from ownchat.common.v1 import common_pb2
@@ -27,18 +28,6 @@ pytestmark = pytest.mark.slow
 # The conftest's Stack: a core, its store and registry, a stub, one event loop.
 Stack = Any
 METADATA = ((AUTHORIZATION_KEY, bearer("test-token")),)
-
-
-def vllm_processes() -> list[psutil.Process]:
-    """This process's running vLLM children (engine core, workers); exited ones don't count."""
-    found = []
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if child.status() != psutil.STATUS_ZOMBIE and "VLLM" in child.name():
-                found.append(child)
-        except psutil.Error:
-            continue
-    return found
 
 
 def engine_core() -> psutil.Process:

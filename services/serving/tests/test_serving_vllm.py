@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import psutil
 import pytest
 from grpc import aio
+from process_tree import vllm_processes
 
 from ownchat.auth import AUTHORIZATION_KEY, bearer
 from ownchat.common.v1 import common_pb2
@@ -77,18 +77,6 @@ class Serving:
         assert step.finish_reason == "length"
         text: str = step.text
         return text
-
-
-def vllm_processes() -> list[psutil.Process]:
-    """This process's running vLLM children (engine core, workers); exited ones don't count."""
-    found = []
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if child.status() != psutil.STATUS_ZOMBIE and "VLLM" in child.name():
-                found.append(child)
-        except psutil.Error:
-            continue
-    return found
 
 
 @pytest.fixture(scope="module")
