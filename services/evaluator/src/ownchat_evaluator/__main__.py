@@ -13,6 +13,10 @@ from ownchat.server import ServiceSpec, run_threaded_server
 from ownchat_evaluator.config import EvaluatorSettings
 from ownchat_evaluator.core import EvaluatorCore
 from ownchat_evaluator.lookups import ValidationSplits
+from ownchat_evaluator.review.core import ReviewQueue
+from ownchat_evaluator.review.data_client import DataServiceFeedback
+from ownchat_evaluator.review.rpcs import ReviewRpcs
+from ownchat_evaluator.review.store import ReviewStore
 from ownchat_evaluator.servicer import EvaluatorServicer
 from ownchat_evaluator.store import EvalStore
 
@@ -29,15 +33,26 @@ def main() -> None:
         store,
         models=ModelDirectories(client_settings, token, artifacts),
         datasets=ValidationSplits(client_settings, token, artifacts),
-        batch_size=settings.batch_size,
-        max_length=settings.max_length,
+        options=settings.run_options(),
+        gate=settings.gate,
     )
+    # The review queue keeps its own file, so its migrations never interleave
+    # with those of evaluation runs.
+    review_store = ReviewStore(settings.state_dir("evaluator") / "reviews.db")
+    reviews = ReviewQueue(
+        review_store,
+        data=DataServiceFeedback(client_settings, token, artifacts),
+        lease_seconds=settings.review_lease_seconds,
+        reviews_per_item=settings.reviews_per_item,
+    )
+    # The promotion gate's human win rate comes from the review queue.
+    core.set_win_rates(reviews.win_rate)
     core.resume_unfinished()
     spec = ServiceSpec(
         short_name="evaluator",
         full_names=[evaluator_pb2.DESCRIPTOR.services_by_name["EvaluatorService"].full_name],
         add_servicers=lambda server: evaluator_pb2_grpc.add_EvaluatorServiceServicer_to_server(
-            EvaluatorServicer(core),  # type: ignore[abstract]
+            EvaluatorServicer(core, ReviewRpcs(reviews)),  # type: ignore[abstract]
             server,
         ),
     )
@@ -45,6 +60,7 @@ def main() -> None:
     def shutdown() -> None:
         core.close()
         store.close()
+        review_store.close()
 
     run_threaded_server(spec, settings, on_shutdown=shutdown)
 

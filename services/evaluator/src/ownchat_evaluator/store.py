@@ -1,4 +1,8 @@
-"""The evaluator's own store: evaluation runs, in SQLite."""
+"""The evaluator's own store: evaluation runs and their per-sample outputs, in SQLite.
+
+Migrations are only ever appended: runs stored by an older evaluator (no
+configuration, no samples) still load, with the defaults of that time.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from pathlib import Path
 
 from ownchat.errors import NotFoundError
 from ownchat.sqlite import Database
+from ownchat_evaluator.run_config import RunConfig
 
 MIGRATIONS = [
     """
@@ -28,6 +33,29 @@ MIGRATIONS = [
     );
     CREATE INDEX eval_runs_by_time ON eval_runs(create_time)
     """,
+    """
+    ALTER TABLE eval_runs ADD COLUMN config TEXT NOT NULL DEFAULT '';
+    ALTER TABLE eval_runs ADD COLUMN repeated_from TEXT NOT NULL DEFAULT '';
+    ALTER TABLE eval_runs ADD COLUMN start_time REAL;
+    ALTER TABLE eval_runs ADD COLUMN end_time REAL;
+    ALTER TABLE eval_runs ADD COLUMN device TEXT NOT NULL DEFAULT '';
+    ALTER TABLE eval_runs ADD COLUMN timings TEXT NOT NULL DEFAULT '{}';
+    CREATE INDEX eval_runs_by_model ON eval_runs(model_id, create_time);
+    CREATE TABLE eval_samples (
+        run_id TEXT NOT NULL REFERENCES eval_runs(id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL,
+        context TEXT NOT NULL,
+        reference TEXT NOT NULL,
+        reply TEXT,
+        reply_tokens INTEGER NOT NULL,
+        nll REAL NOT NULL,
+        scored_tokens INTEGER NOT NULL,
+        refused INTEGER,
+        check_passed INTEGER,
+        expected TEXT NOT NULL,
+        PRIMARY KEY (run_id, idx)
+    )
+    """,
 ]
 
 
@@ -42,11 +70,34 @@ class RunState(Enum):
 
 @dataclass(frozen=True)
 class MetricResult:
-    """One metric's value and how it was computed."""
+    """One metric's value, its 95% bootstrap interval and how it was computed."""
 
     metric: str
     value: float
     details: str
+    ci_low: float | None = None
+    ci_high: float | None = None
+
+
+@dataclass(frozen=True)
+class SampleOutput:
+    """What a run produced for one validation sample.
+
+    ``reply`` is None when the run generated nothing; ``refused`` then too;
+    ``check_passed`` is None when the sample was not checked, and ``expected``
+    holds the answer checked against.
+    """
+
+    index: int
+    context: list[dict[str, str]]
+    reference: str
+    reply: str | None
+    reply_tokens: int
+    nll: float
+    scored_tokens: int
+    refused: bool | None
+    check_passed: bool | None
+    expected: str = ""
 
 
 @dataclass(frozen=True)
@@ -56,29 +107,71 @@ class EvalRun:
     id: str
     model_id: str
     dataset_version_id: str
-    metrics: list[str]
-    max_samples: int
+    config: RunConfig
     state: RunState
     completed: int
     total: int
     results: list[MetricResult] = field(default_factory=list)
     error: str = ""
     create_time: float = 0.0
+    repeated_from: str = ""
+    start_time: float | None = None
+    end_time: float | None = None
+    device: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def metrics(self) -> list[str]:
+        """The metrics asked for."""
+        return self.config.metrics
+
+    @property
+    def max_samples(self) -> int:
+        """At most this many samples; 0 for all."""
+        return self.config.max_samples
+
+    def result(self, metric: str) -> MetricResult | None:
+        """The result of one metric, if the run has it."""
+        return next((r for r in self.results if r.metric == metric), None)
 
 
 def _run(row: sqlite3.Row) -> EvalRun:
+    metrics = json.loads(row["metrics"])
     return EvalRun(
         id=row["id"],
         model_id=row["model_id"],
         dataset_version_id=row["dataset_version_id"],
-        metrics=json.loads(row["metrics"]),
-        max_samples=row["max_samples"],
+        config=RunConfig.from_json(row["config"], metrics, row["max_samples"]),
         state=RunState(row["state"]),
         completed=row["completed"],
         total=row["total"],
         results=[MetricResult(**r) for r in json.loads(row["results"])],
         error=row["error"],
         create_time=row["create_time"],
+        repeated_from=row["repeated_from"],
+        start_time=row["start_time"],
+        end_time=row["end_time"],
+        device=row["device"],
+        timings=json.loads(row["timings"]),
+    )
+
+
+def _flag(value: int | None) -> bool | None:
+    return None if value is None else bool(value)
+
+
+def _sample(row: sqlite3.Row) -> SampleOutput:
+    return SampleOutput(
+        index=row["idx"],
+        context=json.loads(row["context"]),
+        reference=row["reference"],
+        reply=row["reply"],
+        reply_tokens=row["reply_tokens"],
+        nll=row["nll"],
+        scored_tokens=row["scored_tokens"],
+        refused=_flag(row["refused"]),
+        check_passed=_flag(row["check_passed"]),
+        expected=row["expected"],
     )
 
 
@@ -92,7 +185,8 @@ class EvalStore:
         with self._db.transaction() as connection:
             connection.execute(
                 "INSERT INTO eval_runs (id, model_id, dataset_version_id, metrics, max_samples, "
-                "state, create_time) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "state, create_time, config, repeated_from, results) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run.id,
                     run.model_id,
@@ -101,6 +195,9 @@ class EvalStore:
                     run.max_samples,
                     run.state.value,
                     run.create_time,
+                    run.config.to_json(),
+                    run.repeated_from,
+                    json.dumps([vars(r) for r in run.results]),
                 ),
             )
 
@@ -110,12 +207,63 @@ class EvalStore:
             raise NotFoundError("eval run", run_id)
         return _run(rows[0])
 
-    def list_runs(self, limit: int, offset: int) -> list[EvalRun]:
+    def list_runs(self, limit: int, offset: int, model_id: str = "") -> list[EvalRun]:
+        """Runs newest first, optionally of one model only."""
+        where, parameters = ("WHERE model_id = ? ", [model_id]) if model_id else ("", [])
         rows = self._db.query(
-            "SELECT * FROM eval_runs ORDER BY create_time DESC, id LIMIT ? OFFSET ?",
-            (limit, offset),
+            f"SELECT * FROM eval_runs {where}ORDER BY create_time DESC, id LIMIT ? OFFSET ?",
+            (*parameters, limit, offset),
         )
         return [_run(row) for row in rows]
+
+    def succeeded_runs(self, model_id: str, dataset_version_id: str = "") -> list[EvalRun]:
+        """A model's finished runs, newest first, optionally on one dataset version."""
+        sql = "SELECT * FROM eval_runs WHERE model_id = ? AND state = ?"
+        parameters: list[object] = [model_id, RunState.SUCCEEDED.value]
+        if dataset_version_id:
+            sql += " AND dataset_version_id = ?"
+            parameters.append(dataset_version_id)
+        rows = self._db.query(sql + " ORDER BY create_time DESC, id", parameters)
+        return [_run(row) for row in rows]
+
+    def put_samples(self, run_id: str, samples: list[SampleOutput]) -> None:
+        """Stores a run's per-sample outputs, replacing any earlier ones."""
+        with self._db.transaction() as connection:
+            connection.execute("DELETE FROM eval_samples WHERE run_id = ?", (run_id,))
+            connection.executemany(
+                "INSERT INTO eval_samples (run_id, idx, context, reference, reply, reply_tokens, "
+                "nll, scored_tokens, refused, check_passed, expected) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        run_id,
+                        s.index,
+                        json.dumps(s.context, ensure_ascii=False),
+                        s.reference,
+                        s.reply,
+                        s.reply_tokens,
+                        s.nll,
+                        s.scored_tokens,
+                        s.refused,
+                        s.check_passed,
+                        s.expected,
+                    )
+                    for s in samples
+                ],
+            )
+
+    def samples(self, run_id: str, limit: int = -1, offset: int = 0) -> list[SampleOutput]:
+        """A run's per-sample outputs in split order (all of them when ``limit`` is -1)."""
+        rows = self._db.query(
+            "SELECT * FROM eval_samples WHERE run_id = ? ORDER BY idx LIMIT ? OFFSET ?",
+            (run_id, limit, offset),
+        )
+        return [_sample(row) for row in rows]
+
+    def sample_count(self, run_id: str) -> int:
+        """How many per-sample outputs a run has stored."""
+        rows = self._db.query("SELECT COUNT(*) FROM eval_samples WHERE run_id = ?", (run_id,))
+        return int(rows[0][0])
 
     def unfinished(self) -> list[EvalRun]:
         rows = self._db.query(
@@ -133,7 +281,13 @@ class EvalStore:
         total: int | None = None,
         results: list[MetricResult] | None = None,
         error: str | None = None,
+        config: RunConfig | None = None,
+        start_time: float | None = None,
+        end_time: float | None = None,
+        device: str | None = None,
+        timings: dict[str, float] | None = None,
     ) -> None:
+        """Sets the given columns of a run."""
         assignments: list[str] = []
         values: list[object] = []
         for column, value in (
@@ -142,6 +296,11 @@ class EvalStore:
             ("total", total),
             ("results", json.dumps([vars(r) for r in results]) if results is not None else None),
             ("error", error),
+            ("config", config.to_json() if config is not None else None),
+            ("start_time", start_time),
+            ("end_time", end_time),
+            ("device", device),
+            ("timings", json.dumps(timings) if timings is not None else None),
         ):
             if value is not None:
                 assignments.append(f"{column} = ?")

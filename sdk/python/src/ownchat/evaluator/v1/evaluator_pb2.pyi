@@ -10,6 +10,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from ownchat.common.v1 import common_pb2 as _common_pb2
+from ownchat.data.v1 import data_pb2 as _data_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -37,6 +38,14 @@ class _MetricEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Metric.ValueTy
     """chrF of generated replies against references (sacrebleu)."""
     METRIC_TASK_ACCURACY: _Metric.ValueType  # 4
     """Share of expected answers found in generated replies."""
+    METRIC_RESPONSE_LENGTH: _Metric.ValueType  # 5
+    """Mean length of the generated replies, in tokens. Asking for it also
+    reports METRIC_RESPONSE_LENGTH_P95.
+    """
+    METRIC_RESPONSE_LENGTH_P95: _Metric.ValueType  # 6
+    """The 95th percentile of the generated replies' length, in tokens."""
+    METRIC_REFUSAL_RATE: _Metric.ValueType  # 7
+    """Share of generated replies that contain a refusal phrase."""
 
 class Metric(_Metric, metaclass=_MetricEnumTypeWrapper):
     """An automatic metric."""
@@ -51,7 +60,46 @@ METRIC_CHRF: Metric.ValueType  # 3
 """chrF of generated replies against references (sacrebleu)."""
 METRIC_TASK_ACCURACY: Metric.ValueType  # 4
 """Share of expected answers found in generated replies."""
+METRIC_RESPONSE_LENGTH: Metric.ValueType  # 5
+"""Mean length of the generated replies, in tokens. Asking for it also
+reports METRIC_RESPONSE_LENGTH_P95.
+"""
+METRIC_RESPONSE_LENGTH_P95: Metric.ValueType  # 6
+"""The 95th percentile of the generated replies' length, in tokens."""
+METRIC_REFUSAL_RATE: Metric.ValueType  # 7
+"""Share of generated replies that contain a refusal phrase."""
 Global___Metric: _TypeAlias = Metric  # noqa: Y015
+
+class _TaskCheckKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TaskCheckKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskCheckKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TASK_CHECK_KIND_UNSPECIFIED: _TaskCheckKind.ValueType  # 0
+    """Not given."""
+    TASK_CHECK_KIND_EXACT: _TaskCheckKind.ValueType  # 1
+    """The reply equals the answer."""
+    TASK_CHECK_KIND_CONTAINS: _TaskCheckKind.ValueType  # 2
+    """The reply contains the answer."""
+    TASK_CHECK_KIND_REGEX: _TaskCheckKind.ValueType  # 3
+    """A regular expression decides; see TaskCheck.pattern."""
+
+class TaskCheckKind(_TaskCheckKind, metaclass=_TaskCheckKindEnumTypeWrapper):
+    """How a task check compares a generated reply with the expected answer.
+    Exact and contains compare texts trimmed, case-folded and with every run
+    of white space as one space.
+    """
+
+TASK_CHECK_KIND_UNSPECIFIED: TaskCheckKind.ValueType  # 0
+"""Not given."""
+TASK_CHECK_KIND_EXACT: TaskCheckKind.ValueType  # 1
+"""The reply equals the answer."""
+TASK_CHECK_KIND_CONTAINS: TaskCheckKind.ValueType  # 2
+"""The reply contains the answer."""
+TASK_CHECK_KIND_REGEX: TaskCheckKind.ValueType  # 3
+"""A regular expression decides; see TaskCheck.pattern."""
+Global___TaskCheckKind: _TypeAlias = TaskCheckKind  # noqa: Y015
 
 class _EvalRunState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -114,6 +162,38 @@ REVIEW_KIND_CORRECTION: ReviewKind.ValueType  # 3
 Global___ReviewKind: _TypeAlias = ReviewKind  # noqa: Y015
 
 @_typing.final
+class TaskCheck(_message.Message):
+    """The task check of a run, for the samples that carry no expected answer of
+    their own: the expected answer is then the reference reply.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    PATTERN_FIELD_NUMBER: _builtins.int
+    kind: Global___TaskCheckKind.ValueType
+    """How the reply is compared."""
+    pattern: _builtins.str
+    """For TASK_CHECK_KIND_REGEX: a pattern (Python syntax) that extracts the
+    answer from the reference and from the reply (its first group when it has
+    groups, else the whole match); they must be equal. Samples whose
+    reference it does not match are not checked.
+    """
+    def __init__(
+        self,
+        *,
+        kind: Global___TaskCheckKind.ValueType = ...,
+        pattern: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "pattern", b"pattern"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskCheck: _TypeAlias = TaskCheck  # noqa: Y015
+
+@_typing.final
 class MetricValue(_message.Message):
     """The value of one metric."""
 
@@ -166,6 +246,26 @@ class EvalRun(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class TimingsSecondsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ID_FIELD_NUMBER: _builtins.int
     MODEL_ID_FIELD_NUMBER: _builtins.int
     DATASET_VERSION_ID_FIELD_NUMBER: _builtins.int
@@ -176,6 +276,17 @@ class EvalRun(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     MAX_SAMPLES_FIELD_NUMBER: _builtins.int
+    MAX_NEW_TOKENS_FIELD_NUMBER: _builtins.int
+    TASK_CHECK_FIELD_NUMBER: _builtins.int
+    REFUSAL_PATTERNS_FIELD_NUMBER: _builtins.int
+    CONTEXT_LENGTH_FIELD_NUMBER: _builtins.int
+    STRIDE_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    REPEATED_EVAL_RUN_ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    TIMINGS_SECONDS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The run's id, "eval_" and a random suffix."""
     model_id: _builtins.str
@@ -188,6 +299,20 @@ class EvalRun(_message.Message):
     """Why it failed, when it did."""
     max_samples: _builtins.int
     """At most this many validation samples were used; 0 for all."""
+    max_new_tokens: _builtins.int
+    """Tokens generated at most per reply."""
+    context_length: _builtins.int
+    """Tokens per perplexity window: the context the model sees at most."""
+    stride: _builtins.int
+    """Tokens a perplexity window advances over a conversation longer than
+    the context.
+    """
+    seed: _builtins.int
+    """The seed of the run's confidence intervals."""
+    repeated_eval_run_id: _builtins.str
+    """The run whose configuration this run repeats, when it does."""
+    device: _builtins.str
+    """Where it was computed, for example "cpu" or "cuda:0"."""
     @_builtins.property
     def metrics(self) -> _containers.RepeatedScalarFieldContainer[Global___Metric.ValueType]:
         """The metrics asked for."""
@@ -204,6 +329,29 @@ class EvalRun(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was created."""
 
+    @_builtins.property
+    def task_check(self) -> Global___TaskCheck:
+        """The task check for samples without an expected answer; unset when none."""
+
+    @_builtins.property
+    def refusal_patterns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Phrases that mark a reply as a refusal (case-insensitive)."""
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When computing started."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """When the run ended."""
+
+    @_builtins.property
+    def timings_seconds(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Seconds spent in each phase of a finished run, by name: "load_seconds",
+        "perplexity_seconds", "generation_seconds", "bleu_seconds",
+        "chrf_seconds" and "wall_seconds".
+        """
+
     def __init__(
         self,
         *,
@@ -217,10 +365,21 @@ class EvalRun(_message.Message):
         error: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         max_samples: _builtins.int = ...,
+        max_new_tokens: _builtins.int = ...,
+        task_check: Global___TaskCheck | None = ...,
+        refusal_patterns: _abc.Iterable[_builtins.str] | None = ...,
+        context_length: _builtins.int = ...,
+        stride: _builtins.int = ...,
+        seed: _builtins.int = ...,
+        repeated_eval_run_id: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        device: _builtins.str = ...,
+        timings_seconds: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "progress", b"progress"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "progress", b"progress", "start_time", b"start_time", "task_check", b"task_check"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "dataset_version_id", b"dataset_version_id", "error", b"error", "id", b"id", "max_samples", b"max_samples", "metrics", b"metrics", "model_id", b"model_id", "progress", b"progress", "results", b"results", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_length", b"context_length", "create_time", b"create_time", "dataset_version_id", b"dataset_version_id", "device", b"device", "end_time", b"end_time", "error", b"error", "id", b"id", "max_new_tokens", b"max_new_tokens", "max_samples", b"max_samples", "metrics", b"metrics", "model_id", b"model_id", "progress", b"progress", "refusal_patterns", b"refusal_patterns", "repeated_eval_run_id", b"repeated_eval_run_id", "results", b"results", "seed", b"seed", "start_time", b"start_time", "state", b"state", "stride", b"stride", "task_check", b"task_check", "timings_seconds", b"timings_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -236,15 +395,55 @@ class CreateEvalRunRequest(_message.Message):
     DATASET_VERSION_ID_FIELD_NUMBER: _builtins.int
     METRICS_FIELD_NUMBER: _builtins.int
     MAX_SAMPLES_FIELD_NUMBER: _builtins.int
+    MAX_NEW_TOKENS_FIELD_NUMBER: _builtins.int
+    TASK_CHECK_FIELD_NUMBER: _builtins.int
+    REFUSAL_PATTERNS_FIELD_NUMBER: _builtins.int
+    CONTEXT_LENGTH_FIELD_NUMBER: _builtins.int
+    STRIDE_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    REPEAT_EVAL_RUN_ID_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     """The model version to evaluate."""
     dataset_version_id: _builtins.str
     """The dataset version whose validation split to use."""
     max_samples: _builtins.int
     """Use at most this many samples; 0 for all."""
+    max_new_tokens: _builtins.int
+    """Tokens generated at most per reply (greedy decoding, stopping at the
+    end of the turn); 128 when 0.
+    """
+    context_length: _builtins.int
+    """Tokens per perplexity window; the evaluator's max_length, capped by the
+    model's context, when 0.
+    """
+    stride: _builtins.int
+    """Tokens a perplexity window advances over a conversation longer than the
+    context (the overlap is context for the next window); half the context
+    when 0.
+    """
+    seed: _builtins.int
+    """The seed of the run's bootstrap confidence intervals."""
+    repeat_eval_run_id: _builtins.str
+    """Runs again with the stored configuration of this run. model_id and
+    dataset_version_id may name another model or dataset version (the
+    stored ones when empty); every other field must be left unset.
+    """
     @_builtins.property
     def metrics(self) -> _containers.RepeatedScalarFieldContainer[Global___Metric.ValueType]:
         """The metrics; perplexity when empty."""
+
+    @_builtins.property
+    def task_check(self) -> Global___TaskCheck:
+        """The task check for samples that carry no expected answer of their own;
+        METRIC_TASK_ACCURACY needs it unless the samples carry expected answers.
+        """
+
+    @_builtins.property
+    def refusal_patterns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Phrases that mark a reply as a refusal, matched case-insensitively
+        anywhere in the reply; the evaluator's defaults ("I can't", "I'm sorry,
+        but", "as an AI"...) when empty.
+        """
 
     def __init__(
         self,
@@ -253,10 +452,17 @@ class CreateEvalRunRequest(_message.Message):
         dataset_version_id: _builtins.str = ...,
         metrics: _abc.Iterable[Global___Metric.ValueType] | None = ...,
         max_samples: _builtins.int = ...,
+        max_new_tokens: _builtins.int = ...,
+        task_check: Global___TaskCheck | None = ...,
+        refusal_patterns: _abc.Iterable[_builtins.str] | None = ...,
+        context_length: _builtins.int = ...,
+        stride: _builtins.int = ...,
+        seed: _builtins.int = ...,
+        repeat_eval_run_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["task_check", b"task_check"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_version_id", b"dataset_version_id", "max_samples", b"max_samples", "metrics", b"metrics", "model_id", b"model_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_length", b"context_length", "dataset_version_id", b"dataset_version_id", "max_new_tokens", b"max_new_tokens", "max_samples", b"max_samples", "metrics", b"metrics", "model_id", b"model_id", "refusal_patterns", b"refusal_patterns", "repeat_eval_run_id", b"repeat_eval_run_id", "seed", b"seed", "stride", b"stride", "task_check", b"task_check"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -340,19 +546,23 @@ class ListEvalRunsRequest(_message.Message):
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    MODEL_ID_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """At most this many runs; 50 when 0."""
     page_token: _builtins.str
     """The next_page_token of a previous response, or empty for the first page."""
+    model_id: _builtins.str
+    """Only the runs of this model version, when set."""
     def __init__(
         self,
         *,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        model_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_id", b"model_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -387,6 +597,131 @@ class ListEvalRunsResponse(_message.Message):
 Global___ListEvalRunsResponse: _TypeAlias = ListEvalRunsResponse  # noqa: Y015
 
 @_typing.final
+class EvalSample(_message.Message):
+    """The outputs of one validation sample in a run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    REPLY_FIELD_NUMBER: _builtins.int
+    REPLY_TOKENS_FIELD_NUMBER: _builtins.int
+    NLL_FIELD_NUMBER: _builtins.int
+    SCORED_TOKENS_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
+    CHECK_PASSED_FIELD_NUMBER: _builtins.int
+    EXPECTED_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """The sample's position in the validation split, from 0."""
+    reference: _builtins.str
+    """The last assistant turn of the conversation."""
+    reply: _builtins.str
+    """The generated reply; empty when the run generated none."""
+    reply_tokens: _builtins.int
+    """The reply's length in tokens, without the end-of-turn token."""
+    nll: _builtins.float
+    """The summed negative log-likelihood of the sample's assistant tokens."""
+    scored_tokens: _builtins.int
+    """The assistant tokens scored."""
+    refused: _builtins.bool
+    """Whether the reply contains a refusal phrase; unset without a reply."""
+    check_passed: _builtins.bool
+    """Whether the reply passed its task check; unset when not checked."""
+    expected: _builtins.str
+    """The answer the task check expected; empty when not checked."""
+    @_builtins.property
+    def context(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]:
+        """The conversation before its last assistant turn: the prompt."""
+
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        context: _abc.Iterable[_common_pb2.ChatMessage] | None = ...,
+        reference: _builtins.str = ...,
+        reply: _builtins.str = ...,
+        reply_tokens: _builtins.int = ...,
+        nll: _builtins.float = ...,
+        scored_tokens: _builtins.int = ...,
+        refused: _builtins.bool | None = ...,
+        check_passed: _builtins.bool | None = ...,
+        expected: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_check_passed", b"_check_passed", "_refused", b"_refused", "check_passed", b"check_passed", "refused", b"refused"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_check_passed", b"_check_passed", "_refused", b"_refused", "check_passed", b"check_passed", "context", b"context", "expected", b"expected", "index", b"index", "nll", b"nll", "reference", b"reference", "refused", b"refused", "reply", b"reply", "reply_tokens", b"reply_tokens", "scored_tokens", b"scored_tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__check_passed: _TypeAlias = _typing.Literal["check_passed"]  # noqa: Y015
+    _WhichOneofArgType__check_passed: _TypeAlias = _typing.Literal["_check_passed", b"_check_passed"]  # noqa: Y015
+    _WhichOneofReturnType__refused: _TypeAlias = _typing.Literal["refused"]  # noqa: Y015
+    _WhichOneofArgType__refused: _TypeAlias = _typing.Literal["_refused", b"_refused"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__check_passed) -> _WhichOneofReturnType__check_passed | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__refused) -> _WhichOneofReturnType__refused | None: ...
+
+Global___EvalSample: _TypeAlias = EvalSample  # noqa: Y015
+
+@_typing.final
+class ListEvalSamplesRequest(_message.Message):
+    """Asks for the samples of a run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVAL_RUN_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    eval_run_id: _builtins.str
+    """The run's id."""
+    page_size: _builtins.int
+    """At most this many samples; 50 when 0."""
+    page_token: _builtins.str
+    """The next_page_token of a previous response, or empty for the first page."""
+    def __init__(
+        self,
+        *,
+        eval_run_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["eval_run_id", b"eval_run_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEvalSamplesRequest: _TypeAlias = ListEvalSamplesRequest  # noqa: Y015
+
+@_typing.final
+class ListEvalSamplesResponse(_message.Message):
+    """A page of samples."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The token of the next page, or empty on the last."""
+    @_builtins.property
+    def samples(self) -> _containers.RepeatedCompositeFieldContainer[Global___EvalSample]:
+        """The samples, in split order."""
+
+    def __init__(
+        self,
+        *,
+        samples: _abc.Iterable[Global___EvalSample] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "samples", b"samples"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEvalSamplesResponse: _TypeAlias = ListEvalSamplesResponse  # noqa: Y015
+
+@_typing.final
 class CompareModelsRequest(_message.Message):
     """Asks to compare two runs."""
 
@@ -394,19 +729,27 @@ class CompareModelsRequest(_message.Message):
 
     BASELINE_EVAL_RUN_ID_FIELD_NUMBER: _builtins.int
     CANDIDATE_EVAL_RUN_ID_FIELD_NUMBER: _builtins.int
+    RESAMPLES_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
     baseline_eval_run_id: _builtins.str
     """The run of the current version."""
     candidate_eval_run_id: _builtins.str
     """The run of the candidate version."""
+    resamples: _builtins.int
+    """Bootstrap resamples; 1000 when 0."""
+    seed: _builtins.int
+    """The seed of the resampling: the same seed gives the same intervals."""
     def __init__(
         self,
         *,
         baseline_eval_run_id: _builtins.str = ...,
         candidate_eval_run_id: _builtins.str = ...,
+        resamples: _builtins.int = ...,
+        seed: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_eval_run_id", b"baseline_eval_run_id", "candidate_eval_run_id", b"candidate_eval_run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_eval_run_id", b"baseline_eval_run_id", "candidate_eval_run_id", b"candidate_eval_run_id", "resamples", b"resamples", "seed", b"seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -422,6 +765,8 @@ class MetricDelta(_message.Message):
     DELTA_FIELD_NUMBER: _builtins.int
     CI_LOW_FIELD_NUMBER: _builtins.int
     CI_HIGH_FIELD_NUMBER: _builtins.int
+    BASELINE_VALUE_FIELD_NUMBER: _builtins.int
+    CANDIDATE_VALUE_FIELD_NUMBER: _builtins.int
     metric: Global___Metric.ValueType
     """The metric."""
     delta: _builtins.float
@@ -430,6 +775,10 @@ class MetricDelta(_message.Message):
     """The low end of the difference's 95% bootstrap interval."""
     ci_high: _builtins.float
     """The high end of the difference's 95% bootstrap interval."""
+    baseline_value: _builtins.float
+    """The baseline run's value."""
+    candidate_value: _builtins.float
+    """The candidate run's value."""
     def __init__(
         self,
         *,
@@ -437,10 +786,12 @@ class MetricDelta(_message.Message):
         delta: _builtins.float = ...,
         ci_low: _builtins.float = ...,
         ci_high: _builtins.float = ...,
+        baseline_value: _builtins.float = ...,
+        candidate_value: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ci_high", b"ci_high", "ci_low", b"ci_low", "delta", b"delta", "metric", b"metric"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_value", b"baseline_value", "candidate_value", b"candidate_value", "ci_high", b"ci_high", "ci_low", b"ci_low", "delta", b"delta", "metric", b"metric"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -453,6 +804,15 @@ class CompareModelsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DELTAS_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    RESAMPLES_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    samples: _builtins.int
+    """The samples both runs share, which the bootstrap resamples in pairs."""
+    resamples: _builtins.int
+    """The bootstrap resamples drawn."""
+    seed: _builtins.int
+    """The seed of the resampling."""
     @_builtins.property
     def deltas(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricDelta]:
         """One delta per metric both runs have."""
@@ -461,10 +821,13 @@ class CompareModelsResponse(_message.Message):
         self,
         *,
         deltas: _abc.Iterable[Global___MetricDelta] | None = ...,
+        samples: _builtins.int = ...,
+        resamples: _builtins.int = ...,
+        seed: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deltas", b"deltas"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deltas", b"deltas", "resamples", b"resamples", "samples", b"samples", "seed", b"seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -478,19 +841,34 @@ class CheckPromotionGateRequest(_message.Message):
 
     MODEL_ID_FIELD_NUMBER: _builtins.int
     EVAL_RUN_ID_FIELD_NUMBER: _builtins.int
+    BASELINE_MODEL_ID_FIELD_NUMBER: _builtins.int
+    BASELINE_EVAL_RUN_ID_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     """The candidate version."""
     eval_run_id: _builtins.str
-    """The run that measured it."""
+    """The run that measured it; the newest finished run of the model when
+    empty (on the baseline run's dataset version when there is one).
+    """
+    baseline_model_id: _builtins.str
+    """The version it would replace (the live one), for the human win rate and,
+    without baseline_eval_run_id, for the perplexity regression.
+    """
+    baseline_eval_run_id: _builtins.str
+    """The baseline's run for the perplexity regression; the newest finished
+    run of baseline_model_id on the candidate run's dataset version when
+    empty.
+    """
     def __init__(
         self,
         *,
         model_id: _builtins.str = ...,
         eval_run_id: _builtins.str = ...,
+        baseline_model_id: _builtins.str = ...,
+        baseline_eval_run_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["eval_run_id", b"eval_run_id", "model_id", b"model_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_eval_run_id", b"baseline_eval_run_id", "baseline_model_id", b"baseline_model_id", "eval_run_id", b"eval_run_id", "model_id", b"model_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -505,22 +883,43 @@ class GateCheck(_message.Message):
     THRESHOLD_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
     PASSED_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    MEASURED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     threshold: _builtins.str
     """What was checked, for example "perplexity <= 20"."""
     value: _builtins.float
     """The candidate's value."""
     passed: _builtins.bool
     """Whether it passed."""
+    name: _builtins.str
+    """The setting that configures it, for example "max_perplexity"."""
+    limit: _builtins.float
+    """The configured limit."""
+    measured: _builtins.bool
+    """Whether the value could be measured. An unmeasured check fails, except
+    the baseline checks (perplexity regression, human win rate) when no
+    baseline version is given: a first deployment has nothing to regress from.
+    """
+    reason: _builtins.str
+    """What happened, in words, for example "perplexity 23.4 is above the
+    maximum 20".
+    """
     def __init__(
         self,
         *,
         threshold: _builtins.str = ...,
         value: _builtins.float = ...,
         passed: _builtins.bool = ...,
+        name: _builtins.str = ...,
+        limit: _builtins.float = ...,
+        measured: _builtins.bool = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["passed", b"passed", "threshold", b"threshold", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "measured", b"measured", "name", b"name", "passed", b"passed", "reason", b"reason", "threshold", b"threshold", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -534,8 +933,17 @@ class CheckPromotionGateResponse(_message.Message):
 
     PASSED_FIELD_NUMBER: _builtins.int
     CHECKS_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    EVAL_RUN_ID_FIELD_NUMBER: _builtins.int
+    BASELINE_EVAL_RUN_ID_FIELD_NUMBER: _builtins.int
     passed: _builtins.bool
     """Whether every check passed."""
+    summary: _builtins.str
+    """The verdict in words, naming every failed threshold."""
+    eval_run_id: _builtins.str
+    """The candidate's run that was checked."""
+    baseline_eval_run_id: _builtins.str
+    """The baseline's run the regression was measured against, when any."""
     @_builtins.property
     def checks(self) -> _containers.RepeatedCompositeFieldContainer[Global___GateCheck]:
         """Each check."""
@@ -545,10 +953,13 @@ class CheckPromotionGateResponse(_message.Message):
         *,
         passed: _builtins.bool = ...,
         checks: _abc.Iterable[Global___GateCheck] | None = ...,
+        summary: _builtins.str = ...,
+        eval_run_id: _builtins.str = ...,
+        baseline_eval_run_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checks", b"checks", "passed", b"passed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_eval_run_id", b"baseline_eval_run_id", "checks", b"checks", "eval_run_id", b"eval_run_id", "passed", b"passed", "summary", b"summary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -567,6 +978,11 @@ class ReviewItem(_message.Message):
     REPLY_B_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     LEASE_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    MODEL_ID_A_FIELD_NUMBER: _builtins.int
+    MODEL_ID_B_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    REVIEWS_WANTED_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The item's id."""
     kind: Global___ReviewKind.ValueType
@@ -577,6 +993,23 @@ class ReviewItem(_message.Message):
     """The second reply of a pair."""
     source: _builtins.str
     """Where the item came from, for example an eval run or a captured chat."""
+    model_id_a: _builtins.str
+    """The model version that wrote reply_a (the first of a pair). Given on
+    enqueue, required for a pairwise item; never sent to reviewers.
+    """
+    model_id_b: _builtins.str
+    """The model version that wrote reply_b. Given on enqueue, required for a
+    pairwise item; never sent to reviewers.
+    """
+    priority: _builtins.int
+    """Items of higher priority are offered first; items of equal priority
+    first in, first out. Chats captured with a thumbs-down are enqueued with
+    a priority above 0.
+    """
+    reviews_wanted: _builtins.int
+    """How many different reviewers should review the item; the evaluator's
+    default (reviews_per_item) when 0.
+    """
     @_builtins.property
     def context(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]:
         """The conversation up to the reply under review."""
@@ -584,6 +1017,10 @@ class ReviewItem(_message.Message):
     @_builtins.property
     def lease_expire_time(self) -> _timestamp_pb2.Timestamp:
         """When the lease on it ends."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was enqueued; set by the evaluator."""
 
     def __init__(
         self,
@@ -595,10 +1032,15 @@ class ReviewItem(_message.Message):
         reply_b: _builtins.str = ...,
         source: _builtins.str = ...,
         lease_expire_time: _timestamp_pb2.Timestamp | None = ...,
+        model_id_a: _builtins.str = ...,
+        model_id_b: _builtins.str = ...,
+        priority: _builtins.int = ...,
+        reviews_wanted: _builtins.int = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["lease_expire_time", b"lease_expire_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "lease_expire_time", b"lease_expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "id", b"id", "kind", b"kind", "lease_expire_time", b"lease_expire_time", "reply_a", b"reply_a", "reply_b", b"reply_b", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "create_time", b"create_time", "id", b"id", "kind", b"kind", "lease_expire_time", b"lease_expire_time", "model_id_a", b"model_id_a", "model_id_b", b"model_id_b", "priority", b"priority", "reply_a", b"reply_a", "reply_b", b"reply_b", "reviews_wanted", b"reviews_wanted", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -659,16 +1101,20 @@ class NextReviewItemRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REVIEWER_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
     reviewer: _builtins.str
     """The reviewer."""
+    kind: Global___ReviewKind.ValueType
+    """Only items of this kind; any kind when unspecified."""
     def __init__(
         self,
         *,
         reviewer: _builtins.str = ...,
+        kind: Global___ReviewKind.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reviewer", b"reviewer"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "reviewer", b"reviewer"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -676,7 +1122,10 @@ Global___NextReviewItemRequest: _TypeAlias = NextReviewItemRequest  # noqa: Y015
 
 @_typing.final
 class NextReviewItemResponse(_message.Message):
-    """The leased item."""
+    """The leased item. A reviewer who still holds a live lease gets that item
+    again, shown the same way. A pairwise item's replies are shown in an order
+    drawn at random for each lease, without model ids or source.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -717,7 +1166,7 @@ class SubmitReviewRequest(_message.Message):
     rating: _builtins.int
     """The rating, 1 to 5, for a rating item."""
     preferred: _builtins.str
-    """The preferred reply, "a" or "b", for a pairwise item."""
+    """The preferred reply as shown, "a" or "b", or "tie", for a pairwise item."""
     correction: _builtins.str
     """The better reply, for a correction item."""
     @_builtins.property
@@ -766,23 +1215,46 @@ Global___SubmitReviewResponse: _TypeAlias = SubmitReviewResponse  # noqa: Y015
 
 @_typing.final
 class ExportFeedbackRequest(_message.Message):
-    """Asks to export feedback."""
+    """Asks to export feedback. Each exported record carries the ids of the
+    reviews it comes from (keys "item_id" and "review_ids" of its line in the
+    uploaded source file, which the data service keeps with the version).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     DATASET_NAME_FIELD_NUMBER: _builtins.int
+    INCLUDE_EXPORTED_FIELD_NUMBER: _builtins.int
+    PREFERENCE_DATASET_NAME_FIELD_NUMBER: _builtins.int
+    SFT_DATASET_NAME_FIELD_NUMBER: _builtins.int
+    VALIDATION_FRACTION_FIELD_NUMBER: _builtins.int
     dataset_name: _builtins.str
     """The dataset to add the versions to."""
+    include_exported: _builtins.bool
+    """Export every review again, not only those not exported yet."""
+    preference_dataset_name: _builtins.str
+    """The dataset for the preference version instead of dataset_name."""
+    sft_dataset_name: _builtins.str
+    """The dataset for the SFT version instead of dataset_name."""
+    validation_fraction: _builtins.float
+    """The share of records held out for validation; the data service's default
+    when unset.
+    """
     def __init__(
         self,
         *,
         dataset_name: _builtins.str = ...,
+        include_exported: _builtins.bool = ...,
+        preference_dataset_name: _builtins.str = ...,
+        sft_dataset_name: _builtins.str = ...,
+        validation_fraction: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_validation_fraction", b"_validation_fraction", "validation_fraction", b"validation_fraction"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_name", b"dataset_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_validation_fraction", b"_validation_fraction", "dataset_name", b"dataset_name", "include_exported", b"include_exported", "preference_dataset_name", b"preference_dataset_name", "sft_dataset_name", b"sft_dataset_name", "validation_fraction", b"validation_fraction"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__validation_fraction: _TypeAlias = _typing.Literal["validation_fraction"]  # noqa: Y015
+    _WhichOneofArgType__validation_fraction: _TypeAlias = _typing.Literal["_validation_fraction", b"_validation_fraction"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__validation_fraction) -> _WhichOneofReturnType__validation_fraction | None: ...
 
 Global___ExportFeedbackRequest: _TypeAlias = ExportFeedbackRequest  # noqa: Y015
 
@@ -794,20 +1266,551 @@ class ExportFeedbackResponse(_message.Message):
 
     PREFERENCE_DATASET_VERSION_ID_FIELD_NUMBER: _builtins.int
     SFT_DATASET_VERSION_ID_FIELD_NUMBER: _builtins.int
+    PREFERENCE_PAIRS_FIELD_NUMBER: _builtins.int
+    CORRECTIONS_FIELD_NUMBER: _builtins.int
+    REVIEWS_EXPORTED_FIELD_NUMBER: _builtins.int
+    ITEMS_WITHOUT_MAJORITY_FIELD_NUMBER: _builtins.int
     preference_dataset_version_id: _builtins.str
     """The preference dataset version, when there were preferences."""
     sft_dataset_version_id: _builtins.str
     """The SFT dataset version, when there were corrections."""
+    preference_pairs: _builtins.int
+    """Preference pairs sent: one per finished pairwise item whose reviewers
+    preferred one reply by a majority.
+    """
+    corrections: _builtins.int
+    """Corrections sent: one per correction review."""
+    reviews_exported: _builtins.int
+    """Reviews named by the records sent."""
+    items_without_majority: _builtins.int
+    """Finished pairwise items left out because their reviews tied or split
+    evenly.
+    """
     def __init__(
         self,
         *,
         preference_dataset_version_id: _builtins.str = ...,
         sft_dataset_version_id: _builtins.str = ...,
+        preference_pairs: _builtins.int = ...,
+        corrections: _builtins.int = ...,
+        reviews_exported: _builtins.int = ...,
+        items_without_majority: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["preference_dataset_version_id", b"preference_dataset_version_id", "sft_dataset_version_id", b"sft_dataset_version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["corrections", b"corrections", "items_without_majority", b"items_without_majority", "preference_dataset_version_id", b"preference_dataset_version_id", "preference_pairs", b"preference_pairs", "reviews_exported", b"reviews_exported", "sft_dataset_version_id", b"sft_dataset_version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExportFeedbackResponse: _TypeAlias = ExportFeedbackResponse  # noqa: Y015
+
+@_typing.final
+class ReleaseReviewItemRequest(_message.Message):
+    """Asks to give a leased item back."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEM_ID_FIELD_NUMBER: _builtins.int
+    REVIEWER_FIELD_NUMBER: _builtins.int
+    item_id: _builtins.str
+    """The item."""
+    reviewer: _builtins.str
+    """The reviewer holding its lease."""
+    def __init__(
+        self,
+        *,
+        item_id: _builtins.str = ...,
+        reviewer: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_id", b"item_id", "reviewer", b"reviewer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseReviewItemRequest: _TypeAlias = ReleaseReviewItemRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseReviewItemResponse(_message.Message):
+    """The item was given back."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseReviewItemResponse: _TypeAlias = ReleaseReviewItemResponse  # noqa: Y015
+
+@_typing.final
+class EnqueueDatasetSampleRequest(_message.Message):
+    """Asks to enqueue a sample of a dataset version."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_VERSION_ID_FIELD_NUMBER: _builtins.int
+    SPLIT_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    REVIEWS_WANTED_FIELD_NUMBER: _builtins.int
+    dataset_version_id: _builtins.str
+    """The chat dataset version to sample."""
+    split: _data_pb2.Split.ValueType
+    """The split to sample; the validation split when unspecified."""
+    count: _builtins.int
+    """How many conversations to sample, 1 to 1000; all of them when the split
+    holds fewer.
+    """
+    seed: _builtins.int
+    """The seed: the same seed on the same version samples the same conversations."""
+    kind: Global___ReviewKind.ValueType
+    """The kind of review asked: rating or correction."""
+    priority: _builtins.int
+    """The items' priority."""
+    reviews_wanted: _builtins.int
+    """How many reviewers each item wants; the evaluator's default when 0."""
+    def __init__(
+        self,
+        *,
+        dataset_version_id: _builtins.str = ...,
+        split: _data_pb2.Split.ValueType = ...,
+        count: _builtins.int = ...,
+        seed: _builtins.int = ...,
+        kind: Global___ReviewKind.ValueType = ...,
+        priority: _builtins.int = ...,
+        reviews_wanted: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "dataset_version_id", b"dataset_version_id", "kind", b"kind", "priority", b"priority", "reviews_wanted", b"reviews_wanted", "seed", b"seed", "split", b"split"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EnqueueDatasetSampleRequest: _TypeAlias = EnqueueDatasetSampleRequest  # noqa: Y015
+
+@_typing.final
+class EnqueueDatasetSampleResponse(_message.Message):
+    """The enqueued sample."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEM_IDS_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    skipped: _builtins.int
+    """Sampled conversations left out: no assistant turn answering a user turn."""
+    @_builtins.property
+    def item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The items' ids, in the split's order."""
+
+    def __init__(
+        self,
+        *,
+        item_ids: _abc.Iterable[_builtins.str] | None = ...,
+        skipped: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_ids", b"item_ids", "skipped", b"skipped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EnqueueDatasetSampleResponse: _TypeAlias = EnqueueDatasetSampleResponse  # noqa: Y015
+
+@_typing.final
+class Review(_message.Message):
+    """A submitted review."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ITEM_ID_FIELD_NUMBER: _builtins.int
+    REVIEWER_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    RATING_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    PREFERRED_MODEL_ID_FIELD_NUMBER: _builtins.int
+    TIE_FIELD_NUMBER: _builtins.int
+    CORRECTION_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    EXPORTED_DATASET_VERSION_IDS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The review's id."""
+    item_id: _builtins.str
+    """The item reviewed."""
+    reviewer: _builtins.str
+    """Who reviewed it."""
+    kind: Global___ReviewKind.ValueType
+    """The item's kind."""
+    rating: _builtins.int
+    """The rating, 1 to 5, of a rating review."""
+    preferred_model_id: _builtins.str
+    """The model version whose reply was preferred, for a pairwise review that
+    is not a tie. Not for reviewers' eyes: the comparison is blind.
+    """
+    tie: _builtins.bool
+    """Whether a pairwise review found both replies equally good."""
+    correction: _builtins.str
+    """The better reply of a correction review."""
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The tags of a rating review."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was submitted."""
+
+    @_builtins.property
+    def exported_dataset_version_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The dataset versions the review was exported into."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        item_id: _builtins.str = ...,
+        reviewer: _builtins.str = ...,
+        kind: Global___ReviewKind.ValueType = ...,
+        rating: _builtins.int = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+        preferred_model_id: _builtins.str = ...,
+        tie: _builtins.bool = ...,
+        correction: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        exported_dataset_version_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correction", b"correction", "create_time", b"create_time", "exported_dataset_version_ids", b"exported_dataset_version_ids", "id", b"id", "item_id", b"item_id", "kind", b"kind", "preferred_model_id", b"preferred_model_id", "rating", b"rating", "reviewer", b"reviewer", "tags", b"tags", "tie", b"tie"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Review: _TypeAlias = Review  # noqa: Y015
+
+@_typing.final
+class ListReviewsRequest(_message.Message):
+    """Asks for reviews."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEM_ID_FIELD_NUMBER: _builtins.int
+    REVIEWER_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    item_id: _builtins.str
+    """Only the reviews of this item, when set."""
+    reviewer: _builtins.str
+    """Only the reviews of this reviewer, when set."""
+    page_size: _builtins.int
+    """At most this many reviews; 50 when 0."""
+    page_token: _builtins.str
+    """The next_page_token of a previous response, or empty for the first page."""
+    def __init__(
+        self,
+        *,
+        item_id: _builtins.str = ...,
+        reviewer: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_id", b"item_id", "page_size", b"page_size", "page_token", b"page_token", "reviewer", b"reviewer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListReviewsRequest: _TypeAlias = ListReviewsRequest  # noqa: Y015
+
+@_typing.final
+class ListReviewsResponse(_message.Message):
+    """A page of reviews."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVIEWS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The token of the next page, or empty on the last."""
+    @_builtins.property
+    def reviews(self) -> _containers.RepeatedCompositeFieldContainer[Global___Review]:
+        """The reviews, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        reviews: _abc.Iterable[Global___Review] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "reviews", b"reviews"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListReviewsResponse: _TypeAlias = ListReviewsResponse  # noqa: Y015
+
+@_typing.final
+class GetReviewStatsRequest(_message.Message):
+    """Asks for the review queue's statistics."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CANDIDATE_MODEL_ID_FIELD_NUMBER: _builtins.int
+    BASELINE_MODEL_ID_FIELD_NUMBER: _builtins.int
+    candidate_model_id: _builtins.str
+    """The candidate model version of the human win rate; none computed when empty."""
+    baseline_model_id: _builtins.str
+    """The baseline model version of the human win rate."""
+    def __init__(
+        self,
+        *,
+        candidate_model_id: _builtins.str = ...,
+        baseline_model_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_model_id", b"baseline_model_id", "candidate_model_id", b"candidate_model_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetReviewStatsRequest: _TypeAlias = GetReviewStatsRequest  # noqa: Y015
+
+@_typing.final
+class ReviewQueueCounts(_message.Message):
+    """How many items of one kind are where."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    OPEN_ITEMS_FIELD_NUMBER: _builtins.int
+    LEASED_ITEMS_FIELD_NUMBER: _builtins.int
+    DONE_ITEMS_FIELD_NUMBER: _builtins.int
+    REVIEWS_FIELD_NUMBER: _builtins.int
+    kind: Global___ReviewKind.ValueType
+    """The kind."""
+    open_items: _builtins.int
+    """Items with reviews still wanted and no live lease."""
+    leased_items: _builtins.int
+    """Items with reviews still wanted and at least one live lease."""
+    done_items: _builtins.int
+    """Items with every review wanted."""
+    reviews: _builtins.int
+    """Reviews submitted."""
+    def __init__(
+        self,
+        *,
+        kind: Global___ReviewKind.ValueType = ...,
+        open_items: _builtins.int = ...,
+        leased_items: _builtins.int = ...,
+        done_items: _builtins.int = ...,
+        reviews: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["done_items", b"done_items", "kind", b"kind", "leased_items", b"leased_items", "open_items", b"open_items", "reviews", b"reviews"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReviewQueueCounts: _TypeAlias = ReviewQueueCounts  # noqa: Y015
+
+@_typing.final
+class ReviewerCount(_message.Message):
+    """How many reviews one reviewer submitted."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVIEWER_FIELD_NUMBER: _builtins.int
+    REVIEWS_FIELD_NUMBER: _builtins.int
+    reviewer: _builtins.str
+    """The reviewer."""
+    reviews: _builtins.int
+    """The reviews."""
+    def __init__(
+        self,
+        *,
+        reviewer: _builtins.str = ...,
+        reviews: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reviewer", b"reviewer", "reviews", b"reviews"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReviewerCount: _TypeAlias = ReviewerCount  # noqa: Y015
+
+@_typing.final
+class ReviewerPairAgreement(_message.Message):
+    """Cohen's kappa between two reviewers over the items both reviewed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVIEWER_A_FIELD_NUMBER: _builtins.int
+    REVIEWER_B_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    COHEN_KAPPA_FIELD_NUMBER: _builtins.int
+    reviewer_a: _builtins.str
+    """The first reviewer (in sort order)."""
+    reviewer_b: _builtins.str
+    """The second reviewer."""
+    items: _builtins.int
+    """Items both reviewed."""
+    cohen_kappa: _builtins.float
+    """Cohen's kappa (quadratically weighted for ratings); unset when undefined,
+    for example when both gave one and the same answer throughout.
+    """
+    def __init__(
+        self,
+        *,
+        reviewer_a: _builtins.str = ...,
+        reviewer_b: _builtins.str = ...,
+        items: _builtins.int = ...,
+        cohen_kappa: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cohen_kappa", b"_cohen_kappa", "cohen_kappa", b"cohen_kappa"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cohen_kappa", b"_cohen_kappa", "cohen_kappa", b"cohen_kappa", "items", b"items", "reviewer_a", b"reviewer_a", "reviewer_b", b"reviewer_b"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cohen_kappa: _TypeAlias = _typing.Literal["cohen_kappa"]  # noqa: Y015
+    _WhichOneofArgType__cohen_kappa: _TypeAlias = _typing.Literal["_cohen_kappa", b"_cohen_kappa"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cohen_kappa) -> _WhichOneofReturnType__cohen_kappa | None: ...
+
+Global___ReviewerPairAgreement: _TypeAlias = ReviewerPairAgreement  # noqa: Y015
+
+@_typing.final
+class ReviewAgreement(_message.Message):
+    """Inter-annotator agreement for one kind of review."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    KRIPPENDORFF_ALPHA_FIELD_NUMBER: _builtins.int
+    PAIRS_FIELD_NUMBER: _builtins.int
+    kind: Global___ReviewKind.ValueType
+    """The kind: rating or pairwise."""
+    items: _builtins.int
+    """Items with at least two reviews."""
+    krippendorff_alpha: _builtins.float
+    """Krippendorff's alpha over those items (ordinal for ratings, nominal for
+    pairwise preferences); unset when undefined.
+    """
+    @_builtins.property
+    def pairs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReviewerPairAgreement]:
+        """Cohen's kappa per pair of reviewers, the pairs sharing the most items
+        first.
+        """
+
+    def __init__(
+        self,
+        *,
+        kind: Global___ReviewKind.ValueType = ...,
+        items: _builtins.int = ...,
+        krippendorff_alpha: _builtins.float | None = ...,
+        pairs: _abc.Iterable[Global___ReviewerPairAgreement] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_krippendorff_alpha", b"_krippendorff_alpha", "krippendorff_alpha", b"krippendorff_alpha"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_krippendorff_alpha", b"_krippendorff_alpha", "items", b"items", "kind", b"kind", "krippendorff_alpha", b"krippendorff_alpha", "pairs", b"pairs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__krippendorff_alpha: _TypeAlias = _typing.Literal["krippendorff_alpha"]  # noqa: Y015
+    _WhichOneofArgType__krippendorff_alpha: _TypeAlias = _typing.Literal["_krippendorff_alpha", b"_krippendorff_alpha"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__krippendorff_alpha) -> _WhichOneofReturnType__krippendorff_alpha | None: ...
+
+Global___ReviewAgreement: _TypeAlias = ReviewAgreement  # noqa: Y015
+
+@_typing.final
+class HumanWinRate(_message.Message):
+    """How often people preferred one model version's replies over another's."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CANDIDATE_MODEL_ID_FIELD_NUMBER: _builtins.int
+    BASELINE_MODEL_ID_FIELD_NUMBER: _builtins.int
+    REVIEWS_FIELD_NUMBER: _builtins.int
+    WINS_FIELD_NUMBER: _builtins.int
+    TIES_FIELD_NUMBER: _builtins.int
+    LOSSES_FIELD_NUMBER: _builtins.int
+    RATE_FIELD_NUMBER: _builtins.int
+    candidate_model_id: _builtins.str
+    """The candidate version."""
+    baseline_model_id: _builtins.str
+    """The baseline version."""
+    reviews: _builtins.int
+    """Pairwise reviews comparing the two."""
+    wins: _builtins.int
+    """Reviews preferring the candidate."""
+    ties: _builtins.int
+    """Reviews finding both equally good."""
+    losses: _builtins.int
+    """Reviews preferring the baseline."""
+    rate: _builtins.float
+    """(wins + ties / 2) / reviews; unset when there are no reviews."""
+    def __init__(
+        self,
+        *,
+        candidate_model_id: _builtins.str = ...,
+        baseline_model_id: _builtins.str = ...,
+        reviews: _builtins.int = ...,
+        wins: _builtins.int = ...,
+        ties: _builtins.int = ...,
+        losses: _builtins.int = ...,
+        rate: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_rate", b"_rate", "rate", b"rate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_rate", b"_rate", "baseline_model_id", b"baseline_model_id", "candidate_model_id", b"candidate_model_id", "losses", b"losses", "rate", b"rate", "reviews", b"reviews", "ties", b"ties", "wins", b"wins"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__rate: _TypeAlias = _typing.Literal["rate"]  # noqa: Y015
+    _WhichOneofArgType__rate: _TypeAlias = _typing.Literal["_rate", b"_rate"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__rate) -> _WhichOneofReturnType__rate | None: ...
+
+Global___HumanWinRate: _TypeAlias = HumanWinRate  # noqa: Y015
+
+@_typing.final
+class GetReviewStatsResponse(_message.Message):
+    """The review queue's statistics."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNTS_FIELD_NUMBER: _builtins.int
+    REVIEWERS_FIELD_NUMBER: _builtins.int
+    AGREEMENT_FIELD_NUMBER: _builtins.int
+    WIN_RATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReviewQueueCounts]:
+        """Counts per kind."""
+
+    @_builtins.property
+    def reviewers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReviewerCount]:
+        """Reviews per reviewer, most first."""
+
+    @_builtins.property
+    def agreement(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReviewAgreement]:
+        """Agreement for ratings and pairwise preferences."""
+
+    @_builtins.property
+    def win_rate(self) -> Global___HumanWinRate:
+        """The win rate asked for, when candidate_model_id was given."""
+
+    def __init__(
+        self,
+        *,
+        counts: _abc.Iterable[Global___ReviewQueueCounts] | None = ...,
+        reviewers: _abc.Iterable[Global___ReviewerCount] | None = ...,
+        agreement: _abc.Iterable[Global___ReviewAgreement] | None = ...,
+        win_rate: Global___HumanWinRate | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["win_rate", b"win_rate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement", b"agreement", "counts", b"counts", "reviewers", b"reviewers", "win_rate", b"win_rate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetReviewStatsResponse: _TypeAlias = GetReviewStatsResponse  # noqa: Y015

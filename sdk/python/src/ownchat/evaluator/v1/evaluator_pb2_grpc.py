@@ -51,6 +51,11 @@ class EvaluatorServiceStub:
                 request_serializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.ListEvalRunsRequest.SerializeToString,
                 response_deserializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.ListEvalRunsResponse.FromString,
                 _registered_method=True)
+        self.ListEvalSamples = channel.unary_unary(
+                '/ownchat.evaluator.v1.EvaluatorService/ListEvalSamples',
+                request_serializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.ListEvalSamplesRequest.SerializeToString,
+                response_deserializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.ListEvalSamplesResponse.FromString,
+                _registered_method=True)
         self.CompareModels = channel.unary_unary(
                 '/ownchat.evaluator.v1.EvaluatorService/CompareModels',
                 request_serializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.CompareModelsRequest.SerializeToString,
@@ -81,6 +86,26 @@ class EvaluatorServiceStub:
                 request_serializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.ExportFeedbackRequest.SerializeToString,
                 response_deserializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.ExportFeedbackResponse.FromString,
                 _registered_method=True)
+        self.ReleaseReviewItem = channel.unary_unary(
+                '/ownchat.evaluator.v1.EvaluatorService/ReleaseReviewItem',
+                request_serializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.ReleaseReviewItemRequest.SerializeToString,
+                response_deserializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.ReleaseReviewItemResponse.FromString,
+                _registered_method=True)
+        self.EnqueueDatasetSample = channel.unary_unary(
+                '/ownchat.evaluator.v1.EvaluatorService/EnqueueDatasetSample',
+                request_serializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.EnqueueDatasetSampleRequest.SerializeToString,
+                response_deserializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.EnqueueDatasetSampleResponse.FromString,
+                _registered_method=True)
+        self.ListReviews = channel.unary_unary(
+                '/ownchat.evaluator.v1.EvaluatorService/ListReviews',
+                request_serializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.ListReviewsRequest.SerializeToString,
+                response_deserializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.ListReviewsResponse.FromString,
+                _registered_method=True)
+        self.GetReviewStats = channel.unary_unary(
+                '/ownchat.evaluator.v1.EvaluatorService/GetReviewStats',
+                request_serializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.GetReviewStatsRequest.SerializeToString,
+                response_deserializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.GetReviewStatsResponse.FromString,
+                _registered_method=True)
 
 
 class EvaluatorServiceServicer:
@@ -105,6 +130,14 @@ class EvaluatorServiceServicer:
 
     def ListEvalRuns(self, request, context):
         """Lists evaluation runs, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEvalSamples(self, request, context):
+        """Lists the per-sample outputs of a run: context, reference, generated
+        reply, per-sample loss and check results.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -152,6 +185,37 @@ class EvaluatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReleaseReviewItem(self, request, context):
+        """Gives a leased item back unreviewed (a skip): other reviewers may take it,
+        this reviewer is not offered it again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EnqueueDatasetSample(self, request, context):
+        """Enqueues a seeded sample of the conversations of a chat dataset version:
+        each conversation's last assistant turn is the reply under review.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListReviews(self, request, context):
+        """Lists submitted reviews, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetReviewStats(self, request, context):
+        """Reports the queue's counts, reviews per reviewer, inter-annotator
+        agreement and, when asked, the human win rate of one model over another.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EvaluatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -169,6 +233,11 @@ def add_EvaluatorServiceServicer_to_server(servicer, server):
                     servicer.ListEvalRuns,
                     request_deserializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.ListEvalRunsRequest.FromString,
                     response_serializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.ListEvalRunsResponse.SerializeToString,
+            ),
+            'ListEvalSamples': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEvalSamples,
+                    request_deserializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.ListEvalSamplesRequest.FromString,
+                    response_serializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.ListEvalSamplesResponse.SerializeToString,
             ),
             'CompareModels': grpc.unary_unary_rpc_method_handler(
                     servicer.CompareModels,
@@ -199,6 +268,26 @@ def add_EvaluatorServiceServicer_to_server(servicer, server):
                     servicer.ExportFeedback,
                     request_deserializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.ExportFeedbackRequest.FromString,
                     response_serializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.ExportFeedbackResponse.SerializeToString,
+            ),
+            'ReleaseReviewItem': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseReviewItem,
+                    request_deserializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.ReleaseReviewItemRequest.FromString,
+                    response_serializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.ReleaseReviewItemResponse.SerializeToString,
+            ),
+            'EnqueueDatasetSample': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnqueueDatasetSample,
+                    request_deserializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.EnqueueDatasetSampleRequest.FromString,
+                    response_serializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.EnqueueDatasetSampleResponse.SerializeToString,
+            ),
+            'ListReviews': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReviews,
+                    request_deserializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.ListReviewsRequest.FromString,
+                    response_serializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.ListReviewsResponse.SerializeToString,
+            ),
+            'GetReviewStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReviewStats,
+                    request_deserializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.GetReviewStatsRequest.FromString,
+                    response_serializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.GetReviewStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -284,6 +373,33 @@ class EvaluatorService:
             '/ownchat.evaluator.v1.EvaluatorService/ListEvalRuns',
             ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.ListEvalRunsRequest.SerializeToString,
             ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.ListEvalRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEvalSamples(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ownchat.evaluator.v1.EvaluatorService/ListEvalSamples',
+            ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.ListEvalSamplesRequest.SerializeToString,
+            ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.ListEvalSamplesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -446,6 +562,114 @@ class EvaluatorService:
             '/ownchat.evaluator.v1.EvaluatorService/ExportFeedback',
             ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.ExportFeedbackRequest.SerializeToString,
             ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.ExportFeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseReviewItem(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ownchat.evaluator.v1.EvaluatorService/ReleaseReviewItem',
+            ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.ReleaseReviewItemRequest.SerializeToString,
+            ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.ReleaseReviewItemResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnqueueDatasetSample(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ownchat.evaluator.v1.EvaluatorService/EnqueueDatasetSample',
+            ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.EnqueueDatasetSampleRequest.SerializeToString,
+            ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.EnqueueDatasetSampleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReviews(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ownchat.evaluator.v1.EvaluatorService/ListReviews',
+            ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.ListReviewsRequest.SerializeToString,
+            ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.ListReviewsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReviewStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ownchat.evaluator.v1.EvaluatorService/GetReviewStats',
+            ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.GetReviewStatsRequest.SerializeToString,
+            ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.GetReviewStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,10 @@ class EvaluatorServiceStub:
     """Returns one evaluation run with its progress and metrics."""
     ListEvalRuns: _grpc.UnaryUnaryMultiCallable[_evaluator_pb2.ListEvalRunsRequest, _evaluator_pb2.ListEvalRunsResponse]
     """Lists evaluation runs, newest first."""
+    ListEvalSamples: _grpc.UnaryUnaryMultiCallable[_evaluator_pb2.ListEvalSamplesRequest, _evaluator_pb2.ListEvalSamplesResponse]
+    """Lists the per-sample outputs of a run: context, reference, generated
+    reply, per-sample loss and check results.
+    """
     CompareModels: _grpc.UnaryUnaryMultiCallable[_evaluator_pb2.CompareModelsRequest, _evaluator_pb2.CompareModelsResponse]
     """Compares two finished runs on the same data, with confidence intervals."""
     CheckPromotionGate: _grpc.UnaryUnaryMultiCallable[_evaluator_pb2.CheckPromotionGateRequest, _evaluator_pb2.CheckPromotionGateResponse]
@@ -55,6 +59,20 @@ class EvaluatorServiceStub:
     """Submits a review of a leased item."""
     ExportFeedback: _grpc.UnaryUnaryMultiCallable[_evaluator_pb2.ExportFeedbackRequest, _evaluator_pb2.ExportFeedbackResponse]
     """Exports preferences and corrections as dataset versions in the data service."""
+    ReleaseReviewItem: _grpc.UnaryUnaryMultiCallable[_evaluator_pb2.ReleaseReviewItemRequest, _evaluator_pb2.ReleaseReviewItemResponse]
+    """Gives a leased item back unreviewed (a skip): other reviewers may take it,
+    this reviewer is not offered it again.
+    """
+    EnqueueDatasetSample: _grpc.UnaryUnaryMultiCallable[_evaluator_pb2.EnqueueDatasetSampleRequest, _evaluator_pb2.EnqueueDatasetSampleResponse]
+    """Enqueues a seeded sample of the conversations of a chat dataset version:
+    each conversation's last assistant turn is the reply under review.
+    """
+    ListReviews: _grpc.UnaryUnaryMultiCallable[_evaluator_pb2.ListReviewsRequest, _evaluator_pb2.ListReviewsResponse]
+    """Lists submitted reviews, oldest first."""
+    GetReviewStats: _grpc.UnaryUnaryMultiCallable[_evaluator_pb2.GetReviewStatsRequest, _evaluator_pb2.GetReviewStatsResponse]
+    """Reports the queue's counts, reviews per reviewer, inter-annotator
+    agreement and, when asked, the human win rate of one model over another.
+    """
 
 @_typing.type_check_only
 class EvaluatorServiceAsyncStub(EvaluatorServiceStub):
@@ -71,6 +89,10 @@ class EvaluatorServiceAsyncStub(EvaluatorServiceStub):
     """Returns one evaluation run with its progress and metrics."""
     ListEvalRuns: _aio.UnaryUnaryMultiCallable[_evaluator_pb2.ListEvalRunsRequest, _evaluator_pb2.ListEvalRunsResponse]  # type: ignore[assignment]
     """Lists evaluation runs, newest first."""
+    ListEvalSamples: _aio.UnaryUnaryMultiCallable[_evaluator_pb2.ListEvalSamplesRequest, _evaluator_pb2.ListEvalSamplesResponse]  # type: ignore[assignment]
+    """Lists the per-sample outputs of a run: context, reference, generated
+    reply, per-sample loss and check results.
+    """
     CompareModels: _aio.UnaryUnaryMultiCallable[_evaluator_pb2.CompareModelsRequest, _evaluator_pb2.CompareModelsResponse]  # type: ignore[assignment]
     """Compares two finished runs on the same data, with confidence intervals."""
     CheckPromotionGate: _aio.UnaryUnaryMultiCallable[_evaluator_pb2.CheckPromotionGateRequest, _evaluator_pb2.CheckPromotionGateResponse]  # type: ignore[assignment]
@@ -83,6 +105,20 @@ class EvaluatorServiceAsyncStub(EvaluatorServiceStub):
     """Submits a review of a leased item."""
     ExportFeedback: _aio.UnaryUnaryMultiCallable[_evaluator_pb2.ExportFeedbackRequest, _evaluator_pb2.ExportFeedbackResponse]  # type: ignore[assignment]
     """Exports preferences and corrections as dataset versions in the data service."""
+    ReleaseReviewItem: _aio.UnaryUnaryMultiCallable[_evaluator_pb2.ReleaseReviewItemRequest, _evaluator_pb2.ReleaseReviewItemResponse]  # type: ignore[assignment]
+    """Gives a leased item back unreviewed (a skip): other reviewers may take it,
+    this reviewer is not offered it again.
+    """
+    EnqueueDatasetSample: _aio.UnaryUnaryMultiCallable[_evaluator_pb2.EnqueueDatasetSampleRequest, _evaluator_pb2.EnqueueDatasetSampleResponse]  # type: ignore[assignment]
+    """Enqueues a seeded sample of the conversations of a chat dataset version:
+    each conversation's last assistant turn is the reply under review.
+    """
+    ListReviews: _aio.UnaryUnaryMultiCallable[_evaluator_pb2.ListReviewsRequest, _evaluator_pb2.ListReviewsResponse]  # type: ignore[assignment]
+    """Lists submitted reviews, oldest first."""
+    GetReviewStats: _aio.UnaryUnaryMultiCallable[_evaluator_pb2.GetReviewStatsRequest, _evaluator_pb2.GetReviewStatsResponse]  # type: ignore[assignment]
+    """Reports the queue's counts, reviews per reviewer, inter-annotator
+    agreement and, when asked, the human win rate of one model over another.
+    """
 
 class EvaluatorServiceServicer(metaclass=_abc_1.ABCMeta):
     """EvaluatorService owns evaluation runs and their metrics, promotion gates,
@@ -114,6 +150,16 @@ class EvaluatorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_evaluator_pb2.ListEvalRunsResponse, _abc.Awaitable[_evaluator_pb2.ListEvalRunsResponse]]:
         """Lists evaluation runs, newest first."""
+
+    @_abc_1.abstractmethod
+    def ListEvalSamples(
+        self,
+        request: _evaluator_pb2.ListEvalSamplesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_evaluator_pb2.ListEvalSamplesResponse, _abc.Awaitable[_evaluator_pb2.ListEvalSamplesResponse]]:
+        """Lists the per-sample outputs of a run: context, reference, generated
+        reply, per-sample loss and check results.
+        """
 
     @_abc_1.abstractmethod
     def CompareModels(
@@ -162,5 +208,43 @@ class EvaluatorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_evaluator_pb2.ExportFeedbackResponse, _abc.Awaitable[_evaluator_pb2.ExportFeedbackResponse]]:
         """Exports preferences and corrections as dataset versions in the data service."""
+
+    @_abc_1.abstractmethod
+    def ReleaseReviewItem(
+        self,
+        request: _evaluator_pb2.ReleaseReviewItemRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_evaluator_pb2.ReleaseReviewItemResponse, _abc.Awaitable[_evaluator_pb2.ReleaseReviewItemResponse]]:
+        """Gives a leased item back unreviewed (a skip): other reviewers may take it,
+        this reviewer is not offered it again.
+        """
+
+    @_abc_1.abstractmethod
+    def EnqueueDatasetSample(
+        self,
+        request: _evaluator_pb2.EnqueueDatasetSampleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_evaluator_pb2.EnqueueDatasetSampleResponse, _abc.Awaitable[_evaluator_pb2.EnqueueDatasetSampleResponse]]:
+        """Enqueues a seeded sample of the conversations of a chat dataset version:
+        each conversation's last assistant turn is the reply under review.
+        """
+
+    @_abc_1.abstractmethod
+    def ListReviews(
+        self,
+        request: _evaluator_pb2.ListReviewsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_evaluator_pb2.ListReviewsResponse, _abc.Awaitable[_evaluator_pb2.ListReviewsResponse]]:
+        """Lists submitted reviews, oldest first."""
+
+    @_abc_1.abstractmethod
+    def GetReviewStats(
+        self,
+        request: _evaluator_pb2.GetReviewStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_evaluator_pb2.GetReviewStatsResponse, _abc.Awaitable[_evaluator_pb2.GetReviewStatsResponse]]:
+        """Reports the queue's counts, reviews per reviewer, inter-annotator
+        agreement and, when asked, the human win rate of one model over another.
+        """
 
 def add_EvaluatorServiceServicer_to_server(servicer: EvaluatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
