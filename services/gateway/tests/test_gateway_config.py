@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,18 @@ def test_gateway_command_line(tmp_path: Path) -> None:
     assert env["BENTOML_DO_NOT_TRACK"] == "True"
     assert Path(env["BENTOML_HOME"]).is_relative_to(tmp_path)
     assert env["OWNCHAT_HOME"] == str(tmp_path)
+
+
+def test_gateway_tracing_is_off_unless_sampled(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BENTOML_CONFIG_OVERRIDES", raising=False)
+    untraced = json.loads(serve_environment(GatewaySettings())["BENTOML_CONFIG_OVERRIDES"])
+    assert untraced == {"tracing": {"excluded_urls": [".*"]}}
+    sampled = serve_environment(GatewaySettings(tracing_sample_rate=0.25))
+    assert json.loads(sampled["BENTOML_CONFIG_OVERRIDES"]) == {"tracing": {"sample_rate": 0.25}}
+    # An operator's own BentoML overrides are left as they are.
+    monkeypatch.setenv("BENTOML_CONFIG_OVERRIDES", '{"tracing": {"sample_rate": 1.0}}')
+    own = serve_environment(GatewaySettings())["BENTOML_CONFIG_OVERRIDES"]
+    assert own == '{"tracing": {"sample_rate": 1.0}}'
 
 
 def test_gateway_imports_no_engine() -> None:

@@ -15,11 +15,17 @@ from ownchat.errors import (
     InvalidArgumentError,
     NotFoundError,
     OwnchatError,
+    PreconditionViolation,
     ResourceExhaustedError,
     UnavailableError,
 )
-from ownchat_gateway.app import validation_error
-from ownchat_gateway.errors import RPC_TO_HTTP, from_rpc_error, openai_param
+from ownchat_gateway.edge import validation_error
+from ownchat_gateway.errors import (
+    RPC_TO_HTTP,
+    from_ownchat_error,
+    from_rpc_error,
+    openai_param,
+)
 from ownchat_gateway.protocol import ChatCompletionRequest
 
 
@@ -142,3 +148,37 @@ def test_gateway_validation_error_names_the_field() -> None:
     error = validation_error(RequestValidationError(errors))
     assert (error.status, error.param) == (400, "messages.0.role")
     assert error.body()["error"]["type"] == "invalid_request_error"
+
+
+def test_gateway_precondition_type_becomes_the_code() -> None:
+    expired = FailedPreconditionError(
+        "the lease expired",
+        [PreconditionViolation("LEASE_EXPIRED", "review_item:rvi_1", "ask for the next item")],
+    )
+    error = from_rpc_error(_aio_error(expired), "r", "evaluator")
+    assert (error.status, error.code, error.message) == (409, "lease_expired", "the lease expired")
+    plain = from_rpc_error(_aio_error(FailedPreconditionError("no deployment is live")), "r")
+    assert plain.code == "failed_precondition"
+
+
+def test_gateway_fixed_messages_name_the_service() -> None:
+    down = _plain_error(grpc.StatusCode.UNAVAILABLE, "10.0.0.7:50053 refused")
+    assert from_rpc_error(down, "r", "evaluator").message == (
+        "the evaluator service is unavailable; try again later"
+    )
+    late = _plain_error(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline")
+    assert from_rpc_error(late, "r").message == "the model did not answer in time"
+    assert "evaluator" in from_rpc_error(late, "r", "evaluator").message
+
+
+def test_gateway_own_errors_use_the_same_table() -> None:
+    bad = InvalidArgumentError(
+        "invalid API key request", [FieldViolation("name", "must name the key")]
+    )
+    error = from_ownchat_error(bad, "r")
+    assert (error.status, error.param, error.type) == (400, "name", "invalid_request_error")
+    assert "name: must name the key" in error.message
+    missing = from_ownchat_error(NotFoundError("API key", "ak_x"), "r")
+    assert (missing.status, missing.code) == (404, "not_found")
+    hidden = from_ownchat_error(OwnchatError("disk path /secret/x"), "req-5")
+    assert hidden.status == 500 and "/secret" not in hidden.message and "req-5" in hidden.message

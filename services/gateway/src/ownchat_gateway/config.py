@@ -3,8 +3,9 @@
 The gateway is an HTTP server, so of the shared server settings it uses ``home``,
 ``token``, ``host``, ``port``, ``grace_seconds`` and ``log_level``; the gRPC-only ones
 (``max_workers``, ``reflection``, ``metrics_port``: BentoML serves ``/metrics`` on the
-HTTP port) are ignored. Where serving is comes from :class:`ownchat.config.ClientSettings`
-(``OWNCHAT_SERVING_ADDRESS``).
+HTTP port) are ignored. Where serving and the evaluator are comes from
+:class:`ownchat.config.ClientSettings` (``OWNCHAT_SERVING_ADDRESS``,
+``OWNCHAT_EVALUATOR_ADDRESS``). API keys live in ``<home>/gateway/gateway.db``.
 """
 
 from __future__ import annotations
@@ -41,4 +42,12 @@ class GatewaySettings(ServerSettings):
     )
     json_logs: bool = Field(
         default=True, description="Log JSON lines from the worker instead of BentoML's text."
+    )
+    tracing_sample_rate: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of requests BentoML traces with OpenTelemetry (its exporter is "
+        "set in BentoML's own configuration). At 0 no span is made at all: BentoML would "
+        "otherwise build and drop one for every streamed chunk.",
     )

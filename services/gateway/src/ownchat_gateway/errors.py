@@ -18,6 +18,9 @@
 FAILED_PRECONDITION is 409 Conflict rather than 400: the request itself is well
 formed, the system's state (say, no deployment live yet) refuses it, and the same
 request can succeed once that state changes, which is what 409 tells a client.
+When the status names the unmet precondition (``google.rpc.PreconditionFailure``),
+its type, lower-cased, is the error's ``code`` (``lease_expired``), so that a
+client can tell one refusal from another without reading the message.
 
 Messages of 4xx statuses are written by the services for callers and are passed
 on. Messages of 5xx statuses are not: a transport failure's text names internal
@@ -36,7 +39,7 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from ownchat.errors import describe_rpc_error
+from ownchat.errors import InvalidArgumentError, OwnchatError, describe_rpc_error
 
 
 @dataclass(frozen=True)
@@ -70,10 +73,12 @@ _PARAM_NAMES = {"model_id": "model", "conversation_id": "user"}
 _PARAM_PREFIXES = ("sampling.",)
 
 _FIXED_MESSAGES: dict[grpc.StatusCode, str] = {
-    grpc.StatusCode.UNAUTHENTICATED: "the serving service refused the gateway's credentials",
-    grpc.StatusCode.UNAVAILABLE: "the serving service is unavailable; try again later",
-    grpc.StatusCode.DEADLINE_EXCEEDED: "the model did not answer in time",
+    grpc.StatusCode.UNAUTHENTICATED: "the {service} service refused the gateway's credentials",
+    grpc.StatusCode.UNAVAILABLE: "the {service} service is unavailable; try again later",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "the {service} service did not answer in time",
 }
+# Serving's deadline is a whole reply: what ran out of time is the model.
+_SERVING_DEADLINE = "the model did not answer in time"
 
 
 @dataclass
@@ -103,13 +108,23 @@ class GatewayError(Exception):
 
 
 def unauthorized() -> GatewayError:
-    """No token, or a wrong one."""
+    """No credential, a wrong one, or a revoked key."""
     return GatewayError(
         401,
-        "missing or invalid API key: send 'Authorization: Bearer <token>'",
+        "missing, unknown or revoked API key: send 'Authorization: Bearer <key>'",
         "authentication_error",
         code="invalid_api_key",
         headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+def forbidden(scope: str) -> GatewayError:
+    """A valid key without the scope the endpoint needs."""
+    return GatewayError(
+        403,
+        f"this API key does not have the '{scope}' scope this endpoint needs",
+        "permission_error",
+        code="insufficient_scope",
     )
 
 
@@ -173,8 +188,27 @@ def _retry_after(status: status_pb2.Status | None) -> str | None:
     return None
 
 
-def from_rpc_error(error: grpc.RpcError, request_id: str) -> GatewayError:
-    """The HTTP answer for a failed call to serving (sync or grpc.aio)."""
+def _precondition_type(status: status_pb2.Status | None) -> str | None:
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
+            failure = error_details_pb2.PreconditionFailure()
+            detail.Unpack(failure)
+            for violation in failure.violations:
+                if violation.type:
+                    return violation.type.lower()
+    return None
+
+
+def _fixed_message(code: grpc.StatusCode, service: str) -> str:
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED and service == "serving":
+        return _SERVING_DEADLINE
+    return _FIXED_MESSAGES[code].format(service=service)
+
+
+def from_rpc_error(error: grpc.RpcError, request_id: str, service: str = "serving") -> GatewayError:
+    """The HTTP answer for a failed call to ``service`` (sync or grpc.aio)."""
     description = describe_rpc_error(error)
     rich = _rich_status(error)
     mapped = RPC_TO_HTTP.get(description.code)
@@ -184,7 +218,7 @@ def from_rpc_error(error: grpc.RpcError, request_id: str) -> GatewayError:
     if mapped.status >= 500 or description.code is grpc.StatusCode.UNAUTHENTICATED:
         deliberate = rich is not None and description.code is grpc.StatusCode.UNAVAILABLE
         if not deliberate:
-            message = _FIXED_MESSAGES[description.code]
+            message = _fixed_message(description.code, service)
     param = None
     if description.violations:
         param = openai_param(description.violations[0].field)
@@ -196,11 +230,32 @@ def from_rpc_error(error: grpc.RpcError, request_id: str) -> GatewayError:
     retry_after = _retry_after(rich)
     if retry_after is not None and description.code is grpc.StatusCode.RESOURCE_EXHAUSTED:
         headers["Retry-After"] = retry_after
+    code = mapped.code
+    if description.code is grpc.StatusCode.FAILED_PRECONDITION:
+        code = _precondition_type(rich) or code
     return GatewayError(
         mapped.status,
         message or mapped.code,
         mapped.type,
-        code=mapped.code,
+        code=code,
         param=param,
         headers=headers,
+    )
+
+
+def from_ownchat_error(error: OwnchatError, request_id: str) -> GatewayError:
+    """The HTTP answer for an error the gateway's own store raised, by the same table."""
+    mapped = RPC_TO_HTTP.get(error.code)
+    if mapped is None or mapped.status >= 500:
+        return internal_error(request_id)
+    violations = error.violations if isinstance(error, InvalidArgumentError) else []
+    message = error.message
+    if violations:
+        message += " (" + "; ".join(f"{v.field}: {v.description}" for v in violations) + ")"
+    return GatewayError(
+        mapped.status,
+        message,
+        mapped.type,
+        code=mapped.code,
+        param=violations[0].field if violations else None,
     )

@@ -1,8 +1,9 @@
-"""The gateway's edge checks, as plain ASGI middleware of the OpenAI app.
+"""The gateway's edge checks, as plain ASGI middleware of each of its apps.
 
-They run before FastAPI reads the body, so a caller without a token gets 401
-whatever it sent, and an oversized body is refused before it is buffered.
-Order (outermost first): request id, authentication, body size.
+They run before FastAPI reads the body, so a caller without a valid credential
+gets 401 (and one without the scope 403) whatever it sent, and an oversized body
+is refused before it is buffered. Order (outermost first): request id,
+authentication, body size.
 """
 
 from __future__ import annotations
@@ -12,11 +13,16 @@ from collections.abc import Callable
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Send
+from starlette.types import Scope as ASGIScope
 
-from ownchat.auth import token_matches
-from ownchat_gateway.errors import GatewayError, body_too_large, unauthorized
+from ownchat_gateway.access import Authenticator, Principal
+from ownchat_gateway.errors import GatewayError, body_too_large, forbidden, unauthorized
+from ownchat_gateway.keys import Scope
 from ownchat_gateway.translate import request_id_from
+
+# The scope a path (relative to the app's mount) needs; None for a public path.
+ScopeRule = Callable[[str], Scope | None]
 
 REQUEST_ID_HEADER = "X-Request-Id"
 
@@ -29,10 +35,25 @@ def error_response(error: GatewayError, request_id: str | None = None) -> JSONRe
     return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
 
-def request_id_of(scope: Scope) -> str:
+def request_id_of(scope: ASGIScope) -> str:
     """The request id the first middleware gave this request."""
     value: str = scope.setdefault("state", {}).get("request_id", "")
     return value
+
+
+def principal_of(scope: ASGIScope) -> Principal | None:
+    """The caller the authentication middleware let through, if the path needed one."""
+    principal: Principal | None = scope.setdefault("state", {}).get("principal")
+    return principal
+
+
+def route_path(scope: ASGIScope) -> str:
+    """The request's path below the app's mount point (``/chat/completions`` under ``/v1``)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root) :] or "/"
+    return path
 
 
 class RequestIdMiddleware:
@@ -41,7 +62,7 @@ class RequestIdMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -57,22 +78,41 @@ class RequestIdMiddleware:
 
 
 class AuthMiddleware:
-    """Lets through only requests with ``Authorization: Bearer <token>``."""
+    """Lets a request through only with a credential holding the scope its path needs.
 
-    def __init__(self, app: ASGIApp, token: Callable[[], str | None]) -> None:
+    ``Authorization: Bearer`` with the ownchat token or a live API key; the caller
+    is left in the request's state for the routes (:func:`principal_of`).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        authenticator: Callable[[], Authenticator | None],
+        required_scope: ScopeRule,
+    ) -> None:
         self.app = app
-        self._token = token
+        self._authenticator = authenticator
+        self._required_scope = required_scope
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        token = self._token()
+        needed = self._required_scope(route_path(scope))
+        if needed is None:
+            await self.app(scope, receive, send)
+            return
+        authenticator = self._authenticator()
         presented = Headers(scope=scope).get("authorization")
-        # No configured token yet (the service is still starting) also refuses.
-        if token is None or not token_matches(presented, token):
+        # No authenticator yet (the service is still starting) also refuses.
+        principal = authenticator.authenticate(presented) if authenticator else None
+        if principal is None:
             await error_response(unauthorized())(scope, receive, send)
             return
+        if not principal.allows(needed):
+            await error_response(forbidden(needed.value))(scope, receive, send)
+            return
+        scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)
 
 
@@ -83,7 +123,7 @@ class BodyLimitMiddleware:
         self.app = app
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

@@ -1,10 +1,12 @@
-"""The gateway as a BentoML service: REST outside, a gRPC client of serving inside.
+"""The gateway as a BentoML service: REST outside, a gRPC client of serving and
+the evaluator inside.
 
 Run it with ``python -m ownchat_gateway``; that starts
 ``bentoml serve ownchat_gateway.service:Gateway``. BentoML provides the HTTP server,
-``/livez``, ``/healthz``, ``/readyz`` and ``/metrics`` (all without a token); the
-OpenAI-compatible app is mounted at ``/v1`` as in BentoVLLM. BentoML does not serve
-gRPC for new-style services, hence the REST edge.
+``/livez``, ``/healthz``, ``/readyz`` and ``/metrics`` (all without a token). Three
+FastAPI apps are mounted, as in BentoVLLM: the OpenAI-compatible API at ``/v1``,
+the admin API (API keys) at ``/admin/v1`` and the reviewer page at ``/review``.
+BentoML does not serve gRPC for new-style services, hence the REST edge.
 """
 
 from __future__ import annotations
@@ -20,14 +22,20 @@ import bentoml
 from ownchat.auth import load_or_create_token
 from ownchat.config import ClientSettings
 from ownchat.logs import JsonFormatter
-from ownchat_gateway.app import GatewayContext, create_app
+from ownchat_gateway.admin import create_admin_app
+from ownchat_gateway.app import create_app
 from ownchat_gateway.config import GatewaySettings
-from ownchat_gateway.upstream import ServingUpstream
+from ownchat_gateway.context import GatewayContext
+from ownchat_gateway.keys import KeyStore
+from ownchat_gateway.review import create_review_app
+from ownchat_gateway.upstream import EvaluatorUpstream, ServingUpstream
 
 # Read at import so that BentoML's own limits follow the gateway's settings; the
 # server process and its workers see the same environment and config file.
 SETTINGS = GatewaySettings()
 openai_app = create_app(SETTINGS)
+admin_app = create_admin_app(SETTINGS)
+review_app = create_review_app(SETTINGS)
 
 # BentoML answers 504 itself when a response has not started within its traffic
 # timeout; leave the gateway's own deadline room to answer first, in OpenAI's shape.
@@ -57,13 +65,15 @@ def _exit_when_orphaned(parent: int, period_seconds: float = 1.0) -> None:
 
 
 @bentoml.asgi_app(openai_app, path="/v1")
+@bentoml.asgi_app(admin_app, path="/admin/v1")
+@bentoml.asgi_app(review_app, path="/review")
 @bentoml.service(
     name="ownchat-gateway",
     workers=SETTINGS.workers,
     traffic={"timeout": SETTINGS.request_timeout_seconds + _TRAFFIC_TIMEOUT_MARGIN_SECONDS},
 )
 class Gateway:
-    """One gateway worker: the token it accepts and the channel to serving."""
+    """One gateway worker: the credentials it accepts and the channels behind it."""
 
     def __init__(self) -> None:
         if SETTINGS.json_logs:
@@ -77,13 +87,21 @@ class Gateway:
             settings=SETTINGS,
             token=token,
             upstream=ServingUpstream(client, token, SETTINGS.request_timeout_seconds),
+            evaluator=EvaluatorUpstream(client, token),
+            # Every worker opens the one file; SQLite's WAL lets them share it.
+            keys=KeyStore(SETTINGS.state_dir("gateway") / "gateway.db"),
         )
-        openai_app.state.context = self.context
+        for app in (openai_app, admin_app, review_app):
+            app.state.context = self.context
         logging.getLogger("ownchat.gateway").info(
-            "gateway ready", extra={"serving_address": client.serving_address}
+            "gateway ready",
+            extra={
+                "serving_address": client.serving_address,
+                "evaluator_address": client.evaluator_address,
+            },
         )
 
     @bentoml.on_shutdown
     async def close(self) -> None:
-        """Closes the channel to serving."""
-        await self.context.upstream.close()
+        """Closes the channels and the key store."""
+        await self.context.close()

@@ -29,6 +29,7 @@ from ownchat.cli.common import (
     upload_progress,
     upload_requests,
 )
+from ownchat.cli.keys import keys_app
 from ownchat.cli.supervisor import SERVICE_MODULES, StartupError, Supervisor, service_status
 from ownchat.client import OwnchatClient
 from ownchat.common.v1 import common_pb2
@@ -47,6 +48,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
 app.add_typer(models_app, name="models")
+app.add_typer(keys_app, name="keys")
 
 
 def _where(name: str, settings: ClientSettings) -> str:

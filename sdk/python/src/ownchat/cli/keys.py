@@ -1,0 +1,161 @@
+"""``ownchat keys``: the gateway's API keys, through its admin endpoints.
+
+ownchat keys create --name alice --scope review [--scope chat]
+ownchat keys list
+ownchat keys revoke ak_0123456789abcdef
+
+Calls go to ``$OWNCHAT_GATEWAY_URL`` (http://127.0.0.1:3000 by default) with the
+ownchat token. A key's secret is printed once, by ``create``; the gateway keeps
+only its hash.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ownchat.auth import bearer, load_or_create_token
+from ownchat.cli.common import console, error_console
+from ownchat.config import ClientSettings
+
+keys_app = typer.Typer(
+    help="API keys of the gateway, for chat clients and reviewers.", no_args_is_help=True
+)
+
+
+class ScopeName(StrEnum):
+    """The scopes a key may hold, as the command line names them."""
+
+    CHAT = "chat"
+    FINE_TUNE = "fine-tune"
+    REVIEW = "review"
+    ADMIN = "admin"
+
+
+# ownchat.gateway.v1.Scope in protobuf's JSON mapping.
+SCOPE_JSON = {
+    ScopeName.CHAT: "SCOPE_CHAT",
+    ScopeName.FINE_TUNE: "SCOPE_FINE_TUNE",
+    ScopeName.REVIEW: "SCOPE_REVIEW",
+    ScopeName.ADMIN: "SCOPE_ADMIN",
+}
+SCOPE_NAMES = {value: name.value for name, value in SCOPE_JSON.items()}
+
+
+class GatewayCallError(Exception):
+    """An admin call the gateway refused or that could not reach it."""
+
+
+def admin_call(method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One call to ``/admin/v1/<path>`` with the ownchat token; returns the JSON answer."""
+    settings = ClientSettings()
+    token = load_or_create_token(settings.home, settings.token)
+    url = f"{settings.gateway_url.rstrip('/')}/admin/v1/{path}"
+    request = urllib.request.Request(
+        url,
+        data=None if body is None else json.dumps(body).encode(),
+        method=method,
+        headers={"Authorization": bearer(token), "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=settings.timeout_seconds) as response:
+            answer: dict[str, Any] = json.loads(response.read() or b"{}")
+            return answer
+    except urllib.error.HTTPError as error:
+        try:
+            message = json.loads(error.read())["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = error.reason
+        raise GatewayCallError(f"the gateway answered {error.code}: {message}") from None
+    except urllib.error.URLError as error:
+        raise GatewayCallError(f"cannot reach the gateway at {url}: {error.reason}") from None
+
+
+def _when(stamp: str | None) -> str:
+    if not stamp:
+        return ""
+    moment = datetime.fromisoformat(stamp.replace("Z", "+00:00")).astimezone(UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _scopes(key: dict[str, Any]) -> str:
+    return ", ".join(SCOPE_NAMES.get(s, s) for s in key.get("scopes", []))
+
+
+def _call(method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    try:
+        return admin_call(method, path, body)
+    except GatewayCallError as error:
+        error_console.print(f"[red]error[/red] {error}")
+        raise typer.Exit(1) from None
+
+
+@keys_app.command("create")
+def create(
+    name: Annotated[str, typer.Option(help="A name for people, such as who holds the key.")],
+    scope: Annotated[list[ScopeName], typer.Option(help="What the key may do (repeatable).")],
+    requests_per_minute: Annotated[
+        int, typer.Option(min=0, help="Requests per minute; 0 for no limit (not enforced yet).")
+    ] = 0,
+    tokens_per_day: Annotated[
+        int, typer.Option(min=0, help="Tokens per day; 0 for no limit (not enforced yet).")
+    ] = 0,
+    secret_only: Annotated[bool, typer.Option(help="Print only the secret, for scripts.")] = False,
+) -> None:
+    """Create a key and print its secret, which is shown only this once."""
+    answer = _call(
+        "POST",
+        "api-keys",
+        {
+            "name": name,
+            "scopes": [SCOPE_JSON[s] for s in scope],
+            "requestsPerMinute": requests_per_minute,
+            "tokensPerDay": tokens_per_day,
+        },
+    )
+    if secret_only:
+        typer.echo(answer["secret"])
+        return
+    key = answer["apiKey"]
+    console.print(f"created key [bold]{key['id']}[/bold] ({escape(key['name'])}; {_scopes(key)})")
+    console.print("secret, shown only now: store it where its holder can find it")
+    # Plain output: the secret must not be wrapped or styled.
+    typer.echo(answer["secret"])
+
+
+@keys_app.command("list")
+def list_keys() -> None:
+    """List every key, revoked ones included, without secrets."""
+    keys = _call("GET", "api-keys").get("apiKeys", [])
+    if not keys:
+        console.print("no API keys yet; create one with `ownchat keys create`")
+        return
+    table = Table("id", "name", "scopes", "created", "revoked")
+    for key in keys:
+        table.add_row(
+            key["id"],
+            escape(key["name"]),
+            _scopes(key),
+            _when(key.get("createTime")),
+            _when(key.get("revokeTime")),
+        )
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def revoke(key_id: Annotated[str, typer.Argument(help="The key's id (ak_...).")]) -> None:
+    """Revoke a key; the gateway refuses it from the next request on."""
+    key = _call("POST", f"api-keys/{urllib.parse.quote(key_id, safe='')}:revoke")["apiKey"]
+    console.print(
+        f"revoked key [bold]{key['id']}[/bold] ({escape(key['name'])}) "
+        f"at {_when(key['revokeTime'])}"
+    )

@@ -1,0 +1,177 @@
+"""The admin API, mounted by the BentoML service at ``/admin/v1``: API keys.
+
+``POST /admin/v1/api-keys`` with ``CreateApiKeyRequest``
+    ``CreateApiKeyResponse``: the key and its secret, shown this once.
+``GET /admin/v1/api-keys``
+    ``ListApiKeysResponse``: every key, revoked ones included, without secrets.
+``POST /admin/v1/api-keys/{id}:revoke`` with no body or ``RevokeApiKeyRequest``
+    ``RevokeApiKeyResponse``: the key, revoked from the next request on.
+
+Bodies are the ``ownchat.gateway.v1`` messages in protobuf's JSON mapping
+(``{"name": "alice", "scopes": ["SCOPE_REVIEW"]}``; answers use lowerCamelCase
+names, as ``json_format`` writes them). Only the ownchat token or a key with the
+admin scope may call them. A new key's secret is in the create answer only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from ownchat.errors import FieldViolation, InvalidArgumentError
+from ownchat.gateway.v1 import gateway_pb2
+from ownchat.timestamps import to_timestamp
+from ownchat_gateway.config import GatewaySettings
+from ownchat_gateway.context import context_of
+from ownchat_gateway.edge import add_not_found_route, new_app
+from ownchat_gateway.errors import invalid_request
+from ownchat_gateway.keys import ApiKey, NewApiKey, Scope
+from ownchat_gateway.middleware import principal_of, request_id_of
+
+logger = logging.getLogger("ownchat.gateway")
+
+M = TypeVar("M", bound=Message)
+
+SCOPE_TO_PROTO: dict[Scope, gateway_pb2.Scope.ValueType] = {
+    Scope.CHAT: gateway_pb2.SCOPE_CHAT,
+    Scope.FINE_TUNE: gateway_pb2.SCOPE_FINE_TUNE,
+    Scope.REVIEW: gateway_pb2.SCOPE_REVIEW,
+    Scope.ADMIN: gateway_pb2.SCOPE_ADMIN,
+}
+SCOPE_FROM_PROTO = {number: scope for scope, number in SCOPE_TO_PROTO.items()}
+
+
+def required_scope(path: str) -> Scope:
+    """Every admin path needs the admin scope (the ownchat token has it)."""
+    return Scope.ADMIN
+
+
+def api_key_to_proto(key: ApiKey) -> gateway_pb2.ApiKey:
+    """A stored key as the contract's message, without its secret."""
+    message = gateway_pb2.ApiKey(
+        id=key.id,
+        name=key.name,
+        scopes=sorted(SCOPE_TO_PROTO[s] for s in key.scopes),
+        requests_per_minute=key.requests_per_minute,
+        tokens_per_day=key.tokens_per_day,
+        create_time=to_timestamp(key.create_time),
+    )
+    if key.revoke_time is not None:
+        message.revoke_time.CopyFrom(to_timestamp(key.revoke_time))
+    return message
+
+
+def new_key_from_proto(request: gateway_pb2.CreateApiKeyRequest) -> NewApiKey:
+    """The key asked for; an unspecified or unknown scope is refused."""
+    scopes: list[Scope] = []
+    violations: list[FieldViolation] = []
+    for index, number in enumerate(request.scopes):
+        scope = SCOPE_FROM_PROTO.get(number)
+        if scope is None:
+            violations.append(
+                FieldViolation(
+                    f"scopes[{index}]",
+                    "must be SCOPE_CHAT, SCOPE_FINE_TUNE, SCOPE_REVIEW or SCOPE_ADMIN",
+                )
+            )
+        elif scope not in scopes:
+            scopes.append(scope)
+    if violations:
+        raise InvalidArgumentError("invalid API key request", violations)
+    return NewApiKey(
+        name=request.name,
+        scopes=tuple(scopes),
+        requests_per_minute=request.requests_per_minute,
+        tokens_per_day=request.tokens_per_day,
+    )
+
+
+async def _parse(request: Request, message: M) -> M:
+    """The body as a protobuf message in its JSON mapping; an empty body is the empty message."""
+    body = await request.body()
+    if not body.strip():
+        return message
+    name = message.DESCRIPTOR.name
+    try:
+        document = json.loads(body)
+    except ValueError:
+        raise invalid_request(f"request body is not valid JSON (a {name})") from None
+    if not isinstance(document, dict):
+        raise invalid_request(f"request body must be a JSON object (a {name})")
+    try:
+        json_format.ParseDict(document, message)
+    except json_format.ParseError as error:
+        raise invalid_request(f"request body is not a valid {name}: {error}") from None
+    return message
+
+
+def _answer(message: Message) -> JSONResponse:
+    body: dict[str, Any] = json_format.MessageToDict(
+        message, always_print_fields_with_no_presence=True
+    )
+    return JSONResponse(body)
+
+
+def create_admin_app(settings: GatewaySettings) -> FastAPI:
+    """The admin app; ``app.state.context`` must be set before it takes requests."""
+    app = new_app(settings, "ownchat gateway admin", required_scope)
+
+    @app.post("/api-keys", response_model=None)
+    async def create_api_key(request: Request) -> JSONResponse:
+        """Creates a key; the answer carries its secret, shown this once."""
+        context = context_of(request)
+        asked = await _parse(request, gateway_pb2.CreateApiKeyRequest())
+        created = context.keys.create(new_key_from_proto(asked))
+        caller = principal_of(request.scope)
+        # The secret is never logged; the id is what names the key from now on.
+        logger.info(
+            "api key created",
+            extra={
+                "request_id": request_id_of(request.scope),
+                "api_key_id": created.key.id,
+                "scopes": sorted(created.key.scopes),
+                "by": caller.id if caller else None,
+            },
+        )
+        return _answer(
+            gateway_pb2.CreateApiKeyResponse(
+                api_key=api_key_to_proto(created.key), secret=created.secret
+            )
+        )
+
+    @app.get("/api-keys", response_model=None)
+    async def list_api_keys(request: Request) -> JSONResponse:
+        """Every key, revoked ones included, oldest first, without secrets."""
+        context = context_of(request)
+        keys = context.keys.list()
+        return _answer(gateway_pb2.ListApiKeysResponse(api_keys=map(api_key_to_proto, keys)))
+
+    @app.post("/api-keys/{key_id}:revoke", response_model=None)
+    async def revoke_api_key(key_id: str, request: Request) -> JSONResponse:
+        """Revokes a key at once; its secret is refused from the next request on."""
+        context = context_of(request)
+        asked = await _parse(request, gateway_pb2.RevokeApiKeyRequest())
+        if asked.api_key_id and asked.api_key_id != key_id:
+            raise invalid_request(
+                "api_key_id in the body differs from the key in the path", param="api_key_id"
+            )
+        key = context.keys.revoke(key_id)
+        caller = principal_of(request.scope)
+        logger.info(
+            "api key revoked",
+            extra={
+                "request_id": request_id_of(request.scope),
+                "api_key_id": key.id,
+                "by": caller.id if caller else None,
+            },
+        )
+        return _answer(gateway_pb2.RevokeApiKeyResponse(api_key=api_key_to_proto(key)))
+
+    add_not_found_route(app, "/admin/v1")
+    return app

@@ -1,0 +1,137 @@
+"""The key store and the auth rules, as plain objects: secrets shown once and
+stored hashed, revocation at once, scopes."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from ownchat.errors import InvalidArgumentError, NotFoundError
+from ownchat_gateway.access import OPERATOR, OPERATOR_ID, Authenticator, Principal
+from ownchat_gateway.keys import KeyStore, NewApiKey, Scope, key_id_of
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        self.now += 1
+        return self.now
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> KeyStore:
+    return KeyStore(tmp_path / "gateway.db", clock=Clock())
+
+
+def test_gateway_key_secret_is_shown_once_and_verifies(store: KeyStore) -> None:
+    created = store.create(NewApiKey(name=" alice ", scopes=(Scope.REVIEW, Scope.CHAT)))
+    key, secret = created.key, created.secret
+    assert key.id.startswith("ak_") and key.name == "alice"
+    assert secret.startswith(f"oc-{key.id}-") and len(secret) > 40
+    assert key_id_of(secret) == key.id
+    assert key.scopes == {Scope.REVIEW, Scope.CHAT}
+    verified = store.verify(secret)
+    assert verified is not None and verified.id == key.id
+    # Another key's secret is unrelated.
+    other = store.create(NewApiKey(name="bob", scopes=(Scope.CHAT,)))
+    assert other.secret != secret and other.key.id != key.id
+
+
+def test_gateway_key_only_its_hash_is_stored(tmp_path: Path, store: KeyStore) -> None:
+    secret = store.create(NewApiKey(name="alice", scopes=(Scope.CHAT,))).secret
+    store.close()
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("gateway.db*"))
+    random_part = secret.rsplit("-", 1)[1]
+    assert random_part.encode() not in raw
+    with sqlite3.connect(tmp_path / "gateway.db") as connection:
+        (stored,) = connection.execute("SELECT secret_sha256 FROM api_keys").fetchone()
+    assert stored == hashlib.sha256(secret.encode()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda s: s[:-1] + ("A" if s[-1] != "A" else "B"),  # wrong random part
+        lambda s: "oc-ak_0000000000000000-" + s.rsplit("-", 1)[1],  # unknown id
+        lambda s: s.removeprefix("oc-"),  # not shaped like a key
+        lambda s: "oc--x",
+        lambda s: "",
+    ],
+)
+def test_gateway_key_wrong_secrets_verify_as_nobody(store: KeyStore, tamper: object) -> None:
+    secret = store.create(NewApiKey(name="alice", scopes=(Scope.CHAT,))).secret
+    assert store.verify(tamper(secret)) is None  # type: ignore[operator]
+
+
+def test_gateway_key_revocation_is_immediate_and_kept(store: KeyStore) -> None:
+    created = store.create(NewApiKey(name="alice", scopes=(Scope.CHAT,)))
+    revoked = store.revoke(created.key.id)
+    assert revoked.revoked and revoked.revoke_time is not None
+    assert store.verify(created.secret) is None
+    again = store.revoke(created.key.id)
+    assert again.revoke_time == revoked.revoke_time
+    with pytest.raises(NotFoundError):
+        store.revoke("ak_nope")
+    with pytest.raises(NotFoundError):
+        store.get("ak_nope")
+
+
+def test_gateway_keys_listed_oldest_first_and_kept_across_opens(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path / "gateway.db", clock=Clock())
+    first = store.create(NewApiKey(name="a", scopes=(Scope.CHAT,), requests_per_minute=60))
+    second = store.create(NewApiKey(name="b", scopes=(Scope.ADMIN,), tokens_per_day=10**9))
+    store.revoke(first.key.id)
+    store.close()
+    reopened = KeyStore(tmp_path / "gateway.db")
+    listed = reopened.list()
+    assert [k.id for k in listed] == [first.key.id, second.key.id]
+    assert listed[0].revoked and not listed[1].revoked
+    assert (listed[0].requests_per_minute, listed[1].tokens_per_day) == (60, 10**9)
+    assert reopened.verify(second.secret) is not None
+    assert reopened.verify(first.secret) is None
+
+
+def test_gateway_key_request_problems_are_reported_together(store: KeyStore) -> None:
+    with pytest.raises(InvalidArgumentError) as caught:
+        store.create(NewApiKey(name=" ", scopes=(), requests_per_minute=-1, tokens_per_day=-5))
+    fields = {v.field for v in caught.value.violations}
+    assert fields == {"name", "scopes", "requests_per_minute", "tokens_per_day"}
+    with pytest.raises(InvalidArgumentError):
+        store.create(NewApiKey(name="x" * 129, scopes=(Scope.CHAT,)))
+    assert store.list() == []
+
+
+@pytest.mark.parametrize(
+    ("scopes", "allowed"),
+    [
+        ({Scope.CHAT}, {Scope.CHAT}),
+        ({Scope.REVIEW}, {Scope.REVIEW}),
+        ({Scope.REVIEW, Scope.CHAT}, {Scope.REVIEW, Scope.CHAT}),
+        ({Scope.FINE_TUNE}, {Scope.FINE_TUNE}),
+        ({Scope.ADMIN}, set(Scope)),
+    ],
+)
+def test_gateway_scope_rules(scopes: set[Scope], allowed: set[Scope]) -> None:
+    principal = Principal(id="ak_1", name="k", scopes=frozenset(scopes))
+    assert {s for s in Scope if principal.allows(s)} == allowed
+    assert all(OPERATOR.allows(s) for s in Scope)
+
+
+def test_gateway_authenticator(store: KeyStore) -> None:
+    created = store.create(NewApiKey(name="Ann", scopes=(Scope.REVIEW,)))
+    auth = Authenticator("the-token", store)
+    assert auth.authenticate("Bearer the-token") == OPERATOR
+    assert auth.authenticate("bearer the-token") == OPERATOR
+    principal = auth.authenticate(f"Bearer {created.secret}")
+    assert principal is not None
+    assert (principal.id, principal.name, principal.operator) == (created.key.id, "Ann", False)
+    assert principal.id != OPERATOR_ID
+    for header in (None, "", "Bearer", "Bearer wrong", f"Basic {created.secret}", created.secret):
+        assert auth.authenticate(header) is None, header
+    store.revoke(created.key.id)
+    assert auth.authenticate(f"Bearer {created.secret}") is None
