@@ -5,6 +5,7 @@ from __future__ import annotations
 from ownchat.common.v1 import common_pb2
 from ownchat.data.v1 import data_pb2
 from ownchat.evaluator.v1 import evaluator_pb2
+from ownchat.roles import NAME_BY_ROLE, ROLE_BY_NAME
 from ownchat.timestamps import to_timestamp
 from ownchat_evaluator.review.agreement import Agreement
 from ownchat_evaluator.review.core import (
@@ -23,12 +24,6 @@ from ownchat_evaluator.review.model import (
     Turn,
 )
 
-_ROLES = {
-    common_pb2.ROLE_SYSTEM: "system",
-    common_pb2.ROLE_USER: "user",
-    common_pb2.ROLE_ASSISTANT: "assistant",
-}
-_ROLE_ENUMS = {name: number for number, name in _ROLES.items()}
 _KINDS = {
     evaluator_pb2.REVIEW_KIND_RATING: ReviewKind.RATING,
     evaluator_pb2.REVIEW_KIND_PAIRWISE: ReviewKind.PAIRWISE,
@@ -51,7 +46,7 @@ def new_item(item: evaluator_pb2.ReviewItem) -> NewItem:
     return NewItem(
         kind=kind_from_proto(item.kind),
         # An unknown role becomes "", which validation refuses by position.
-        context=tuple(Turn(_ROLES.get(m.role, ""), m.content) for m in item.context),
+        context=tuple(Turn(NAME_BY_ROLE.get(m.role, ""), m.content) for m in item.context),
         reply_a=item.reply_a,
         reply_b=item.reply_b,
         model_id_a=item.model_id_a,
@@ -71,7 +66,7 @@ def leased_item(leased: LeasedItem) -> evaluator_pb2.ReviewItem:
         id=item.id,
         kind=kind_to_proto(item.kind),
         context=[
-            common_pb2.ChatMessage(role=_ROLE_ENUMS[t.role], content=t.content)
+            common_pb2.ChatMessage(role=ROLE_BY_NAME[t.role], content=t.content)
             for t in item.context
         ],
         reply_a=reply_a,
