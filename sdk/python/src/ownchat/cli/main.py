@@ -69,8 +69,10 @@ def up(
         raise typer.BadParameter(f"unknown service(s): {', '.join(unknown)}")
     settings = ClientSettings()
     supervisor = Supervisor(settings)
-    # SIGTERM stops like Ctrl-C does.
+    # SIGTERM stops like Ctrl-C does, and so does SIGINT when a shell started this
+    # as a background job (which ignores SIGINT, and Python keeps it ignored).
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         supervisor.start(names)
         with console.status("starting " + ", ".join(names)):
