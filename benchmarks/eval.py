@@ -54,7 +54,8 @@ import results_file
 import torch
 from results_file import RESULTS_DIR, merge_results
 
-from ownchat.chat_template import IGNORE_INDEX, tokenize_chat
+from ownchat.chat_template import tokenize_chat
+from ownchat_evaluator.naive_perplexity import naive_nll
 from ownchat_evaluator.perplexity import corpus_perplexity
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,33 +149,6 @@ def smollm2_dir(scratch: Path) -> Path:
     target = scratch / "smollm2"
     export_checkpoint(source, target)
     return target
-
-
-def naive_nll(
-    model: Any, tokenizer: Any, conversations: list[Conversation], context: int, stride: int
-) -> tuple[float, int]:
-    """Hugging Face's perplexity recipe per conversation: (summed NLL, scored tokens)."""
-    device = next(model.parameters()).device
-    nll, count = 0.0, 0
-    with torch.no_grad():
-        for messages in conversations:
-            sample = tokenize_chat(tokenizer, messages, sys.maxsize)
-            ids = torch.tensor([sample.input_ids], device=device)
-            labels = torch.tensor([sample.labels], device=device)
-            previous_end = 0
-            for begin in range(0, ids.shape[1], stride):
-                end = min(begin + context, ids.shape[1])
-                target = labels[:, begin:end].clone()
-                target[:, : previous_end - begin] = IGNORE_INDEX
-                scored = int((target[:, 1:] != IGNORE_INDEX).sum())
-                if scored:
-                    loss = model(input_ids=ids[:, begin:end], labels=target).loss
-                    nll += float(loss) * scored
-                    count += scored
-                previous_end = end
-                if end == ids.shape[1]:
-                    break
-    return nll, count
 
 
 def _timed_parts(

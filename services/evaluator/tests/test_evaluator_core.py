@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ownchat.chat_template import IGNORE_INDEX, render, tokenize_chat
@@ -17,6 +16,7 @@ from ownchat.errors import InvalidArgumentError, NotFoundError
 from ownchat.testing import build_tiny_chat_model
 from ownchat_evaluator.checks import CheckKind, TaskCheck
 from ownchat_evaluator.core import EvalRequest, EvaluatorCore, RunOptions
+from ownchat_evaluator.naive_perplexity import naive_nll
 from ownchat_evaluator.perplexity import corpus_perplexity, shared_prefixes, sliding_windows
 from ownchat_evaluator.store import MIGRATIONS, EvalStore, RunState
 
@@ -61,24 +61,7 @@ def _naive_perplexity(
     """Hugging Face's perplexity recipe, one conversation and one window at a time."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    nll, count = 0.0, 0
-    with torch.no_grad():
-        for messages in conversations:
-            sample = tokenize_chat(tokenizer, messages, sys.maxsize)
-            ids, labels = torch.tensor([sample.input_ids]), torch.tensor([sample.labels])
-            previous_end = 0
-            for begin in range(0, ids.shape[1], stride):
-                end = min(begin + context_length, ids.shape[1])
-                target = labels[:, begin:end].clone()
-                target[:, : previous_end - begin] = IGNORE_INDEX
-                scored = int((target[:, 1:] != IGNORE_INDEX).sum())
-                if scored:
-                    loss = model(input_ids=ids[:, begin:end], labels=target).loss
-                    nll += float(loss) * scored
-                    count += scored
-                previous_end = end
-                if end == ids.shape[1]:
-                    break
+    nll, count = naive_nll(model, tokenizer, conversations, context_length, stride)
     return math.exp(nll / count)
 
 
