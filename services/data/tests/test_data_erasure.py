@@ -146,3 +146,42 @@ def test_models_trained_on_erased_versions_are_blocked_even_after_an_outage(
     assert audit.blocked_model_ids == ("ft:base:x:1",)
     core.finish_erasures()
     assert len(calls) == 1, "a finished erasure is not sent again"
+
+
+def answered(i: int, expected: object) -> str:
+    return json.dumps(
+        {
+            "messages": [
+                {"role": "user", "content": f"Who handles ticket {i}?"},
+                {"role": "assistant", "content": f"Ticket {i} is handled by our team."},
+            ],
+            "expected": expected,
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    "expected",
+    [
+        {"answer": f"Ticket 4 is handled by {SECRET_NAME}.", "kind": "exact"},
+        {"answer": SECRET_NAME, "kind": "contains"},
+        # A pattern spells the value with escapes; erasure reads what it spells.
+        {"answer": r"z\.quillfeather@zanzibar\.example", "kind": "regex"},
+        # Spelled so that no scan of the source file's bytes finds the value.
+        {"answer": r"z[.]quillfeather\x40zanzibar[.]example", "kind": "regex"},
+    ],
+)
+def test_a_value_only_in_an_expected_answer_is_erased(
+    core: DataCore, tmp_path: Path, expected: dict[str, str]
+) -> None:
+    lines = [conversation(i) for i in range(8)]
+    lines[4] = answered(4, expected)
+    upload(core, lines)
+    value = SECRET_NAME if expected["kind"] != "regex" else "Z.Quillfeather@zanzibar.example"
+    assert b"quillfeather" in every_stored_byte(tmp_path).lower()
+
+    result = core.erase("support", ErasureRequest(frozenset(), (value,)))
+    assert result.erasure.removed_samples == 1
+    assert result.version.samples == 7
+    # Gone from the splits and from the uploaded source file alike.
+    assert b"quillfeather" not in every_stored_byte(tmp_path).lower()

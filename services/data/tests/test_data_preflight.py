@@ -80,3 +80,32 @@ def test_lint_refuses_what_is_not_a_chat_version(tmp_path: Path, tiny_model: Pat
     )
     with pytest.raises(FailedPreconditionError):
         core.lint(version.id, "tiny", max_samples=0)
+
+
+def test_lint_and_dedup_take_samples_with_expected_answers(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    core = DataCore(
+        DataStore(tmp_path / "d.db"), ArtifactStore(tmp_path / "a"), 1 << 20, 1 << 20,
+        lambda _: tiny_model,
+    )  # fmt: skip
+    lines = [
+        {
+            "messages": json.loads(conversation(f"Price of plan {i}?", f"Plan {i}: {i} euros."))[
+                "messages"
+            ],
+            "expected": [f"{i} euros", {"answer": rf"{i} ?euros", "kind": "regex"}][i % 2],
+        }
+        for i in range(6)
+    ]
+    # An exact duplicate conversation with another answer: deduplicated like any other.
+    lines.append({**lines[0], "expected": "something else"})
+    version = core.upload(
+        UploadSpec("s", "x.jsonl", SourceFormat.OPENAI_CHAT_JSONL, 0.0, base_model="tiny"),
+        iter(["\n".join(json.dumps(line) for line in lines).encode()]),
+    )
+    assert version.samples == 6 and version.sanitization.removed == {"exact_duplicate": 1}
+    report = core.lint(version.id, "tiny", max_samples=0)
+    assert report.samples_checked == 6
+    learned = "".join(text for text, loss in report.rendered_spans if loss)
+    assert learned.startswith("Plan 0: 0 euros.")

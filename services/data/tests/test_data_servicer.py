@@ -203,3 +203,52 @@ def test_scrub_text_for_captured_chats(grpc_stub: data_pb2_grpc.DataServiceStub)
     with pytest.raises(grpc.RpcError) as error:
         grpc_stub.ScrubText(data_pb2.ScrubTextRequest(text="y" * (1 << 17)), metadata=AUTH)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_preview_returns_expected_answers_redacted_like_their_messages(
+    grpc_stub: data_pb2_grpc.DataServiceStub,
+) -> None:
+    lines = [
+        {
+            "messages": [
+                {"role": "user", "content": "Where do receipts go?"},
+                {"role": "assistant", "content": "To billing@acme-corp.example, within a day."},
+            ],
+            "expected": {"answer": "billing@acme-corp.example", "kind": "contains"},
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "Price?"},
+                {"role": "assistant", "content": "129 euros."},
+            ],
+            "expected": {"answer": r"\d+ ?(€|euros)", "kind": "regex"},
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello"},
+            ]
+        },
+    ]
+    body = "\n".join(json.dumps(line) for line in lines).encode()
+    version = grpc_stub.UploadDatasetVersion(upload("priced", body), metadata=AUTH).dataset_version
+    samples = [
+        sample
+        for split in (data_pb2.SPLIT_TRAIN, data_pb2.SPLIT_VALIDATION)
+        for sample in grpc_stub.PreviewDatasetVersion(
+            data_pb2.PreviewDatasetVersionRequest(
+                dataset_version_id=version.id, split=split, limit=10
+            ),
+            metadata=AUTH,
+        ).samples
+    ]
+    by_record = {s.lineage.record: s for s in samples}
+    assert sorted(by_record) == [1, 2, 3]
+    assert by_record[1].expected == data_pb2.ExpectedAnswer(
+        answer="<EMAIL_1>", kind=data_pb2.EXPECTED_ANSWER_KIND_CONTAINS
+    )
+    assert "<EMAIL_1>" in by_record[1].messages[1].content
+    assert by_record[2].expected == data_pb2.ExpectedAnswer(
+        answer=r"\d+ ?(€|euros)", kind=data_pb2.EXPECTED_ANSWER_KIND_REGEX
+    )
+    assert not by_record[3].HasField("expected")

@@ -71,8 +71,8 @@ class _TomlTableSource(PydanticBaseSettingsSource):
         return {k: v for k, v in self._values.items() if k in names}
 
 
-class _OwnchatSettings(BaseSettings):
-    """Adds the TOML file as a source below the environment."""
+class OwnchatSettings(BaseSettings):
+    """Settings read from the environment, then the TOML file's ``toml_table``."""
 
     toml_table: ClassVar[str | None] = None
 
@@ -88,7 +88,7 @@ class _OwnchatSettings(BaseSettings):
         return (init_settings, env_settings, _TomlTableSource(settings_cls, cls.toml_table))
 
 
-class ServerSettings(_OwnchatSettings):
+class ServerSettings(OwnchatSettings):
     """What every gRPC server of ownchat is configured by."""
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
@@ -133,7 +133,7 @@ class ServerSettings(_OwnchatSettings):
         return self.home / service
 
 
-class ClientSettings(_OwnchatSettings):
+class ClientSettings(OwnchatSettings):
     """Where the services are, for the CLI and for services calling each other."""
 
     model_config = SettingsConfigDict(env_prefix="OWNCHAT_", extra="ignore", populate_by_name=True)

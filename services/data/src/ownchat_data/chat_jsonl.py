@@ -2,6 +2,11 @@
 
 Lines are parsed as the bytes arrive; each valid line becomes a :class:`ChatSample`,
 each bad one a :class:`RecordError` with its 1-based line number.
+
+A line may carry the answer its last assistant turn is expected to give, for the
+evaluator's task checks: ``"expected": "129 euros"`` (an exact match) or
+``"expected": {"answer": "129", "kind": "exact" | "contains" | "regex"}``. It is
+stored in the canonical object form, which the evaluator reads.
 """
 
 from __future__ import annotations
@@ -9,6 +14,9 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
+
+import regex
 
 from ownchat_data.records import ROLES, RecordError, RecordTooLarge
 
@@ -21,35 +29,60 @@ class ChatMessage:
     content: str
 
 
+# How the evaluator compares a reply with an expected answer.
+EXPECTED_KINDS = ("exact", "contains", "regex")
+
+
+@dataclass(frozen=True)
+class ExpectedAnswer:
+    """The answer a conversation's last assistant turn should give, and how to compare.
+
+    ``kind`` is one of :data:`EXPECTED_KINDS`; a regex answer is a pattern (the
+    ``regex`` module's syntax, as the evaluator runs it) to find in the reply.
+    """
+
+    answer: str
+    kind: str = "exact"
+
+    def to_dict(self) -> dict[str, str]:
+        """The stored form, which the evaluator's split reader takes."""
+        return {"answer": self.answer, "kind": self.kind}
+
+
 @dataclass(frozen=True)
 class ChatSample:
-    """One conversation with its loss weight and its source line."""
+    """One conversation with its loss weight, its source line and, maybe, its expected answer."""
 
     messages: tuple[ChatMessage, ...]
     weight: float
     record: int
+    expected: ExpectedAnswer | None = None
 
     def to_json(self) -> str:
         """The canonical line stored in a split file."""
-        return json.dumps(
-            {
-                "messages": [{"role": m.role, "content": m.content} for m in self.messages],
-                "weight": self.weight,
-                "record": self.record,
-            },
-            ensure_ascii=False,
-            sort_keys=True,
-            separators=(",", ":"),
-        )
+        value: dict[str, Any] = {
+            "messages": [{"role": m.role, "content": m.content} for m in self.messages],
+            "weight": self.weight,
+            "record": self.record,
+        }
+        # Absent rather than null, so lines without one keep the bytes (and
+        # the versions their digests) they always had.
+        if self.expected is not None:
+            value["expected"] = self.expected.to_dict()
+        return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, line: str) -> ChatSample:
         """Reads a line written by :meth:`to_json`."""
         value = json.loads(line)
+        expected = value.get("expected")
         return cls(
             messages=tuple(ChatMessage(m["role"], m["content"]) for m in value["messages"]),
             weight=float(value["weight"]),
             record=int(value["record"]),
+            expected=None
+            if expected is None
+            else ExpectedAnswer(expected["answer"], expected["kind"]),
         )
 
 
@@ -110,6 +143,32 @@ def decode_json_line(number: int, raw: bytes) -> object | RecordError | None:
         return RecordError(number, "JSON nested too deeply")
 
 
+def parse_expected(number: int, value: object) -> ExpectedAnswer | RecordError | None:
+    """Validates an optional expected answer: a string, or {"answer", "kind"}."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return ExpectedAnswer(value)
+    shape = (
+        '\'expected\' must be a string or {"answer": "...", "kind": "exact" | "contains" | "regex"}'
+    )
+    if not isinstance(value, dict) or not isinstance(value.get("answer"), str):
+        return RecordError(number, shape)
+    unknown = sorted(set(value) - {"answer", "kind"})
+    if unknown:
+        return RecordError(number, f"{shape}; unknown key(s) {', '.join(map(repr, unknown))}")
+    kind = value.get("kind", "exact")
+    if kind not in EXPECTED_KINDS:
+        return RecordError(number, f"'expected.kind' must be one of {', '.join(EXPECTED_KINDS)}")
+    if kind == "regex":
+        # Refused here rather than failing every evaluation of the version later.
+        try:
+            regex.compile(value["answer"])
+        except regex.error as error:
+            return RecordError(number, f"'expected.answer' is not a regular expression: {error}")
+    return ExpectedAnswer(value["answer"], kind)
+
+
 def parse_record(number: int, raw: bytes) -> ChatSample | RecordError | None:
     """Parses one line; None for a blank line."""
     value = decode_json_line(number, raw)
@@ -123,7 +182,10 @@ def parse_record(number: int, raw: bytes) -> ChatSample | RecordError | None:
     weight = value.get("weight", 1.0)
     if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight <= 100:
         return RecordError(number, "'weight' must be a number between 0 and 100")
-    return ChatSample(tuple(parsed), float(weight), number)
+    expected = parse_expected(number, value.get("expected"))
+    if isinstance(expected, RecordError):
+        return expected
+    return ChatSample(tuple(parsed), float(weight), number, expected)
 
 
 def parse_chat_jsonl(

@@ -393,6 +393,10 @@ class DataCore:
                 sample = sanitizer.apply(parsed)
                 if sample is None:
                     continue
+                if isinstance(sample, RecordError):
+                    # Refused by sanitization (a pattern it cannot redact): a bad record.
+                    issues.add(sample)
+                    continue
                 tokens = counter.count(sample) if counter else -1
                 if tokens > max_tokens:
                     sanitizer.count_removed("too_long", 1)
@@ -539,13 +543,18 @@ class DataCore:
         latest = live[0]
         polluted: set[str] = set()
         for version in live:
+            sample_erased = False
             for split in (version.train_split, version.validation_split):
                 if self._split_holds(split, version.source.digest, request):
                     polluted.add(split.digest)
+                    sample_erased = True
             source_named = any(
                 digest == version.source.digest for digest, _ in request.source_records
             )
-            if source_named or self._source_holds(version.source, request):
+            # The samples came from the source file: when one holds the data, so does
+            # the file, even where its bytes spell it in a way no scan reads (an
+            # expected answer's regex written with \x40 or [.]).
+            if sample_erased or source_named or self._source_holds(version.source, request):
                 polluted.add(version.source.digest)
         counter = self._erasure_counter(latest)
         lengths = TokenStats.from_histogram(latest.tokens, latest.length_histogram)

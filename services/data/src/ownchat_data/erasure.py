@@ -1,10 +1,13 @@
 """Right to erasure: which stored samples and files hold what must be erased.
 
 A sample is erased when it derives from a named source record, or when any of
-its texts contains a named value (compared case-insensitively). A stored file
-holds erased data when one of its samples is erased, or, for an uploaded
-source file, when it is the named record's source or its bytes contain a value
-(also as JSON would escape it).
+its texts contains a named value (compared case-insensitively); a chat sample's
+expected answer is one of its texts, and a regex answer is also read as the
+literal text it spells (``alice@example\\.com`` holds ``alice@example.com``).
+A stored file holds erased data when one of its samples is erased, or, for an
+uploaded source file, when a sample made from it is erased, when it is the named
+record's source, or when its bytes contain a value (also as JSON would escape it,
+and as a regex escapes it).
 """
 
 from __future__ import annotations
@@ -17,7 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import regex
+
+from ownchat_data.pattern_text import literal_readings
+
 _SCAN_CHUNK = 1024 * 1024
+# What a pattern's author must escape to write a value literally (not "-" or " ").
+_REGEX_SPECIAL = regex.compile(r"[.^$*+?()\[\]{}|\\]")
 MIN_VALUE_CHARS = 3
 
 
@@ -42,6 +51,10 @@ def sample_texts(sample: dict[str, Any]) -> list[str]:
     for key in ("chosen", "rejected", "text"):
         if key in sample:
             texts.append(str(sample[key]))
+    expected = sample.get("expected")
+    if expected:
+        answer = str(expected["answer"])
+        texts.extend(literal_readings(answer) if expected.get("kind") == "regex" else [answer])
     return texts
 
 
@@ -55,8 +68,14 @@ def sample_is_erased(sample: dict[str, Any], source_digest: str, request: Erasur
 def _needles(values: Iterable[str]) -> list[bytes]:
     needles = set()
     for value in values:
-        for form in (value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]):
-            needles.add(form.casefold().encode())
+        # A source file holds a regex expected answer as written: "alice@example\\.com".
+        for written in (value, _REGEX_SPECIAL.sub(r"\\\g<0>", value)):
+            for form in (
+                written,
+                json.dumps(written)[1:-1],
+                json.dumps(written, ensure_ascii=False)[1:-1],
+            ):
+                needles.add(form.casefold().encode())
     return sorted(needles)
 
 

@@ -3,6 +3,11 @@
 Cleaning (``cleaning.py``) runs on every message, then the quality filters
 (``quality.py``) decide whether a conversation is kept. Preference pairs are
 cleaned; a pair left with an empty side is removed.
+
+Personal data is replaced in everything a sample stores, a chat sample's
+expected answer included, with one placeholder scope per sample: a value in a
+message and in the expected answer gets the same placeholder, so the
+evaluator's exact and contains checks still compare like with like.
 """
 
 from __future__ import annotations
@@ -14,10 +19,11 @@ from ownchat_data.chat_jsonl import ChatMessage, ChatSample
 from ownchat_data.cleaning import Cleaner, repair_encoding
 from ownchat_data.documents import TextSample
 from ownchat_data.language import conversation_language
+from ownchat_data.pattern_text import literal_readings
 from ownchat_data.pii import RedactionMode, Redactor
 from ownchat_data.preference_jsonl import PreferenceSample
 from ownchat_data.quality import QualityFilter
-from ownchat_data.records import Sample
+from ownchat_data.records import RecordError, Sample
 from ownchat_data.store import SanitizationReport
 
 
@@ -50,24 +56,70 @@ class Sanitizer:
         self._quality = QualityFilter()
         self._removed: Counter[str] = Counter()
 
-    def apply(self, sample: Sample) -> Sample | None:
-        """The sample to store, or None when a step removed it."""
+    def apply(self, sample: Sample) -> Sample | RecordError | None:
+        """The sample to store, None when a step removed it, or why it is refused.
+
+        A refused sample is a bad record of the upload (reported with its
+        position, and subject to the upload's bad record policy).
+        """
         cleaned = self._clean(sample)
         if cleaned is None or self._redactor is None:
             return cleaned
+        if isinstance(cleaned, ChatSample) and (refused := self._pattern_pii(cleaned)):
+            return refused
         return self._redact(cleaned)
+
+    def _pattern_pii(self, sample: ChatSample) -> RecordError | None:
+        """Refuses a regex expected answer that holds personal data or a secret.
+
+        A pattern cannot be redacted safely. Its values hide behind escapes
+        (``alice@example\\.com`` is no address to the scanner, so redacting the
+        pattern as written would keep it), and a replacement spliced into a
+        pattern can break its syntax or change what it matches. So the pattern
+        is scanned as written and as its literal readings, and a sample whose
+        pattern shows any value is refused, naming the types found but never
+        the values: the author can move the value out of the pattern, or use
+        an exact or contains answer, which is redacted like the messages.
+        """
+        assert self._redactor is not None
+        expected = sample.expected
+        if expected is None or expected.kind != "regex":
+            return None
+        found = sorted(
+            {
+                span.type.value
+                for reading in literal_readings(expected.answer)
+                for span in self._redactor.scanner.scan(reading)
+            }
+        )
+        if not found:
+            return None
+        return RecordError(
+            sample.record,
+            f"'expected.answer' is a regular expression holding personal data or secrets "
+            f"({', '.join(found)}), which cannot be redacted from a pattern safely: "
+            "remove them from the pattern, or give the answer as kind exact or contains",
+        )
 
     def _redact(self, sample: Sample) -> Sample:
         """Personal data and secrets replaced, one placeholder scope per sample."""
         assert self._redactor is not None
         if isinstance(sample, ChatSample):
-            texts, counts = self._redactor.redact_conversation(m.content for m in sample.messages)
+            expected = sample.expected
+            # A regex answer that gets here holds nothing the scanner finds (see
+            # _pattern_pii), so it is stored as written.
+            answer = [expected.answer] if expected and expected.kind != "regex" else []
+            texts, counts = self._redactor.redact_conversation(
+                [*(m.content for m in sample.messages), *answer]
+            )
+            messages = texts[: len(sample.messages)]
             sample = replace(
                 sample,
                 messages=tuple(
                     ChatMessage(m.role, text)
-                    for m, text in zip(sample.messages, texts, strict=True)
+                    for m, text in zip(sample.messages, messages, strict=True)
                 ),
+                expected=replace(expected, answer=texts[-1]) if expected and answer else expected,
             )
         elif isinstance(sample, PreferenceSample):
             texts, counts = self._redactor.redact_conversation(

@@ -41,6 +41,11 @@ _PII_MODES = {
     data_pb2.PII_MODE_PLACEHOLDER: RedactionMode.PLACEHOLDER,
     data_pb2.PII_MODE_PSEUDONYMIZE: RedactionMode.PSEUDONYMIZE,
 }
+_EXPECTED_KINDS = {
+    "exact": data_pb2.EXPECTED_ANSWER_KIND_EXACT,
+    "contains": data_pb2.EXPECTED_ANSWER_KIND_CONTAINS,
+    "regex": data_pb2.EXPECTED_ANSWER_KIND_REGEX,
+}
 _KINDS = {
     "chat": data_pb2.SAMPLE_KIND_CHAT,
     "preference": data_pb2.SAMPLE_KIND_PREFERENCE,
@@ -109,6 +114,11 @@ def _sample_to_proto(sample: ChatSample, source_digest: str) -> data_pb2.ChatSam
         ],
         weight=sample.weight,
         lineage=data_pb2.SampleLineage(source_digest=source_digest, record=sample.record),
+        expected=None
+        if sample.expected is None
+        else data_pb2.ExpectedAnswer(
+            answer=sample.expected.answer, kind=_EXPECTED_KINDS[sample.expected.kind]
+        ),
     )
 
 

@@ -12,7 +12,7 @@ from ownchat.registry import ModelDirectories
 from ownchat.server import ServiceSpec, run_threaded_server
 from ownchat_evaluator.config import EvaluatorSettings
 from ownchat_evaluator.core import EvaluatorCore
-from ownchat_evaluator.lookups import ValidationSplits
+from ownchat_evaluator.lookups import TrainingCurves, ValidationSplits
 from ownchat_evaluator.review.core import ReviewQueue
 from ownchat_evaluator.review.data_client import DataServiceFeedback
 from ownchat_evaluator.review.rpcs import ReviewRpcs
@@ -35,6 +35,7 @@ def main() -> None:
         datasets=ValidationSplits(client_settings, token, artifacts),
         options=settings.run_options(),
         gate=settings.gate,
+        curves=TrainingCurves(client_settings, token),
     )
     # The review queue keeps its own file, so its migrations never interleave
     # with those of evaluation runs.

@@ -1,5 +1,5 @@
 """Protobuf <-> plain types for the run side of EvaluatorService (runs, samples,
-comparisons, the gate). Only translation: no decisions are taken here."""
+comparisons, the gate, reports). Only translation: no decisions are taken here."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from ownchat_evaluator.checks import CheckKind, TaskCheck
 from ownchat_evaluator.compare import Comparison
 from ownchat_evaluator.core import EvalRequest
 from ownchat_evaluator.gate import GateVerdict
+from ownchat_evaluator.report import Report
 from ownchat_evaluator.run_config import (
     BLEU,
     CHRF,
@@ -183,4 +184,12 @@ def verdict_to_proto(verdict: GateVerdict) -> evaluator_pb2.CheckPromotionGateRe
         summary=verdict.summary,
         eval_run_id=verdict.eval_run_id,
         baseline_eval_run_id=verdict.baseline_eval_run_id,
+    )
+
+
+def report_to_proto(report: Report) -> evaluator_pb2.RenderEvalReportResponse:
+    """A rendered report as the API returns it."""
+    return evaluator_pb2.RenderEvalReportResponse(
+        html=report.html,
+        images=[evaluator_pb2.ReportImage(name=i.name, png=i.png) for i in report.images],
     )

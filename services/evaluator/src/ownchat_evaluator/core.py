@@ -27,11 +27,13 @@ from ownchat.errors import (
     FailedPreconditionError,
     FieldViolation,
     InvalidArgumentError,
+    OwnchatError,
     PreconditionViolation,
 )
 from ownchat_evaluator.bootstrap import DEFAULT_RESAMPLES
 from ownchat_evaluator.checks import CheckKind, TaskCheck, check_reply, compile_pattern
 from ownchat_evaluator.compare import Comparison, compare_runs
+from ownchat_evaluator.curves import CurveLookup, LossCurve
 from ownchat_evaluator.gate import (
     GateInputs,
     GateThresholds,
@@ -41,6 +43,12 @@ from ownchat_evaluator.gate import (
 )
 from ownchat_evaluator.modeling import load_model, model_context, resolve_device
 from ownchat_evaluator.replies import DEFAULT_REFUSAL_PATTERNS, is_refusal
+from ownchat_evaluator.report import (
+    MAX_WORST_EXAMPLES,
+    Report,
+    render_comparison_report,
+    render_run_report,
+)
 from ownchat_evaluator.results import RunTimings, metric_results
 from ownchat_evaluator.run_config import (
     DEFAULT_MAX_NEW_TOKENS,
@@ -185,6 +193,7 @@ class EvaluatorCore:
         options: RunOptions | None = None,
         gate: GateThresholds | None = None,
         win_rates: WinRateLookup | None = None,
+        curves: CurveLookup | None = None,
     ) -> None:
         self._store = store
         self._models = models
@@ -192,6 +201,7 @@ class EvaluatorCore:
         self._options = options or RunOptions()
         self._gate = gate or GateThresholds()
         self._win_rates = win_rates
+        self._curves = curves
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval")
 
     def set_win_rates(self, win_rates: WinRateLookup | None) -> None:
@@ -494,6 +504,71 @@ class EvaluatorCore:
                 win_rate=None if win_rate is None else (float(win_rate[0]), int(win_rate[1])),
             ),
         )
+
+    # Reports.
+
+    def render_report(
+        self,
+        eval_run_id: str = "",
+        comparison: tuple[str, str] | None = None,
+        worst_examples: int = 0,
+    ) -> Report:
+        """The HTML report of one finished run, or of (baseline, candidate) runs compared."""
+        violations = []
+        if comparison is None and not eval_run_id:
+            violations.append(FieldViolation("eval_run_id", "required: a run, or a comparison"))
+        if comparison is not None:
+            for field, value in zip(
+                ("comparison.baseline_eval_run_id", "comparison.candidate_eval_run_id"),
+                comparison,
+                strict=True,
+            ):
+                if not value:
+                    violations.append(FieldViolation(field, "required"))
+        if not 0 <= worst_examples <= MAX_WORST_EXAMPLES:
+            violations.append(
+                FieldViolation("worst_examples", f"must be within 0..{MAX_WORST_EXAMPLES}")
+            )
+        if violations:
+            raise InvalidArgumentError("invalid report request", violations)
+        if comparison is None:
+            run = self._store.get(eval_run_id)
+            if run.state is not RunState.SUCCEEDED:
+                raise FailedPreconditionError(
+                    f"run {run.id} is {run.state.value}: only a finished run has a report",
+                    [PreconditionViolation("EVAL_RUN_STATE", run.id, run.state.value)],
+                )
+            return render_run_report(
+                run, self._store.samples(run.id), self._curve(run.model_id), worst_examples
+            )
+        # Refuses runs that do not compare, saying why, before anything is drawn.
+        deltas = self.compare(*comparison)
+        baseline, candidate = (self._store.get(run_id) for run_id in comparison)
+        model_ids = dict.fromkeys((baseline.model_id, candidate.model_id))
+        return render_comparison_report(
+            baseline,
+            self._store.samples(baseline.id),
+            candidate,
+            self._store.samples(candidate.id),
+            deltas,
+            [self._curve(model_id) for model_id in model_ids],
+            worst_examples,
+        )
+
+    def _curve(self, model_id: str) -> LossCurve:
+        """A model's training curve; a report without it, saying why, when it cannot be had."""
+        if self._curves is None:
+            return LossCurve(model_id, note=f"{model_id}: training curves are not available here.")
+        try:
+            return self._curves(model_id)
+        except OwnchatError as error:
+            logger.warning(
+                "no training curve for the report",
+                extra={"model_id": model_id, "error": str(error)},
+            )
+            return LossCurve(
+                model_id, note=f"{model_id}: the trainer could not say how it trained ({error})."
+            )
 
     def _given_run(self, run_id: str, model_id: str, field: str) -> EvalRun | None:
         if not run_id:

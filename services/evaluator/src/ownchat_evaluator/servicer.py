@@ -9,6 +9,7 @@ from ownchat.evaluator.v1 import evaluator_pb2, evaluator_pb2_grpc
 from ownchat.paging import next_page_token, page_window
 from ownchat_evaluator.conversions import (
     comparison_to_proto,
+    report_to_proto,
     request_from_proto,
     run_to_proto,
     sample_to_proto,
@@ -20,7 +21,7 @@ from ownchat_evaluator.review.rpcs import ReviewRpcs
 
 class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
     """Translates EvaluatorService calls for :class:`EvaluatorCore` (runs,
-    comparisons, the promotion gate); review-queue calls go to :class:`ReviewRpcs`.
+    comparisons, the promotion gate, reports); review-queue calls go to :class:`ReviewRpcs`.
     """
 
     def __init__(self, core: EvaluatorCore, reviews: ReviewRpcs | None = None) -> None:
@@ -81,6 +82,18 @@ class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
             baseline_eval_run_id=request.baseline_eval_run_id,
         )
         return verdict_to_proto(verdict)
+
+    def RenderEvalReport(
+        self, request: evaluator_pb2.RenderEvalReportRequest, context: grpc.ServicerContext
+    ) -> evaluator_pb2.RenderEvalReportResponse:
+        pair = None
+        if request.WhichOneof("subject") == "comparison":
+            pair = (
+                request.comparison.baseline_eval_run_id,
+                request.comparison.candidate_eval_run_id,
+            )
+        report = self._core.render_report(request.eval_run_id, pair, request.worst_examples)
+        return report_to_proto(report)
 
     # The review queue: each call goes to ReviewRpcs, which translates for the queue.
 

@@ -18,7 +18,7 @@ import grpc
 from rich.table import Table
 
 from ownchat.cli.common import console, error_console, follow_job, upload_requests
-from ownchat.cli.main import run_evaluation
+from ownchat.cli.evaluate import run_evaluation
 from ownchat.cli.supervisor import SERVICE_MODULES, StartupError, Supervisor
 from ownchat.client import OwnchatClient
 from ownchat.config import ClientSettings

@@ -4,8 +4,12 @@ ownchat up                      start all five services, Ctrl-C stops them
 ownchat demo                    the whole loop on the sample data
 ownchat data ingest FILE --dataset NAME
 ownchat train create --base smollm2-135m-instruct --dataset-version dsv_...
-ownchat eval run --model MODEL --dataset-version dsv_...
-ownchat deploy MODEL
+ownchat eval run --model MODEL --dataset-version dsv_... [--metric bleu ...]
+ownchat eval compare BASELINE CANDIDATE --dataset-version dsv_...
+ownchat eval report RUN_ID [--against RUN_ID] --output report.html
+ownchat eval gate MODEL [--baseline MODEL]
+ownchat eval queue
+ownchat deploy MODEL            consults the promotion gate first (--skip-gate to deploy anyway)
 ownchat chat "How do I reset my router?"
 """
 
@@ -29,20 +33,19 @@ from ownchat.cli.common import (
     upload_progress,
     upload_requests,
 )
+from ownchat.cli.evaluate import consult_promotion_gate, eval_app
 from ownchat.cli.keys import keys_app
 from ownchat.cli.supervisor import SERVICE_MODULES, StartupError, Supervisor, service_status
 from ownchat.client import OwnchatClient
 from ownchat.common.v1 import common_pb2
 from ownchat.config import ClientSettings
 from ownchat.data.v1 import data_pb2
-from ownchat.evaluator.v1 import evaluator_pb2
 from ownchat.serving.v1 import serving_pb2
 from ownchat.trainer.v1 import trainer_pb2
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 data_app = typer.Typer(help="Datasets and their versions.", no_args_is_help=True)
 train_app = typer.Typer(help="Fine-tuning jobs.", no_args_is_help=True)
-eval_app = typer.Typer(help="Evaluation runs.", no_args_is_help=True)
 models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
@@ -541,50 +544,6 @@ def models_merge(model: str) -> None:
     console.print(f"merged into [bold]{merged.id}[/bold] (full, base {merged.base_model})")
 
 
-def run_evaluation(
-    ownchat: OwnchatClient, model: str, dataset_version: str, max_samples: int = 0
-) -> evaluator_pb2.EvalRun:
-    """Starts an evaluation run and waits for it, showing progress."""
-    run = ownchat.evaluator.CreateEvalRun(
-        evaluator_pb2.CreateEvalRunRequest(
-            model_id=model,
-            dataset_version_id=dataset_version,
-            metrics=[evaluator_pb2.METRIC_PERPLEXITY],
-            max_samples=max_samples,
-        ),
-        timeout=600,
-    ).eval_run
-    ended = (evaluator_pb2.EVAL_RUN_STATE_SUCCEEDED, evaluator_pb2.EVAL_RUN_STATE_FAILED)
-    with console.status(f"evaluating {model}") as spinner:
-        while run.state not in ended:
-            time.sleep(0.5)
-            run = ownchat.evaluator.GetEvalRun(
-                evaluator_pb2.GetEvalRunRequest(eval_run_id=run.id)
-            ).eval_run
-            spinner.update(
-                f"evaluating {model}: {run.progress.completed}/{run.progress.total} samples"
-            )
-    return run
-
-
-@eval_app.command("run")
-@reports_rpc_errors
-def eval_run(
-    model: Annotated[str, typer.Option(help="Model version to evaluate.")],
-    dataset_version: Annotated[str, typer.Option(help="Its validation split is used.")],
-    max_samples: Annotated[int, typer.Option(help="0 for all.")] = 0,
-) -> None:
-    """Measure a model version's perplexity on a dataset version's validation split."""
-    with client() as ownchat:
-        run = run_evaluation(ownchat, model, dataset_version, max_samples)
-    if run.state != evaluator_pb2.EVAL_RUN_STATE_SUCCEEDED:
-        error_console.print(f"[red]evaluation {run.id} failed[/red]: {run.error}")
-        raise typer.Exit(1)
-    for result in run.results:
-        name = evaluator_pb2.Metric.Name(result.metric).removeprefix("METRIC_").lower()
-        console.print(f"{name} [bold]{result.value:.3f}[/bold] ({result.details})")
-
-
 ENGINES = {
     "vllm": serving_pb2.ENGINE_VLLM,
     "onnxruntime": serving_pb2.ENGINE_ONNXRUNTIME,
@@ -606,8 +565,20 @@ def deploy(
             "one; deploying the canary's version again without --canary promotes it."
         ),
     ] = "",
+    skip_gate: Annotated[
+        bool,
+        typer.Option(
+            "--skip-gate",
+            help="Deploy without consulting the promotion gate (when it fails or the "
+            "evaluator is down).",
+        ),
+    ] = False,
 ) -> None:
-    """Load a model version into serving and move traffic to it, or a canary's share."""
+    """Load a model version into serving and move traffic to it, or a canary's share.
+
+    The promotion gate is consulted first, with the live version as the baseline:
+    a failed check, or an evaluator that cannot be reached, refuses the deployment.
+    """
     import getpass
 
     if engine not in ENGINES:
@@ -621,8 +592,13 @@ def deploy(
         engine=ENGINES[engine],
         canary_percent=int(share) if canary else 0,
     )
-    with client() as ownchat, console.status(f"loading {model} on {engine}"):
-        deployment = ownchat.serving.Deploy(request, timeout=900).deployment
+    with client() as ownchat:
+        if skip_gate:
+            console.print("[yellow]--skip-gate[/yellow]: deploying without the promotion gate")
+        else:
+            consult_promotion_gate(ownchat, model)
+        with console.status(f"loading {model} on {engine}"):
+            deployment = ownchat.serving.Deploy(request, timeout=900).deployment
     role = f"canary ({deployment.canary_percent}%)" if deployment.canary_percent else "main"
     console.print(
         f"deployment {deployment.id}: {deployment.model_id} "

@@ -175,6 +175,34 @@ salt kept by the data service).
 """
 Global___PiiMode: _TypeAlias = PiiMode  # noqa: Y015
 
+class _ExpectedAnswerKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ExpectedAnswerKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExpectedAnswerKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EXPECTED_ANSWER_KIND_UNSPECIFIED: _ExpectedAnswerKind.ValueType  # 0
+    """Not given."""
+    EXPECTED_ANSWER_KIND_EXACT: _ExpectedAnswerKind.ValueType  # 1
+    """The reply equals the answer (trimmed, case-folded, white space collapsed)."""
+    EXPECTED_ANSWER_KIND_CONTAINS: _ExpectedAnswerKind.ValueType  # 2
+    """The reply contains the answer (compared as for EXPECTED_ANSWER_KIND_EXACT)."""
+    EXPECTED_ANSWER_KIND_REGEX: _ExpectedAnswerKind.ValueType  # 3
+    """The answer is a regular expression that must be found in the reply."""
+
+class ExpectedAnswerKind(_ExpectedAnswerKind, metaclass=_ExpectedAnswerKindEnumTypeWrapper):
+    """How a reply is compared with an expected answer (the evaluator's task check)."""
+
+EXPECTED_ANSWER_KIND_UNSPECIFIED: ExpectedAnswerKind.ValueType  # 0
+"""Not given."""
+EXPECTED_ANSWER_KIND_EXACT: ExpectedAnswerKind.ValueType  # 1
+"""The reply equals the answer (trimmed, case-folded, white space collapsed)."""
+EXPECTED_ANSWER_KIND_CONTAINS: ExpectedAnswerKind.ValueType  # 2
+"""The reply contains the answer (compared as for EXPECTED_ANSWER_KIND_EXACT)."""
+EXPECTED_ANSWER_KIND_REGEX: ExpectedAnswerKind.ValueType  # 3
+"""The answer is a regular expression that must be found in the reply."""
+Global___ExpectedAnswerKind: _TypeAlias = ExpectedAnswerKind  # noqa: Y015
+
 @_typing.final
 class UploadHeader(_message.Message):
     """The header of an upload: what the bytes that follow are and where they go."""
@@ -892,6 +920,7 @@ class ChatSample(_message.Message):
     MESSAGES_FIELD_NUMBER: _builtins.int
     WEIGHT_FIELD_NUMBER: _builtins.int
     LINEAGE_FIELD_NUMBER: _builtins.int
+    EXPECTED_FIELD_NUMBER: _builtins.int
     weight: _builtins.float
     """The sample's weight in the training loss."""
     @_builtins.property
@@ -902,20 +931,56 @@ class ChatSample(_message.Message):
     def lineage(self) -> Global___SampleLineage:
         """Where the sample came from: the source file's digest and record position."""
 
+    @_builtins.property
+    def expected(self) -> Global___ExpectedAnswer:
+        """The answer the last assistant turn is expected to give, for the
+        evaluator's task checks; unset when the sample carries none.
+        """
+
     def __init__(
         self,
         *,
         messages: _abc.Iterable[_common_pb2.ChatMessage] | None = ...,
         weight: _builtins.float = ...,
         lineage: Global___SampleLineage | None = ...,
+        expected: Global___ExpectedAnswer | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["lineage", b"lineage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expected", b"expected", "lineage", b"lineage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lineage", b"lineage", "messages", b"messages", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected", b"expected", "lineage", b"lineage", "messages", b"messages", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ChatSample: _TypeAlias = ChatSample  # noqa: Y015
+
+@_typing.final
+class ExpectedAnswer(_message.Message):
+    """The answer a chat sample's last assistant turn is expected to give."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANSWER_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    answer: _builtins.str
+    """The answer, or the pattern for EXPECTED_ANSWER_KIND_REGEX. Personal data
+    in an answer is replaced as in the sample's messages (the same value gets
+    the same placeholder); a pattern holding personal data is refused at upload.
+    """
+    kind: Global___ExpectedAnswerKind.ValueType
+    """How a reply is compared with it."""
+    def __init__(
+        self,
+        *,
+        answer: _builtins.str = ...,
+        kind: Global___ExpectedAnswerKind.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExpectedAnswer: _TypeAlias = ExpectedAnswer  # noqa: Y015
 
 @_typing.final
 class SampleLineage(_message.Message):

@@ -1814,3 +1814,120 @@ class GetReviewStatsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetReviewStatsResponse: _TypeAlias = GetReviewStatsResponse  # noqa: Y015
+
+@_typing.final
+class EvalRunPair(_message.Message):
+    """Two runs to compare in a report."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BASELINE_EVAL_RUN_ID_FIELD_NUMBER: _builtins.int
+    CANDIDATE_EVAL_RUN_ID_FIELD_NUMBER: _builtins.int
+    baseline_eval_run_id: _builtins.str
+    """The run of the current version."""
+    candidate_eval_run_id: _builtins.str
+    """The run of the candidate version."""
+    def __init__(
+        self,
+        *,
+        baseline_eval_run_id: _builtins.str = ...,
+        candidate_eval_run_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_eval_run_id", b"baseline_eval_run_id", "candidate_eval_run_id", b"candidate_eval_run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvalRunPair: _TypeAlias = EvalRunPair  # noqa: Y015
+
+@_typing.final
+class RenderEvalReportRequest(_message.Message):
+    """Asks for a report."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVAL_RUN_ID_FIELD_NUMBER: _builtins.int
+    COMPARISON_FIELD_NUMBER: _builtins.int
+    WORST_EXAMPLES_FIELD_NUMBER: _builtins.int
+    eval_run_id: _builtins.str
+    """One finished run."""
+    worst_examples: _builtins.int
+    """How many examples each list of worst examples shows, 1 to 100; 10 when 0."""
+    @_builtins.property
+    def comparison(self) -> Global___EvalRunPair:
+        """Two finished runs on the same dataset version, compared with paired
+        bootstrap intervals (the evaluator's default resamples, seed 0, as
+        CompareModels draws them).
+        """
+
+    def __init__(
+        self,
+        *,
+        eval_run_id: _builtins.str = ...,
+        comparison: Global___EvalRunPair | None = ...,
+        worst_examples: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["comparison", b"comparison", "eval_run_id", b"eval_run_id", "subject", b"subject"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comparison", b"comparison", "eval_run_id", b"eval_run_id", "subject", b"subject", "worst_examples", b"worst_examples"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_subject: _TypeAlias = _typing.Literal["eval_run_id", "comparison"]  # noqa: Y015
+    _WhichOneofArgType_subject: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_subject) -> _WhichOneofReturnType_subject | None: ...
+
+Global___RenderEvalReportRequest: _TypeAlias = RenderEvalReportRequest  # noqa: Y015
+
+@_typing.final
+class ReportImage(_message.Message):
+    """A plot of a report."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PNG_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Its file name, for example "metrics.png"."""
+    png: _builtins.bytes
+    """The PNG file's bytes."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        png: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "png", b"png"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportImage: _TypeAlias = ReportImage  # noqa: Y015
+
+@_typing.final
+class RenderEvalReportResponse(_message.Message):
+    """The report."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HTML_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
+    html: _builtins.str
+    """A standalone HTML page: the plots are embedded in it as data: URIs."""
+    @_builtins.property
+    def images(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReportImage]:
+        """The plots as PNG files, the same as those embedded."""
+
+    def __init__(
+        self,
+        *,
+        html: _builtins.str = ...,
+        images: _abc.Iterable[Global___ReportImage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["html", b"html", "images", b"images"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenderEvalReportResponse: _TypeAlias = RenderEvalReportResponse  # noqa: Y015

@@ -106,6 +106,11 @@ class EvaluatorServiceStub:
                 request_serializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.GetReviewStatsRequest.SerializeToString,
                 response_deserializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.GetReviewStatsResponse.FromString,
                 _registered_method=True)
+        self.RenderEvalReport = channel.unary_unary(
+                '/ownchat.evaluator.v1.EvaluatorService/RenderEvalReport',
+                request_serializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.RenderEvalReportRequest.SerializeToString,
+                response_deserializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.RenderEvalReportResponse.FromString,
+                _registered_method=True)
 
 
 class EvaluatorServiceServicer:
@@ -216,6 +221,15 @@ class EvaluatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RenderEvalReport(self, request, context):
+        """Renders the HTML report of one finished run, or of a comparison of two
+        finished runs on the same dataset version: metrics with their confidence
+        intervals, the models' training loss curves and the worst examples.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EvaluatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -288,6 +302,11 @@ def add_EvaluatorServiceServicer_to_server(servicer, server):
                     servicer.GetReviewStats,
                     request_deserializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.GetReviewStatsRequest.FromString,
                     response_serializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.GetReviewStatsResponse.SerializeToString,
+            ),
+            'RenderEvalReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenderEvalReport,
+                    request_deserializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.RenderEvalReportRequest.FromString,
+                    response_serializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.RenderEvalReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -670,6 +689,33 @@ class EvaluatorService:
             '/ownchat.evaluator.v1.EvaluatorService/GetReviewStats',
             ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.GetReviewStatsRequest.SerializeToString,
             ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.GetReviewStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenderEvalReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ownchat.evaluator.v1.EvaluatorService/RenderEvalReport',
+            ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.RenderEvalReportRequest.SerializeToString,
+            ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.RenderEvalReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

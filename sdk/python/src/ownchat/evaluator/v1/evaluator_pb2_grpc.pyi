@@ -73,6 +73,11 @@ class EvaluatorServiceStub:
     """Reports the queue's counts, reviews per reviewer, inter-annotator
     agreement and, when asked, the human win rate of one model over another.
     """
+    RenderEvalReport: _grpc.UnaryUnaryMultiCallable[_evaluator_pb2.RenderEvalReportRequest, _evaluator_pb2.RenderEvalReportResponse]
+    """Renders the HTML report of one finished run, or of a comparison of two
+    finished runs on the same dataset version: metrics with their confidence
+    intervals, the models' training loss curves and the worst examples.
+    """
 
 @_typing.type_check_only
 class EvaluatorServiceAsyncStub(EvaluatorServiceStub):
@@ -118,6 +123,11 @@ class EvaluatorServiceAsyncStub(EvaluatorServiceStub):
     GetReviewStats: _aio.UnaryUnaryMultiCallable[_evaluator_pb2.GetReviewStatsRequest, _evaluator_pb2.GetReviewStatsResponse]  # type: ignore[assignment]
     """Reports the queue's counts, reviews per reviewer, inter-annotator
     agreement and, when asked, the human win rate of one model over another.
+    """
+    RenderEvalReport: _aio.UnaryUnaryMultiCallable[_evaluator_pb2.RenderEvalReportRequest, _evaluator_pb2.RenderEvalReportResponse]  # type: ignore[assignment]
+    """Renders the HTML report of one finished run, or of a comparison of two
+    finished runs on the same dataset version: metrics with their confidence
+    intervals, the models' training loss curves and the worst examples.
     """
 
 class EvaluatorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -245,6 +255,17 @@ class EvaluatorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_evaluator_pb2.GetReviewStatsResponse, _abc.Awaitable[_evaluator_pb2.GetReviewStatsResponse]]:
         """Reports the queue's counts, reviews per reviewer, inter-annotator
         agreement and, when asked, the human win rate of one model over another.
+        """
+
+    @_abc_1.abstractmethod
+    def RenderEvalReport(
+        self,
+        request: _evaluator_pb2.RenderEvalReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_evaluator_pb2.RenderEvalReportResponse, _abc.Awaitable[_evaluator_pb2.RenderEvalReportResponse]]:
+        """Renders the HTML report of one finished run, or of a comparison of two
+        finished runs on the same dataset version: metrics with their confidence
+        intervals, the models' training loss curves and the worst examples.
         """
 
 def add_EvaluatorServiceServicer_to_server(servicer: EvaluatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
