@@ -19,8 +19,11 @@ length as max_tokens), capped for a CPU. In order:
    settings), kept at a concurrency by topping up requests between its steps.
 3. At each concurrency, each path in turn on the same prompts: the offline
    engine, our gRPC Generate (streams), the gateway's ``/v1/chat/completions``
-   (SSE, through the official ``openai`` client).
-4. TTFT one request at a time, the three paths taking turns in blocks of the
+   (SSE) read as ``vllm bench serve`` reads it (aiohttp, events decoded by hand:
+   the headline REST figures, the gateway's own cost), and the same endpoint
+   through the official ``openai`` client (``rest-openai``: what a bot using the
+   library sees, the library's own time included).
+4. TTFT one request at a time, the four paths taking turns in blocks of the
    same prompts, so that drift in the machine's load falls on all of them alike.
 5. The same model redeployed on the ONNX Runtime and Transformers engines, at
    the lowest concurrencies, over gRPC, reported beside vLLM.
@@ -60,6 +63,7 @@ from serving_load import (
     RequestRecord,
     RestClient,
     RunFigures,
+    SseClient,
     figures,
     keep_in_flight,
     sample_prompts,
@@ -180,7 +184,8 @@ class Paths:
 
     offline: OfflineEngine
     grpc: GrpcClient
-    rest: RestClient
+    rest: SseClient
+    rest_openai: RestClient
 
     async def one_offline(self, prompt: Prompt, record: RequestRecord) -> None:
         # The engine's own loop, synchronous: nothing else runs meanwhile.
@@ -189,7 +194,12 @@ class Paths:
         record.pieces, record.output_tokens = measured.pieces, measured.output_tokens
 
     def clients(self) -> dict[str, Any]:
-        return {"offline": self.one_offline, "grpc": self.grpc.one, "rest": self.rest.one}
+        return {
+            "offline": self.one_offline,
+            "grpc": self.grpc.one,
+            "rest": self.rest.one,
+            "rest-openai": self.rest_openai.one,
+        }
 
 
 async def throughput(paths: Paths, work: dict[int, list[Prompt]]) -> list[RunFigures]:
@@ -272,13 +282,16 @@ async def measure(
     ttft_rounds: int,
 ) -> tuple[list[RunFigures], dict[str, float]]:
     # The clients are made on the running loop: gRPC's channels belong to one.
-    paths = Paths(offline, GrpcClient(address, token), RestClient(url, token))
+    paths = Paths(
+        offline, GrpcClient(address, token), SseClient(url, token), RestClient(url, token)
+    )
     try:
         runs = await throughput(paths, work)
         ttft = await interleaved_ttft(paths, work[min(work)], ttft_rounds, TTFT_BLOCK)
     finally:
         await paths.grpc.close()
         await paths.rest.close()
+        await paths.rest_openai.close()
     return runs, ttft
 
 
@@ -392,7 +405,16 @@ def headline_metrics(
             _find(runs, "rest", top).output_tok_per_s,
             _find(runs, "grpc", top).output_tok_per_s,
             "ownchat-grpc",
-            f"{top} requests in flight, official openai client, SSE; {setting}",
+            f"{top} requests in flight, SSE read as vllm bench serve does; {setting}",
+        ),
+        metric(
+            "rest_openai_output_tok_per_s",
+            "tok/s",
+            True,
+            _find(runs, "rest-openai", top).output_tok_per_s,
+            _find(runs, "grpc", top).output_tok_per_s,
+            "ownchat-grpc",
+            f"as rest_output_tok_per_s, through the official openai client; {setting}",
         ),
         metric(
             "ttft_added_ms_median",
@@ -424,14 +446,24 @@ def headline_metrics(
             None,
             "median TTFT over REST minus over gRPC, as above",
         ),
+        metric(
+            "ttft_added_ms_median_openai_client",
+            "ms",
+            False,
+            ttft["rest-openai"] - ttft["offline"],
+            None,
+            None,
+            f"as ttft_added_ms_median, through the official openai client (REST "
+            f"{ttft['rest-openai']:.1f} ms): the client library's own time is in it",
+        ),
     ]
     for level in levels:
         offline = _find(runs, "offline", level)
-        for path in ("grpc", "rest"):
+        for path in ("grpc", "rest", "rest-openai"):
             ours = _find(runs, path, level)
             metrics.append(
                 metric(
-                    f"{path}_output_tok_per_s_c{level}",
+                    f"{path.replace('-', '_')}_output_tok_per_s_c{level}",
                     "tok/s",
                     True,
                     ours.output_tok_per_s,

@@ -1,4 +1,4 @@
-"""The serving benchmark's work and its three clients: the same prompts, at a fixed
+"""The serving benchmark's work and its clients: the same prompts, at a fixed
 number of requests in flight, through vLLM's offline engine, our gRPC Generate and
 the gateway's OpenAI-compatible REST endpoint; and the figures of a run.
 
@@ -12,6 +12,7 @@ successive pieces of a reply.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import statistics
 import time
@@ -215,20 +216,73 @@ class GrpcClient:
             await channel.close()
 
 
+class SseClient:
+    """Streams chat completions from the gateway as ``vllm bench serve`` does: aiohttp,
+    the server-sent events split and decoded by hand, nothing else between the
+    socket and the clock. Its figures are the gateway's, not a client library's."""
+
+    def __init__(self, base_url: str, token: str) -> None:
+        import aiohttp
+
+        self._url = f"{base_url}/v1/chat/completions"
+        self._headers = {"Authorization": f"Bearer {token}"}
+        # Made here, on the running loop; one connection per request in flight.
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=600),
+            timeout=aiohttp.ClientTimeout(total=600),
+        )
+
+    async def one(self, prompt: Prompt, record: RequestRecord) -> None:
+        payload = {
+            "model": "",
+            "messages": [{"role": "user", "content": prompt.text}],
+            "temperature": 0.0,
+            "max_tokens": prompt.max_tokens,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        async with self._session.post(self._url, json=payload, headers=self._headers) as response:
+            if response.status != 200:
+                raise RuntimeError(f"HTTP {response.status}: {await response.text()}")
+            buffer = b""
+            async for data in response.content.iter_any():
+                buffer += data
+                # An event ends with a blank line; a read may hold several or part of one.
+                *events, buffer = buffer.split(b"\n\n")
+                for event in events:
+                    self._event(event.strip(), record)
+
+    @staticmethod
+    def _event(event: bytes, record: RequestRecord) -> None:
+        if not event.startswith(b"data: ") or event == b"data: [DONE]":
+            return
+        chunk = json.loads(event[len(b"data: ") :])
+        if "error" in chunk:
+            raise RuntimeError(f"error event: {chunk['error']}")
+        if chunk.get("choices"):
+            note_piece(record, chunk["choices"][0]["delta"].get("content") or "")
+        if chunk.get("usage"):
+            record.output_tokens = chunk["usage"]["completion_tokens"]
+
+    async def close(self) -> None:
+        await self._session.close()
+
+
 class RestClient:
     """Streams chat completions from the gateway with the official OpenAI client."""
 
     def __init__(self, base_url: str, token: str) -> None:
-        import httpx
-        from openai import AsyncOpenAI
+        import httpx2
+        from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
-        limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+        # The library's own HTTP client (httpx2), with room for every stream in flight.
+        limits = httpx2.Limits(max_connections=256, max_keepalive_connections=256)
         self._client = AsyncOpenAI(
             base_url=f"{base_url}/v1",
             api_key=token,
             max_retries=0,
             timeout=600,
-            http_client=httpx.AsyncClient(limits=limits, timeout=600),
+            http_client=DefaultAsyncHttpxClient(limits=limits, timeout=600),
         )
 
     async def one(self, prompt: Prompt, record: RequestRecord) -> None:
