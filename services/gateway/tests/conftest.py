@@ -6,8 +6,12 @@ another conftest sits on the path, so helpers come as fixtures).
 - ``evaluator``: the real evaluator servicer with its review queue on a loopback
   gRPC server, behind ownchat's token interceptor, on a clock the test moves;
 - ``new_key``: a key made straight in a context's store;
+- ``context_factory``: contexts with other settings (limits, CORS, prompt sizes)
+  or a serving service behind them;
 - ``serve_app`` / ``gateway_process``: uvicorn in a thread, and the real
-  ``python -m ownchat_gateway`` as a process.
+  ``python -m ownchat_gateway`` as a process;
+- ``echo_serving``: a stand-in serving service on loopback that answers
+  "Answer: <question>" (and UNAVAILABLE to its ``failing_text``).
 """
 
 from __future__ import annotations
@@ -36,11 +40,13 @@ from starlette.routing import Mount
 from ownchat.config import ClientSettings
 from ownchat.evaluator.v1 import evaluator_pb2_grpc
 from ownchat.interceptors import ServerInterceptor
+from ownchat.serving.v1 import serving_pb2, serving_pb2_grpc
 from ownchat_gateway.admin import create_admin_app
 from ownchat_gateway.app import create_app
 from ownchat_gateway.config import GatewaySettings
 from ownchat_gateway.context import GatewayContext
 from ownchat_gateway.keys import KeyStore, NewApiKey, Scope
+from ownchat_gateway.limits import UsageStore
 from ownchat_gateway.review import create_review_app
 from ownchat_gateway.upstream import EvaluatorUpstream, ServingUpstream
 
@@ -120,22 +126,32 @@ def evaluator(tmp_path: Path) -> Iterator[Evaluator]:
         review_store.close()
 
 
-def make_context(home: Path, evaluator_address: str) -> GatewayContext:
-    """A context as the service makes it, against these addresses (serving is absent)."""
-    settings = GatewaySettings(home=home, token=TOKEN)
+def make_context(
+    home: Path,
+    evaluator_address: str,
+    serving_address: str | None = None,
+    token: str = TOKEN,
+    **settings: object,
+) -> GatewayContext:
+    """A context as the service makes it, against these addresses (by default serving is
+    absent), with ``settings`` overriding the gateway's defaults."""
+    gateway_settings = GatewaySettings(home=home, token=token, **settings)  # type: ignore[arg-type]
     client = ClientSettings(
         home=home,
-        token=TOKEN,
+        token=token,
         evaluator_address=evaluator_address,
-        serving_address=f"127.0.0.1:{free_port()}",
+        serving_address=serving_address or f"127.0.0.1:{free_port()}",
         timeout_seconds=5,
     )
+    database = home / "gateway" / "gateway.db"
     return GatewayContext(
-        settings=settings,
-        token=TOKEN,
-        upstream=ServingUpstream(client, TOKEN, 5),
-        evaluator=EvaluatorUpstream(client, TOKEN),
-        keys=KeyStore(home / "gateway" / "gateway.db"),
+        settings=gateway_settings,
+        token=token,
+        # A real engine behind (when given) may take longer than the stand-ins' 5 s.
+        upstream=ServingUpstream(client, token, 30 if serving_address else 5),
+        evaluator=EvaluatorUpstream(client, token),
+        keys=KeyStore(database),
+        usage=UsageStore(database),
     )
 
 
@@ -161,6 +177,28 @@ def edge_app(context: GatewayContext) -> Starlette:
 def context(tmp_path: Path) -> GatewayContext:
     """A context with no evaluator listening."""
     return make_context(tmp_path / "home", f"127.0.0.1:{free_port()}")
+
+
+ContextFactory = Callable[..., GatewayContext]
+
+
+@pytest.fixture
+def context_factory(tmp_path: Path) -> ContextFactory:
+    """``context_factory(serving_address=None, token=TOKEN, **settings)``: a context
+    with those gateway settings and no evaluator listening."""
+
+    def factory(
+        serving_address: str | None = None, token: str = TOKEN, **settings: object
+    ) -> GatewayContext:
+        return make_context(
+            tmp_path / "home",
+            f"127.0.0.1:{free_port()}",
+            serving_address=serving_address,
+            token=token,
+            **settings,
+        )
+
+    return factory
 
 
 @pytest.fixture
@@ -295,3 +333,50 @@ def run_gateway(home: Path, env: dict[str, str]) -> Iterator[str]:
 def gateway_process() -> Callable[[Path, dict[str, str]], AbstractContextManager[str]]:
     """``with gateway_process(home, env) as url``: the real gateway as a process."""
     return run_gateway
+
+
+class EchoServing(serving_pb2_grpc.ServingServiceServicer):
+    """Serving as the gateway sees it: replies "Answer: <question>" (the last message, or
+    the raw prompt) in two pieces, with usage; UNAVAILABLE when asked ``failing_text``.
+    Records the requests."""
+
+    failing_text = "please fail"
+
+    def __init__(self) -> None:
+        self.address = ""
+        self.requests: list[serving_pb2.GenerateRequest] = []
+
+    def Generate(  # noqa: N802 - gRPC's method name
+        self, request: serving_pb2.GenerateRequest, context: grpc.ServicerContext
+    ) -> Iterator[serving_pb2.GenerateResponse]:
+        self.requests.append(request)
+        question = request.messages[-1].content if request.messages else request.prompt
+        if question == self.failing_text:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "no engine")
+        yield serving_pb2.GenerateResponse(text="Answer: ", model_id="mv_live")
+        yield serving_pb2.GenerateResponse(
+            text=question,
+            model_id="mv_live",
+            finish_reason=serving_pb2.FINISH_REASON_STOP,
+            usage=serving_pb2.Usage(prompt_tokens=3, completion_tokens=2),
+        )
+
+    def ListDeployments(  # noqa: N802 - gRPC's method name
+        self, request: serving_pb2.ListDeploymentsRequest, context: grpc.ServicerContext
+    ) -> serving_pb2.ListDeploymentsResponse:
+        live = serving_pb2.Deployment(
+            id="dep_1", model_id="mv_live", state=serving_pb2.DEPLOYMENT_STATE_LIVE
+        )
+        return serving_pb2.ListDeploymentsResponse(deployments=[live])
+
+
+@pytest.fixture
+def echo_serving() -> Iterator[EchoServing]:
+    """The echo stand-in of serving on a free loopback port (``.address``)."""
+    servicer = EchoServing()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    serving_pb2_grpc.add_ServingServiceServicer_to_server(servicer, server)
+    servicer.address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    server.start()
+    yield servicer
+    server.stop(None).wait()

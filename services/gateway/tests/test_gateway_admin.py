@@ -35,7 +35,12 @@ def test_gateway_admin_creates_lists_and_revokes(
 ) -> None:
     response = _create(
         http,
-        {"name": "alice", "scopes": ["SCOPE_REVIEW", 1], "requestsPerMinute": 30},
+        {
+            "name": "alice",
+            "scopes": ["SCOPE_REVIEW", 1],
+            "requestsPerMinute": 30,
+            "tokensPerMinute": -1,
+        },
         operator,
     )
     assert response.status_code == 200
@@ -44,6 +49,7 @@ def test_gateway_admin_creates_lists_and_revokes(
     assert created.secret.startswith(f"oc-{key.id}-")
     assert list(key.scopes) == [gateway_pb2.SCOPE_CHAT, gateway_pb2.SCOPE_REVIEW]
     assert (key.name, key.requests_per_minute, key.tokens_per_day) == ("alice", 30, 0)
+    assert key.tokens_per_minute == -1  # no limit for this key, whatever the default
     assert key.HasField("create_time") and not key.HasField("revoke_time")
 
     listing = http.get("/admin/v1/api-keys", headers=operator)
@@ -89,7 +95,8 @@ def test_gateway_admin_revoke_body_and_unknown_key(
         ({"name": "a", "scopes": ["SCOPE_CHAT", "SCOPE_NOPE"]}, None),
         ({"name": "", "scopes": ["SCOPE_CHAT"]}, "name"),
         ({"name": "a"}, "scopes"),
-        ({"name": "a", "scopes": ["SCOPE_CHAT"], "requestsPerMinute": -1}, "requests_per_minute"),
+        ({"name": "a", "scopes": ["SCOPE_CHAT"], "requestsPerMinute": -2}, "requests_per_minute"),
+        ({"name": "a", "scopes": ["SCOPE_CHAT"], "tokensPerMinute": -3}, "tokens_per_minute"),
         ({"name": "a", "scopes": ["SCOPE_CHAT"], "colour": "red"}, None),
         ([], None),
     ],

@@ -82,3 +82,34 @@ def test_gateway_cli_reports_refusals(gateway_url: str, monkeypatch: pytest.Monk
     monkeypatch.setenv("OWNCHAT_GATEWAY_URL", "http://127.0.0.1:9")
     unreachable = runner.invoke(cli, ["keys", "list"])
     assert unreachable.exit_code == 1 and "cannot reach the gateway" in unreachable.output
+
+
+def test_gateway_cli_sets_a_keys_limits(gateway_url: str) -> None:
+    runner = CliRunner()
+    created = runner.invoke(
+        cli,
+        [
+            "keys", "create", "--name", "bot", "--scope", "chat",
+            "--rpm", "2", "--tpm", "unlimited", "--token-quota", "5000", "--secret-only",
+        ],
+    )  # fmt: skip
+    assert created.exit_code == 0, created.output
+    secret = created.output.strip()
+    listed = runner.invoke(cli, ["keys", "list"], env={"COLUMNS": "200"})
+    assert listed.exit_code == 0, listed.output
+    row = next(line for line in listed.output.splitlines() if "bot" in line)
+    assert "2 rpm, unlimited tpm, 5000 tokens/day" in row
+    # The limit holds at once: a third request in the minute is refused.
+    statuses = [
+        httpx.get(f"{gateway_url}/v1/models", headers={"Authorization": f"Bearer {secret}"})
+        for _ in range(3)
+    ]
+    assert [s.status_code for s in statuses] == [503, 503, 429]
+    assert statuses[2].headers["x-ratelimit-limit-requests"] == "2"
+
+    bad = runner.invoke(cli, ["keys", "create", "--name", "x", "--scope", "chat", "--rpm", "-5"])
+    assert bad.exit_code != 0 and "unlimited" in bad.output
+    default = runner.invoke(
+        cli, ["keys", "create", "--name", "d", "--scope", "chat", "--tpm", "default"]
+    )
+    assert default.exit_code == 0, default.output

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -53,16 +53,36 @@ def test_gateway_command_line(tmp_path: Path) -> None:
     assert env["OWNCHAT_HOME"] == str(tmp_path)
 
 
-def test_gateway_tracing_is_off_unless_sampled(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("BENTOML_CONFIG_OVERRIDES", raising=False)
-    untraced = json.loads(serve_environment(GatewaySettings())["BENTOML_CONFIG_OVERRIDES"])
-    assert untraced == {"tracing": {"excluded_urls": [".*"]}}
-    sampled = serve_environment(GatewaySettings(tracing_sample_rate=0.25))
-    assert json.loads(sampled["BENTOML_CONFIG_OVERRIDES"]) == {"tracing": {"sample_rate": 0.25}}
-    # An operator's own BentoML overrides are left as they are.
-    monkeypatch.setenv("BENTOML_CONFIG_OVERRIDES", '{"tracing": {"sample_rate": 1.0}}')
-    own = serve_environment(GatewaySettings())["BENTOML_CONFIG_OVERRIDES"]
-    assert own == '{"tracing": {"sample_rate": 1.0}}'
+_EXCLUDED_PROBE = """
+from bentoml._internal.configuration.containers import BentoMLContainer
+from ownchat_gateway.service import Gateway
+Gateway.inject_config()  # what BentoML's worker does before building the app
+excluded = BentoMLContainer.tracing_excluded_urls.get()
+print(excluded.url_disabled("http://127.0.0.1:3000/v1/chat/completions"))
+"""
+
+
+@pytest.mark.parametrize(("sample_rate", "untraced"), [("0", "True"), ("0.25", "False")])
+def test_gateway_tracing_is_off_unless_sampled(
+    tmp_path: Path, sample_rate: str, untraced: str
+) -> None:
+    # The service as BentoML's worker configures it, in a process of its own:
+    # BentoML's configuration is global.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OWNCHAT_", "BENTOML_"))}
+    env.update(
+        OWNCHAT_HOME=str(tmp_path),
+        BENTOML_HOME=str(tmp_path / "bentoml"),
+        OWNCHAT_GATEWAY_TRACING_SAMPLE_RATE=sample_rate,
+    )
+    probe = subprocess.run(
+        [sys.executable, "-c", _EXCLUDED_PROBE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert probe.stdout.strip().splitlines()[-1] == untraced
 
 
 def test_gateway_imports_no_engine() -> None:
@@ -74,3 +94,23 @@ def test_gateway_imports_no_engine() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_gateway_limits_and_cors_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    defaults = GatewaySettings()
+    assert defaults.cors_allowed_origins == []
+    assert (defaults.default_requests_per_minute, defaults.default_tokens_per_day) == (0, 0)
+    monkeypatch.setenv("OWNCHAT_GATEWAY_CORS_ALLOWED_ORIGINS", "https://a.example, http://b:5173")
+    assert GatewaySettings().cors_allowed_origins == ["https://a.example", "http://b:5173"]
+    monkeypatch.setenv("OWNCHAT_GATEWAY_CORS_ALLOWED_ORIGINS", '["https://c.example"]')
+    assert GatewaySettings().cors_allowed_origins == ["https://c.example"]
+    monkeypatch.delenv("OWNCHAT_GATEWAY_CORS_ALLOWED_ORIGINS")
+    (tmp_path / "config.toml").write_text(
+        '[gateway]\ncors_allowed_origins = ["*"]\ndefault_tokens_per_minute = 9000\n'
+    )
+    from_file = GatewaySettings()
+    assert from_file.cors_allowed_origins == ["*"]
+    assert from_file.default_tokens_per_minute == 9000
+    monkeypatch.setenv("OWNCHAT_GATEWAY_DEFAULT_REQUESTS_PER_MINUTE", "-1")
+    with pytest.raises(ValueError):
+        GatewaySettings()

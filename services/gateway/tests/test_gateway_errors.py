@@ -182,3 +182,27 @@ def test_gateway_own_errors_use_the_same_table() -> None:
     assert (missing.status, missing.code) == (404, "not_found")
     hidden = from_ownchat_error(OwnchatError("disk path /secret/x"), "req-5")
     assert hidden.status == 500 and "/secret" not in hidden.message and "req-5" in hidden.message
+
+
+def test_gateway_prompt_over_the_context_is_context_length_exceeded() -> None:
+    # Serving's own check, so that a change of its wording fails here.
+    generation = pytest.importorskip("ownchat_serving.generation")
+    with pytest.raises(InvalidArgumentError) as caught:
+        generation.check_prompt_fits(300, 256)
+    error = from_rpc_error(_aio_error(caught.value), "req-1")
+    assert (error.status, error.type) == (400, "invalid_request_error")
+    assert (error.code, error.param) == ("context_length_exceeded", "messages")
+    assert "300 tokens" in error.message
+    # Other bad arguments keep their code.
+    other = InvalidArgumentError("bad", [FieldViolation("messages", "must not be empty")])
+    assert from_rpc_error(_aio_error(other), "req-1").code == "invalid_argument"
+    # A raw prompt's is named by its own field.
+    with pytest.raises(InvalidArgumentError) as caught:
+        generation.check_prompt_fits(300, 256, "prompt")
+    error = from_rpc_error(_aio_error(caught.value), "req-1")
+    assert (error.code, error.param) == ("context_length_exceeded", "prompt")
+    # Serving's ErrorInfo decides, not its wording.
+    worded = InvalidArgumentError(
+        "too long", [FieldViolation("prompt", "prompt of 300 tokens exceeds the limit of 255")]
+    )
+    assert from_rpc_error(_aio_error(worded), "req-1").code == "invalid_argument"

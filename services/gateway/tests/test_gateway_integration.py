@@ -43,6 +43,7 @@ LIVE_MODEL = "mv_live"
 SLOW_MODEL = "mv_slow"  # one delta, then nothing until cancelled
 FAILING_MODEL = "mv_failing"  # one delta, then UNAVAILABLE
 MAX_BODY_BYTES = 64 * 1024
+ORIGIN = "https://chat.example.com"
 
 
 def _free_port() -> int:
@@ -170,6 +171,7 @@ def gateway(home: Path, token: str, serving: StandIn) -> Iterator[Gateway]:
         "OWNCHAT_GATEWAY_PORT": str(port),
         "OWNCHAT_GATEWAY_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
         "OWNCHAT_GATEWAY_REQUEST_TIMEOUT_SECONDS": "20",
+        "OWNCHAT_GATEWAY_CORS_ALLOWED_ORIGINS": ORIGIN,
     }
     env.pop("OWNCHAT_TOKEN", None)
     log = (home / "gateway.log").open("wb")
@@ -410,3 +412,42 @@ def test_gateway_unknown_route_is_openai_shaped(gateway: Gateway, token: str) ->
     response = httpx.get(f"{gateway.url}/v1/nothing", headers=_auth(token), timeout=10)
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
+
+
+def test_gateway_cors_preflight_through_bentoml(gateway: Gateway) -> None:
+    preflight = httpx.options(
+        f"{gateway.url}/v1/chat/completions",
+        headers={
+            "Origin": ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+        timeout=10,
+    )
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == ORIGIN
+    refused = httpx.get(f"{gateway.url}/v1/models", headers={"Origin": ORIGIN}, timeout=10)
+    assert refused.status_code == 401
+    assert refused.headers["access-control-allow-origin"] == ORIGIN
+
+
+def test_gateway_key_rate_limit_through_bentoml(
+    gateway: Gateway, token: str, client: openai.OpenAI
+) -> None:
+    created = httpx.post(
+        f"{gateway.url}/admin/v1/api-keys",
+        json={"name": "bot", "scopes": ["SCOPE_CHAT"], "requestsPerMinute": 2},
+        headers=_auth(token),
+        timeout=10,
+    )
+    assert created.status_code == 200, created.text
+    limited = client.with_options(api_key=created.json()["secret"])
+    for remaining in ("1", "0"):
+        raw = limited.models.with_raw_response.list()
+        assert raw.headers["x-ratelimit-remaining-requests"] == remaining
+    with pytest.raises(openai.RateLimitError) as caught:
+        limited.models.list()
+    assert (caught.value.code, caught.value.type) == ("rate_limit_exceeded", "requests")
+    assert caught.value.response.headers["retry-after"] in ("29", "30")
+    # The operator's token is never limited.
+    assert [m.id for m in client.models.list()] == [LIVE_MODEL]

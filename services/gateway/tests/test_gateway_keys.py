@@ -11,7 +11,7 @@ import pytest
 
 from ownchat.errors import InvalidArgumentError, NotFoundError
 from ownchat_gateway.access import OPERATOR, OPERATOR_ID, Authenticator, Principal
-from ownchat_gateway.keys import KeyStore, NewApiKey, Scope, key_id_of
+from ownchat_gateway.keys import UNLIMITED, KeyLimits, KeyStore, NewApiKey, Scope, key_id_of
 
 
 class Clock:
@@ -98,9 +98,23 @@ def test_gateway_keys_listed_oldest_first_and_kept_across_opens(tmp_path: Path) 
 
 def test_gateway_key_request_problems_are_reported_together(store: KeyStore) -> None:
     with pytest.raises(InvalidArgumentError) as caught:
-        store.create(NewApiKey(name=" ", scopes=(), requests_per_minute=-1, tokens_per_day=-5))
+        store.create(
+            NewApiKey(
+                name=" ",
+                scopes=(),
+                requests_per_minute=-2,
+                tokens_per_day=-5,
+                tokens_per_minute=-9,
+            )
+        )
     fields = {v.field for v in caught.value.violations}
-    assert fields == {"name", "scopes", "requests_per_minute", "tokens_per_day"}
+    assert fields == {
+        "name",
+        "scopes",
+        "requests_per_minute",
+        "tokens_per_day",
+        "tokens_per_minute",
+    }
     with pytest.raises(InvalidArgumentError):
         store.create(NewApiKey(name="x" * 129, scopes=(Scope.CHAT,)))
     assert store.list() == []
@@ -135,3 +149,24 @@ def test_gateway_authenticator(store: KeyStore) -> None:
         assert auth.authenticate(header) is None, header
     store.revoke(created.key.id)
     assert auth.authenticate(f"Bearer {created.secret}") is None
+
+
+def test_gateway_keys_made_before_limits_keep_working(tmp_path: Path) -> None:
+    from ownchat.sqlite import Database
+    from ownchat_gateway.keys import _MIGRATIONS
+
+    # A store as the first release left it: the first migration only.
+    old = Database(tmp_path / "gateway.db", _MIGRATIONS[:1])
+    with old.transaction() as connection:
+        connection.execute(
+            "INSERT INTO api_keys (id, name, secret_sha256, scopes, requests_per_minute, "
+            "tokens_per_day, create_time) VALUES ('ak_old', 'old', ?, 'chat', 60, 0, 1.0)",
+            (hashlib.sha256(b"oc-ak_old-secret").hexdigest(),),
+        )
+    old.close()
+    store = KeyStore(tmp_path / "gateway.db")
+    key = store.verify("oc-ak_old-secret")
+    assert key is not None and key.id == "ak_old"
+    assert key.limits == KeyLimits(requests_per_minute=60, tokens_per_minute=0, tokens_per_day=0)
+    created = store.create(NewApiKey(name="new", scopes=(Scope.CHAT,), tokens_per_minute=UNLIMITED))
+    assert store.get(created.key.id).tokens_per_minute == UNLIMITED

@@ -214,6 +214,56 @@ def test_an_end_of_sequence_token_ends_with_stop(engines: Engines, tmp_path: Pat
     assert step.text == tokenizer.decode(tokens[:position], skip_special_tokens=True)
 
 
+RAW_PROMPT = "Once upon a time, the router"
+
+
+def test_a_raw_prompt_is_tokenized_as_it_is_on_both_engines(engines: Engines) -> None:
+    tokenizer = load_tokenizer(engines.model_dir)
+    ids = engines.transformers.tokenize(RAW_PROMPT)
+    assert engines.onnx.tokenize(RAW_PROMPT) == ids
+    # The tokenizer's own special tokens (none for this one), no chat template.
+    assert ids == tokenizer(RAW_PROMPT, add_special_tokens=True)["input_ids"]
+    assert tokenizer.decode(ids) == RAW_PROMPT
+    as_chat = engines.transformers.render((ChatTurn("user", RAW_PROMPT),))
+    assert len(as_chat) > len(ids)
+    # Its continuation is the same on both engines.
+    replies = [
+        engines.run(e.complete(ids, greedy(12), f"raw-{time.time()}")) for e in engines.both()
+    ]
+    assert replies[0] == replies[1]
+    assert replies[0].prompt_tokens == len(ids) and replies[0].new_tokens == 12
+
+
+def test_a_tokenizer_that_adds_a_bos_puts_it_before_a_raw_prompt_only(
+    engines: Engines, tmp_path: Path
+) -> None:
+    from tokenizers.processors import TemplateProcessing
+
+    copy = tmp_path / "model"
+    shutil.copytree(engines.model_dir, copy)
+    tokenizer = load_tokenizer(copy)
+    bos = tokenizer.bos_token_id
+    assert isinstance(bos, int)
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"{tokenizer.bos_token} $A", special_tokens=[(tokenizer.bos_token, bos)]
+    )
+    tokenizer.save_pretrained(copy)
+
+    async def scenario() -> tuple[list[int], list[int], EngineStep]:
+        engine = await TransformersEngine.load(copy, OPTIONS)
+        try:
+            ids = engine.tokenize(RAW_PROMPT)
+            return ids, engine.render(PROMPTS[0]), await engine.complete(ids, greedy(4), "bos")
+        finally:
+            await engine.shutdown()
+
+    ids, chat, reply = engines.run(scenario())
+    assert ids == [bos, *engines.transformers.tokenize(RAW_PROMPT)]
+    # A conversation's template writes its own special tokens: no BOS added twice.
+    assert chat == engines.transformers.render(PROMPTS[0])
+    assert reply.prompt_tokens == len(ids) and reply.new_tokens == 4
+
+
 @pytest.mark.parametrize("kind", ["transformers", "onnx"])
 def test_cancelling_a_reply_frees_its_request(engines: Engines, kind: str) -> None:
     engine = getattr(engines, kind)

@@ -8,6 +8,8 @@ import pytest
 
 from ownchat.errors import InvalidArgumentError
 from ownchat_serving.generation import (
+    CONTEXT_LENGTH_EXCEEDED,
+    ERROR_DOMAIN,
     ChatTurn,
     GenerateInput,
     Sampling,
@@ -83,6 +85,20 @@ def test_no_messages_is_refused() -> None:
     assert fields(error) == {"messages"}
 
 
+def test_a_prompt_takes_the_place_of_messages_but_not_both() -> None:
+    alone = GenerateInput(prompt="Once upon a time", sampling=Sampling(max_tokens=3))
+    assert validate_generate(alone).max_tokens == 3
+    assert alone.prompt_field == "prompt" and GenerateInput(HELLO).prompt_field == "messages"
+    with pytest.raises(InvalidArgumentError) as error:
+        validate_generate(GenerateInput(HELLO, prompt="Once upon a time"))
+    assert fields(error) == {"prompt"}
+    assert "not both" in error.value.violations[0].description
+    # An empty prompt is no prompt.
+    with pytest.raises(InvalidArgumentError) as error:
+        validate_generate(GenerateInput(prompt=""))
+    assert fields(error) == {"messages"}
+
+
 def test_too_many_stop_strings() -> None:
     with pytest.raises(InvalidArgumentError) as error:
         validate_generate(GenerateInput(HELLO, Sampling(stop=tuple("abcdefghijklmnopq"))))
@@ -95,3 +111,16 @@ def test_a_prompt_that_fills_the_context_names_the_limit() -> None:
         check_prompt_fits(512, 512)
     assert "512 tokens" in error.value.message
     assert fields(error) == {"messages"}
+    info = error.value.error_info
+    assert info is not None
+    assert (info.reason, info.domain) == (CONTEXT_LENGTH_EXCEEDED, ERROR_DOMAIN)
+    assert info.metadata == {"prompt_tokens": "512", "max_model_len": "512"}
+
+
+def test_a_raw_prompt_over_the_context_names_the_prompt_field() -> None:
+    with pytest.raises(InvalidArgumentError) as error:
+        check_prompt_fits(600, 512, "prompt")
+    assert fields(error) == {"prompt"}
+    assert error.value.message.startswith("the prompt is 600 tokens once tokenized")
+    assert error.value.error_info is not None
+    assert error.value.error_info.reason == "CONTEXT_LENGTH_EXCEEDED"

@@ -15,6 +15,14 @@ def test_the_key_is_the_conversation_id_or_the_first_user_message() -> None:
     assert conversation_key("", [ChatTurn("system", "only")]) == "first:only"
 
 
+def test_a_raw_prompt_is_its_own_key_unless_an_id_is_given() -> None:
+    assert conversation_key("", [], "Once upon a time") == "prompt:Once upon a time"
+    assert conversation_key("", [], "Once upon") != conversation_key("", [], "Once upon a time")
+    # Never the same key as a conversation whose first message has the same text.
+    assert conversation_key("", [], "Hi") != conversation_key("", [ChatTurn("user", "Hi")])
+    assert conversation_key("c-1", [], "Once upon a time") == "id:c-1"
+
+
 def test_the_split_is_close_to_the_share_and_stable() -> None:
     keys = [f"id:conversation-{i}" for i in range(5000)]
     chosen = [key for key in keys if takes_canary(key, "tiny:2", 10)]

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import time
 
+import grpc
 import pytest
+from grpc import aio
+from grpc_status import rpc_status
 
 from ownchat.common.v1 import common_pb2
-from ownchat.errors import InvalidArgumentError
+from ownchat.errors import InvalidArgumentError, describe_rpc_error
 from ownchat.serving.v1 import serving_pb2
+from ownchat_serving.generation import check_prompt_fits
 from ownchat_serving.servicer import deploy_spec, deployment_to_proto, generate_input
 from ownchat_serving.store import Deployment, DeploymentState, EngineKind
 
@@ -33,6 +37,32 @@ def test_unset_sampling_fields_stay_unset() -> None:
     assert plain.sampling.top_p is None and plain.sampling.max_tokens is None
     assert plain.sampling.seed is None and plain.sampling.stop == ("\n",)
     assert (plain.model_id, plain.request_id) == ("m", "r1")
+
+
+def test_a_raw_prompt_reaches_the_core_as_it_is() -> None:
+    request = serving_pb2.GenerateRequest(prompt="  Once upon a time\n", request_id="r2")
+    plain = generate_input(request)
+    assert plain.prompt == "  Once upon a time\n" and list(plain.messages) == []
+    assert generate_input(serving_pb2.GenerateRequest()).prompt == ""
+
+
+def test_a_prompt_over_the_context_carries_its_reason_to_the_caller() -> None:
+    """What the error interceptor sends for it is read back by ``describe_rpc_error``."""
+    with pytest.raises(InvalidArgumentError) as caught:
+        check_prompt_fits(300, 256, "prompt")
+    status = rpc_status.to_status(caught.value.to_status())
+    error = aio.AioRpcError(
+        status.code, aio.Metadata(), aio.Metadata(*status.trailing_metadata), status.details
+    )
+    description = describe_rpc_error(error)
+    assert description.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in description.violations] == ["prompt"]
+    assert description.error_info is not None
+    assert (description.error_info.reason, description.error_info.domain) == (
+        "CONTEXT_LENGTH_EXCEEDED",
+        "ownchat.serving.v1",
+    )
+    assert description.error_info.metadata == {"prompt_tokens": "300", "max_model_len": "256"}
 
 
 def test_an_unspecified_role_reaches_validation() -> None:

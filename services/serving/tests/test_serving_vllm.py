@@ -29,7 +29,7 @@ from ownchat.errors import (
 from ownchat.interceptors import AsyncServerInterceptor
 from ownchat.serving.v1 import serving_pb2, serving_pb2_grpc
 from ownchat_serving.core import DeploySpec, ServingCore
-from ownchat_serving.engine import EngineOptions
+from ownchat_serving.engine import EngineOptions, load_tokenizer
 from ownchat_serving.generation import (
     ChatTurn,
     FinishReason,
@@ -203,6 +203,28 @@ def test_a_prompt_longer_than_the_context_is_refused(serving: Serving) -> None:
     with pytest.raises(InvalidArgumentError) as error:
         serving.chunks(GenerateInput(long))
     assert "512 tokens" in error.value.message
+
+
+def test_a_raw_prompt_is_continued_without_the_chat_template(serving: Serving) -> None:
+    engine = serving.core.live_engine
+    assert engine is not None
+    prompt = "Once upon a time, the router"
+    ids = engine.tokenize(prompt)
+    assert ids == load_tokenizer(serving.models[0])(prompt, add_special_tokens=True)["input_ids"]
+    chunks = serving.chunks(
+        GenerateInput(prompt=prompt, sampling=Sampling(temperature=0, max_tokens=12))
+    )
+    final = chunks[-1]
+    assert final.prompt_tokens == len(ids) < len(engine.render((ChatTurn("user", prompt),)))
+    assert (final.finish_reason, final.completion_tokens) == (FinishReason.LENGTH, 12)
+    greedy = ResolvedSampling(0.0, 1.0, 12, (), None)
+    reference = serving.run(engine.complete(ids, greedy, f"raw-{time.time()}"))
+    assert "".join(chunk.text for chunk in chunks) == reference.text
+    with pytest.raises(InvalidArgumentError) as error:
+        serving.chunks(GenerateInput(prompt="Hello there " * 400))
+    assert [v.field for v in error.value.violations] == ["prompt"]
+    assert error.value.error_info is not None
+    assert error.value.error_info.reason == "CONTEXT_LENGTH_EXCEEDED"
 
 
 def test_another_model_id_is_not_found_and_names_the_live_one(serving: Serving) -> None:

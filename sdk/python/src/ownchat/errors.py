@@ -3,6 +3,9 @@
 Cores raise these; one interceptor (``ownchat.interceptors``) turns them into
 canonical status codes with ``google.rpc`` details. Clients turn a failed
 call back into a readable message with :func:`describe_rpc_error`.
+
+An error may also carry an :class:`ErrorInfo` (``google.rpc.ErrorInfo``): a
+stable reason that callers branch on instead of the message's wording.
 """
 
 from __future__ import annotations
@@ -18,6 +21,21 @@ from grpc_status import rpc_status
 
 
 @dataclass(frozen=True)
+class ErrorInfo:
+    """A stable, machine-readable reason for an error (``google.rpc.ErrorInfo``).
+
+    ``reason`` is UPPER_SNAKE_CASE and unique within ``domain`` (the API that
+    raises it, such as ``ownchat.serving.v1``); its contract documents it, so
+    callers can rely on it where a message's wording may change. ``metadata``
+    carries facts about this occurrence (a limit, a count) as strings.
+    """
+
+    reason: str
+    domain: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class FieldViolation:
     """One bad field of a request, or one bad record of an upload."""
 
@@ -29,10 +47,14 @@ class OwnchatError(Exception):
     """Base of the errors that cores raise on purpose."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    # Sent as a google.rpc.ErrorInfo beside the other details when set.
+    error_info: ErrorInfo | None = None
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, error_info: ErrorInfo | None = None) -> None:
         super().__init__(message)
         self.message = message
+        if error_info is not None:
+            self.error_info = error_info
 
     def details(self) -> list[any_pb2.Any]:
         """The ``google.rpc`` details sent with the status."""
@@ -40,9 +62,17 @@ class OwnchatError(Exception):
 
     def to_status(self) -> status_pb2.Status:
         """The rich status for ``context.abort_with_status``."""
-        return status_pb2.Status(
-            code=self.code.value[0], message=self.message, details=self.details()
-        )
+        details = list(self.details())
+        if self.error_info is not None:
+            info = self.error_info
+            details.append(
+                _pack(
+                    error_details_pb2.ErrorInfo(
+                        reason=info.reason, domain=info.domain, metadata=info.metadata
+                    )
+                )
+            )
+        return status_pb2.Status(code=self.code.value[0], message=self.message, details=details)
 
 
 def _pack(message: object) -> any_pb2.Any:
@@ -56,8 +86,14 @@ class InvalidArgumentError(OwnchatError):
 
     code = grpc.StatusCode.INVALID_ARGUMENT
 
-    def __init__(self, message: str, violations: list[FieldViolation] | None = None) -> None:
-        super().__init__(message)
+    def __init__(
+        self,
+        message: str,
+        violations: list[FieldViolation] | None = None,
+        *,
+        error_info: ErrorInfo | None = None,
+    ) -> None:
+        super().__init__(message, error_info=error_info)
         self.violations = violations or []
 
     def details(self) -> list[any_pb2.Any]:
@@ -149,6 +185,8 @@ class RpcErrorDescription:
     code: grpc.StatusCode
     message: str
     violations: list[FieldViolation] = field(default_factory=list)
+    # The status's google.rpc.ErrorInfo, when the service sent one.
+    error_info: ErrorInfo | None = None
 
     def __str__(self) -> str:
         lines = [f"{self.code.name}: {self.message}"]
@@ -157,11 +195,13 @@ class RpcErrorDescription:
 
 
 def describe_rpc_error(error: grpc.RpcError) -> RpcErrorDescription:
-    """Reads the code, message and field violations of a failed call (sync or grpc.aio)."""
+    """Reads the code, message, field violations and ErrorInfo of a failed call (sync or
+    grpc.aio)."""
     call: Any = error if isinstance(error, grpc.Call | aio.AioRpcError) else None
     code = call.code() if call else grpc.StatusCode.UNKNOWN
     message = (call.details() if call else str(error)) or ""
     violations: list[FieldViolation] = []
+    error_info: ErrorInfo | None = None
     try:
         status = rpc_status.from_call(call) if call else None
     except ValueError:  # details that disagree with the status: keep code and message
@@ -174,7 +214,13 @@ def describe_rpc_error(error: grpc.RpcError) -> RpcErrorDescription:
                 violations += [
                     FieldViolation(v.field, v.description) for v in bad_request.field_violations
                 ]
-    return RpcErrorDescription(code=code, message=message, violations=violations)
+            elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR) and error_info is None:
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                error_info = ErrorInfo(info.reason, info.domain, dict(info.metadata))
+    return RpcErrorDescription(
+        code=code, message=message, violations=violations, error_info=error_info
+    )
 
 
 class RemoteError(OwnchatError):

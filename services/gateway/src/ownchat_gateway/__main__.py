@@ -8,7 +8,6 @@ SIGTERM or SIGINT to it drains and stops every worker it started. Ready when
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -47,17 +46,7 @@ def serve_environment(settings: GatewaySettings) -> dict[str, str]:
     env.setdefault("BENTOML_HOME", str(settings.home / "gateway" / "bentoml"))
     # The service reads its settings again in the workers; pin the home they resolve.
     env["OWNCHAT_HOME"] = str(settings.home)
-    if "BENTOML_CONFIG_OVERRIDES" not in env:
-        env["BENTOML_CONFIG_OVERRIDES"] = json.dumps({"tracing": tracing_config(settings)})
     return env
-
-
-def tracing_config(settings: GatewaySettings) -> dict[str, object]:
-    """BentoML's tracing settings: untraced, every URL is left out of its OpenTelemetry
-    middleware, which otherwise builds a span for each chunk of a streamed reply."""
-    if settings.tracing_sample_rate == 0:
-        return {"excluded_urls": [".*"]}
-    return {"sample_rate": settings.tracing_sample_rate}
 
 
 def main() -> None:

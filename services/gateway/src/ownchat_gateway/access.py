@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ownchat.auth import token_matches
-from ownchat_gateway.keys import ApiKey, KeyStore, Scope
+from ownchat_gateway.keys import ApiKey, KeyLimits, KeyStore, Scope
 
 # The reviewer identity and display name of the ownchat token's holder.
 OPERATOR_ID = "operator"
@@ -27,6 +27,8 @@ class Principal:
     name: str
     scopes: frozenset[Scope]
     operator: bool = False
+    # The key's own limits; the operator is never limited.
+    limits: KeyLimits = KeyLimits()
 
     def allows(self, scope: Scope) -> bool:
         """Whether the caller may use endpoints that need ``scope``."""
@@ -35,7 +37,7 @@ class Principal:
     @classmethod
     def of_key(cls, key: ApiKey) -> Principal:
         """The caller holding a key."""
-        return cls(id=key.id, name=key.name, scopes=key.scopes)
+        return cls(id=key.id, name=key.name, scopes=key.scopes, limits=key.limits)
 
 
 OPERATOR = Principal(id=OPERATOR_ID, name=OPERATOR_ID, scopes=frozenset(Scope), operator=True)

@@ -11,6 +11,8 @@ Bodies are the ``ownchat.gateway.v1`` messages in protobuf's JSON mapping
 (``{"name": "alice", "scopes": ["SCOPE_REVIEW"]}``; answers use lowerCamelCase
 names, as ``json_format`` writes them). Only the ownchat token or a key with the
 admin scope may call them. A new key's secret is in the create answer only.
+A key's limits (``requestsPerMinute``, ``tokensPerMinute``, ``tokensPerDay``)
+are 0 for the gateway's default and -1 for none.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ def api_key_to_proto(key: ApiKey) -> gateway_pb2.ApiKey:
         scopes=sorted(SCOPE_TO_PROTO[s] for s in key.scopes),
         requests_per_minute=key.requests_per_minute,
         tokens_per_day=key.tokens_per_day,
+        tokens_per_minute=key.tokens_per_minute,
         create_time=to_timestamp(key.create_time),
     )
     if key.revoke_time is not None:
@@ -89,6 +92,7 @@ def new_key_from_proto(request: gateway_pb2.CreateApiKeyRequest) -> NewApiKey:
         scopes=tuple(scopes),
         requests_per_minute=request.requests_per_minute,
         tokens_per_day=request.tokens_per_day,
+        tokens_per_minute=request.tokens_per_minute,
     )
 
 

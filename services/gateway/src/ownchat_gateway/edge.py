@@ -8,12 +8,16 @@ The gateway mounts three such apps in BentoML: the OpenAI-compatible API at
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 
+from ownchat import __version__
 from ownchat.errors import OwnchatError
 from ownchat_gateway.access import Authenticator
 from ownchat_gateway.config import GatewaySettings
@@ -23,9 +27,15 @@ from ownchat_gateway.errors import (
     internal_error,
     invalid_request,
 )
+from ownchat_gateway.keys import Scope
+from ownchat_gateway.limits import RateLimiter
 from ownchat_gateway.middleware import (
+    REQUEST_ID_HEADER,
     AuthMiddleware,
     BodyLimitMiddleware,
+    BodyLimitRule,
+    MeteringRule,
+    RateLimitMiddleware,
     RequestIdMiddleware,
     ScopeRule,
     error_response,
@@ -34,8 +44,22 @@ from ownchat_gateway.middleware import (
 
 logger = logging.getLogger("ownchat.gateway")
 
+# Where each app serves its OpenAPI document (/v1/openapi.json, /admin/v1/openapi.json).
+OPENAPI_PATH = "/openapi.json"
+
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 _HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+
+# What a browser page may read of an answer besides the CORS-safelisted headers.
+CORS_EXPOSED_HEADERS = [
+    REQUEST_ID_HEADER,
+    "Retry-After",
+    *(
+        f"x-ratelimit-{what}-{bucket}"
+        for what in ("limit", "remaining", "reset")
+        for bucket in ("requests", "tokens")
+    ),
+]
 
 
 def validation_error(error: RequestValidationError) -> GatewayError:
@@ -52,21 +76,72 @@ def validation_error(error: RequestValidationError) -> GatewayError:
     return invalid_request(f"{param}: {message}" if param else message, param=param)
 
 
-def new_app(settings: GatewaySettings, title: str, required_scope: ScopeRule) -> FastAPI:
+def _openapi_with_bearer(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document of the app, with the bearer credential every path but this
+    one needs (the ownchat token or an API key)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer", "description": "API key"}
+        }
+        schema["security"] = [{"bearer": []}]
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def new_app(
+    settings: GatewaySettings,
+    title: str,
+    required_scope: ScopeRule,
+    *,
+    metering: MeteringRule | None = None,
+    cors: bool = False,
+    body_limit: BodyLimitRule | None = None,
+) -> FastAPI:
     """An app with the edge checks; ``app.state.context`` must be set before it takes requests.
 
     ``required_scope`` gives the scope each path needs (None: no credential needed).
+    ``metering`` holds API keys to their rate limits and quotas on the paths it
+    meters; ``cors`` answers browsers from ``settings.cors_allowed_origins``
+    (no CORS headers at all while that is empty). ``body_limit`` gives paths a body
+    limit other than ``settings.max_body_bytes``.
     """
-    app = FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title=title, version=__version__, docs_url=None, redoc_url=None, openapi_url=OPENAPI_PATH
+    )
+    app.openapi = lambda: _openapi_with_bearer(app)  # type: ignore[method-assign]
+
+    def scope_of(path: str) -> Scope | None:
+        # The API's description is public, as OpenAI's is.
+        return None if path == OPENAPI_PATH else required_scope(path)
 
     def authenticator() -> Authenticator | None:
         context = getattr(app.state, "context", None)
         return context.authenticator if context is not None else None
 
+    def limiter() -> RateLimiter | None:
+        context = getattr(app.state, "context", None)
+        return context.limiter if context is not None else None
+
     # Starlette runs the last added outermost.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(AuthMiddleware, authenticator=authenticator, required_scope=required_scope)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, limit_for=body_limit)
+    if metering is not None:
+        app.add_middleware(RateLimitMiddleware, limiter=limiter, metering=metering)
+    app.add_middleware(AuthMiddleware, authenticator=authenticator, required_scope=scope_of)
     app.add_middleware(RequestIdMiddleware)
+    if cors and settings.cors_allowed_origins:
+        # Outermost: a preflight is answered before authentication, and every
+        # answer (refusals included) carries the CORS headers a page needs to
+        # read it. Keys travel in a header, never in cookies: no credentials mode.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_allowed_origins,
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            # OpenAI's browser clients send their own x-stainless-* headers.
+            allow_headers=["*"],
+            expose_headers=CORS_EXPOSED_HEADERS,
+            max_age=600,
+        )
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, error: GatewayError) -> Response:

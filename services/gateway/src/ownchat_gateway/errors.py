@@ -27,6 +27,11 @@ on. Messages of 5xx statuses are not: a transport failure's text names internal
 addresses, and an internal error's text is not meant for the outside. The one
 exception is an UNAVAILABLE the service raised on purpose (it carries a
 ``google.rpc`` status), such as "no model is deployed".
+
+An INVALID_ARGUMENT from serving for a prompt longer than the model's context
+becomes OpenAI's ``context_length_exceeded``: serving marks it with a
+``google.rpc.ErrorInfo`` of reason :data:`CONTEXT_LENGTH_EXCEEDED` (its
+contract), so its wording may change freely.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from ownchat.errors import InvalidArgumentError, OwnchatError, describe_rpc_error
+from ownchat_gateway.limits import Refusal, Refused, duration_text
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,11 @@ RPC_TO_HTTP: dict[grpc.StatusCode, HttpStatus] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: HttpStatus(504, "server_error", "timeout"),
 }
 INTERNAL = HttpStatus(500, "server_error", "internal_error")
+
+# Serving's ErrorInfo for a prompt longer than the model's context (its Generate
+# RPC's contract in ownchat/serving/v1/serving.proto).
+SERVING_ERROR_DOMAIN = "ownchat.serving.v1"
+CONTEXT_LENGTH_EXCEEDED = "CONTEXT_LENGTH_EXCEEDED"
 
 # Serving names fields by their protobuf path; callers know OpenAI's names.
 _PARAM_NAMES = {"model_id": "model", "conversation_id": "user"}
@@ -140,6 +151,41 @@ def body_too_large(limit: int) -> GatewayError:
         f"request body is larger than {limit} bytes",
         "invalid_request_error",
         code="request_too_large",
+    )
+
+
+def prompt_too_large(message: str, param: str, *, too_many_items: bool) -> GatewayError:
+    """A prompt over the gateway's own size limits, with OpenAI's codes for such limits."""
+    code = "array_above_max_length" if too_many_items else "string_above_max_length"
+    return GatewayError(400, message, "invalid_request_error", code=code, param=param)
+
+
+def rate_limited(refusal: Refusal, key_id: str, headers: dict[str, str]) -> GatewayError:
+    """429 for a key over one of its limits, worded and typed as OpenAI's.
+
+    OpenAI answers ``type: requests`` or ``type: tokens`` with code
+    ``rate_limit_exceeded`` for its per-minute limits, and ``insufficient_quota``
+    (type and code) when a quota is spent. ``Retry-After`` is whole seconds.
+    """
+    seconds = max(1, math.ceil(refusal.retry_after_seconds))
+    all_headers = {**headers, "Retry-After": str(seconds)}
+    if refusal.limit is Refused.QUOTA:
+        return GatewayError(
+            429,
+            f"API key {key_id} has used its quota of {refusal.allowed} tokens for today "
+            f"(UTC): used {refusal.used}. It renews at 00:00 UTC, in {duration_text(seconds)}.",
+            "insufficient_quota",
+            code="insufficient_quota",
+            headers=all_headers,
+        )
+    what = "requests per min (RPM)" if refusal.limit is Refused.REQUESTS else "tokens per min (TPM)"
+    return GatewayError(
+        429,
+        f"Rate limit reached for API key {key_id} on {what}: Limit {refusal.allowed}, "
+        f"Used {refusal.used}. Please try again in {seconds}s.",
+        refusal.limit.value,
+        code="rate_limit_exceeded",
+        headers=all_headers,
     )
 
 
@@ -233,6 +279,13 @@ def from_rpc_error(error: grpc.RpcError, request_id: str, service: str = "servin
     code = mapped.code
     if description.code is grpc.StatusCode.FAILED_PRECONDITION:
         code = _precondition_type(rich) or code
+    info = description.error_info
+    if (
+        description.code is grpc.StatusCode.INVALID_ARGUMENT
+        and info is not None
+        and (info.domain, info.reason) == (SERVING_ERROR_DOMAIN, CONTEXT_LENGTH_EXCEEDED)
+    ):
+        code = "context_length_exceeded"
     return GatewayError(
         mapped.status,
         message or mapped.code,

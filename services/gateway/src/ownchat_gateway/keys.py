@@ -8,6 +8,10 @@ Nothing here logs a secret.
 
 Keys live in ``$OWNCHAT_HOME/gateway/gateway.db``. Every check reads the store,
 so a revocation holds at once in every gateway worker sharing the file.
+
+A key may carry its own limits (requests and tokens per minute, tokens per UTC
+day): 0 takes the gateway's default, :data:`UNLIMITED` (-1) lifts the limit for
+that key; :mod:`ownchat_gateway.limits` enforces them.
 """
 
 from __future__ import annotations
@@ -42,8 +46,18 @@ _MIGRATIONS = [
         revoke_time REAL
     );
     CREATE INDEX api_keys_by_create_time ON api_keys (create_time, id)
+    """,
+    # Limits became enforced; existing keys keep 0, which now means "the
+    # gateway's default" (itself 0, no limit, unless configured).
     """
+    ALTER TABLE api_keys ADD COLUMN tokens_per_minute INTEGER NOT NULL DEFAULT 0
+    """,
 ]
+
+# A key's limit value that means "no limit for this key", whatever the default.
+UNLIMITED = -1
+# A key's limit value that means "the gateway's default".
+DEFAULT_LIMIT = 0
 
 # Compared against when a presented id is unknown, so that an unknown id and a
 # wrong secret take the same time.
@@ -61,22 +75,37 @@ class Scope(StrEnum):
 
 
 @dataclass(frozen=True)
+class KeyLimits:
+    """A key's own limits: each :data:`DEFAULT_LIMIT` (0), :data:`UNLIMITED` (-1) or a count."""
+
+    requests_per_minute: int = DEFAULT_LIMIT
+    tokens_per_minute: int = DEFAULT_LIMIT
+    # The token quota: prompt plus completion tokens per UTC day.
+    tokens_per_day: int = DEFAULT_LIMIT
+
+
+@dataclass(frozen=True)
 class ApiKey:
     """A stored key, without its secret."""
 
     id: str
     name: str
     scopes: frozenset[Scope]
-    # Stored for the limits to come; not enforced yet.
     requests_per_minute: int
     tokens_per_day: int
     create_time: float
     revoke_time: float | None = None
+    tokens_per_minute: int = DEFAULT_LIMIT
 
     @property
     def revoked(self) -> bool:
         """Whether the key was revoked."""
         return self.revoke_time is not None
+
+    @property
+    def limits(self) -> KeyLimits:
+        """The key's own limits, before the gateway's defaults fill in."""
+        return KeyLimits(self.requests_per_minute, self.tokens_per_minute, self.tokens_per_day)
 
 
 @dataclass(frozen=True)
@@ -85,8 +114,9 @@ class NewApiKey:
 
     name: str
     scopes: tuple[Scope, ...]
-    requests_per_minute: int = 0
-    tokens_per_day: int = 0
+    requests_per_minute: int = DEFAULT_LIMIT
+    tokens_per_day: int = DEFAULT_LIMIT
+    tokens_per_minute: int = DEFAULT_LIMIT
 
 
 @dataclass(frozen=True)
@@ -122,10 +152,16 @@ def _check(new: NewApiKey) -> None:
         violations.append(
             FieldViolation("scopes", "must give at least one of chat, fine_tune, review, admin")
         )
-    if new.requests_per_minute < 0:
-        violations.append(FieldViolation("requests_per_minute", "must be 0 (no limit) or more"))
-    if new.tokens_per_day < 0:
-        violations.append(FieldViolation("tokens_per_day", "must be 0 (no limit) or more"))
+    limits = {
+        "requests_per_minute": new.requests_per_minute,
+        "tokens_per_minute": new.tokens_per_minute,
+        "tokens_per_day": new.tokens_per_day,
+    }
+    for name, value in limits.items():
+        if value < UNLIMITED:
+            violations.append(
+                FieldViolation(name, "must be a count, 0 (the default) or -1 (no limit)")
+            )
     if violations:
         raise InvalidArgumentError("invalid API key request", violations)
 
@@ -143,6 +179,7 @@ def _key(row: Row) -> ApiKey:
         tokens_per_day=row["tokens_per_day"],
         create_time=row["create_time"],
         revoke_time=row["revoke_time"],
+        tokens_per_minute=row["tokens_per_minute"],
     )
 
 
@@ -165,11 +202,12 @@ class KeyStore:
             requests_per_minute=new.requests_per_minute,
             tokens_per_day=new.tokens_per_day,
             create_time=self._clock(),
+            tokens_per_minute=new.tokens_per_minute,
         )
         with self._db.transaction() as connection:
             connection.execute(
                 "INSERT INTO api_keys (id, name, secret_sha256, scopes, requests_per_minute, "
-                "tokens_per_day, create_time) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "tokens_per_day, tokens_per_minute, create_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     key.id,
                     key.name,
@@ -177,6 +215,7 @@ class KeyStore:
                     _scopes_text(key.scopes),
                     key.requests_per_minute,
                     key.tokens_per_day,
+                    key.tokens_per_minute,
                     key.create_time,
                 ),
             )

@@ -2,13 +2,17 @@
 
 They run before FastAPI reads the body, so a caller without a valid credential
 gets 401 (and one without the scope 403) whatever it sent, and an oversized body
-is refused before it is buffered. Order (outermost first): request id,
-authentication, body size.
+is refused before it is buffered. Order (outermost first): CORS (``/v1`` only,
+when origins are configured, so that a browser's preflight needs no key),
+request id, authentication, rate limits (``/v1`` only), body size.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from enum import Enum
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
@@ -17,14 +21,59 @@ from starlette.types import ASGIApp, Message, Receive, Send
 from starlette.types import Scope as ASGIScope
 
 from ownchat_gateway.access import Authenticator, Principal
-from ownchat_gateway.errors import GatewayError, body_too_large, forbidden, unauthorized
+from ownchat_gateway.errors import (
+    GatewayError,
+    body_too_large,
+    forbidden,
+    rate_limited,
+    unauthorized,
+)
 from ownchat_gateway.keys import Scope
+from ownchat_gateway.limits import RateLimiter
 from ownchat_gateway.translate import request_id_from
 
 # The scope a path (relative to the app's mount) needs; None for a public path.
 ScopeRule = Callable[[str], Scope | None]
 
 REQUEST_ID_HEADER = "X-Request-Id"
+
+
+class Metering(Enum):
+    """What a path's requests count against."""
+
+    # Requests per minute only.
+    REQUESTS = "requests"
+    # Requests per minute, and the token bucket and quota (it generates).
+    TOKENS = "tokens"
+
+
+# How a path (relative to the app's mount) is metered; None for not at all.
+MeteringRule = Callable[[str], Metering | None]
+
+# The largest body a path (relative to the app's mount) accepts.
+BodyLimitRule = Callable[[str], int]
+
+
+@dataclass
+class UsageMeter:
+    """The tokens one request's replies used, reported by the route as usage arrives."""
+
+    tokens: int = 0
+
+
+_METER: ContextVar[UsageMeter | None] = ContextVar("ownchat_gateway_usage_meter", default=None)
+
+
+def report_usage(prompt_tokens: int, completion_tokens: int) -> None:
+    """Counts a finished reply's tokens against the caller's limits.
+
+    A no-op outside a metered request (the operator's, or an unlimited key's).
+    The rate-limit middleware set the meter in this request's context, which
+    the route and its streamed body share.
+    """
+    meter = _METER.get()
+    if meter is not None:
+        meter.tokens += prompt_tokens + completion_tokens
 
 
 def error_response(error: GatewayError, request_id: str | None = None) -> JSONResponse:
@@ -116,20 +165,83 @@ class AuthMiddleware:
         await self.app(scope, receive, send)
 
 
-class BodyLimitMiddleware:
-    """Answers 413 for a body over ``max_bytes``, by its Content-Length or as it arrives."""
+class RateLimitMiddleware:
+    """Holds API keys to their limits: 429 when over one, ``x-ratelimit-*`` headers always.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    Runs inside authentication (it needs the caller). The ownchat token, keys
+    with no limit and paths the rule does not meter pass without counting.
+    Tokens are counted after the reply, from what the route reported with
+    :func:`report_usage`.
+    """
+
+    def __init__(
+        self, app: ASGIApp, limiter: Callable[[], RateLimiter | None], metering: MeteringRule
+    ) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self._limiter = limiter
+        self._metering = metering
 
     async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        principal = principal_of(scope)
+        limiter = self._limiter()
+        metering = self._metering(route_path(scope))
+        if principal is None or principal.operator or limiter is None or metering is None:
+            await self.app(scope, receive, send)
+            return
+        limits = limiter.limits_of(principal.limits)
+        if limits.unlimited:
+            await self.app(scope, receive, send)
+            return
+        admission = await limiter.admit(
+            principal.id, limits, spends_tokens=metering is Metering.TOKENS
+        )
+        if admission.refusal is not None:
+            error = rate_limited(admission.refusal, principal.id, admission.headers)
+            await error_response(error, request_id_of(scope))(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in admission.headers.items():
+                    headers[name] = value
+            await send(message)
+
+        meter = UsageMeter()
+        token = _METER.set(meter)
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            _METER.reset(token)
+            # Also when the client went away after serving reported the usage.
+            if meter.tokens:
+                await limiter.record(principal.id, limits, meter.tokens)
+
+
+class BodyLimitMiddleware:
+    """Answers 413 for a body over ``max_bytes``, by its Content-Length or as it arrives.
+
+    ``limit_for`` gives some paths a limit of their own (file uploads).
+    """
+
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, limit_for: BodyLimitRule | None = None
+    ) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.limit_for = limit_for
+
+    async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        max_bytes = self.limit_for(route_path(scope)) if self.limit_for else self.max_bytes
         declared = Headers(scope=scope).get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await error_response(body_too_large(self.max_bytes))(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            await error_response(body_too_large(max_bytes))(scope, receive, send)
             return
         received = 0
 
@@ -140,8 +252,8 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise HTTPException(413, body_too_large(self.max_bytes).message)
+                if received > max_bytes:
+                    raise HTTPException(413, body_too_large(max_bytes).message)
             return message
 
         await self.app(scope, counting_receive, send)

@@ -1,11 +1,12 @@
-"""The gateway as a BentoML service: REST outside, a gRPC client of serving and
-the evaluator inside.
+"""The gateway as a BentoML service: REST outside, a gRPC client of serving, the
+evaluator, the data service and the trainer inside.
 
 Run it with ``python -m ownchat_gateway``; that starts
 ``bentoml serve ownchat_gateway.service:Gateway``. BentoML provides the HTTP server,
-``/livez``, ``/healthz``, ``/readyz`` and ``/metrics`` (all without a token). Three
+``/livez``, ``/healthz``, ``/readyz`` and ``/metrics`` (all without a token). Four
 FastAPI apps are mounted, as in BentoVLLM: the OpenAI-compatible API at ``/v1``,
-the admin API (API keys) at ``/admin/v1`` and the reviewer page at ``/review``.
+the admin API (API keys) at ``/admin/v1``, the reviewer page at ``/review`` and the
+chat platforms' webhooks (Slack, Telegram) at ``/webhooks``.
 BentoML does not serve gRPC for new-style services, hence the REST edge.
 """
 
@@ -24,11 +25,21 @@ from ownchat.config import ClientSettings
 from ownchat.logs import JsonFormatter
 from ownchat_gateway.admin import create_admin_app
 from ownchat_gateway.app import create_app
-from ownchat_gateway.config import GatewaySettings
+from ownchat_gateway.config import GatewaySettings, tracing_config
 from ownchat_gateway.context import GatewayContext
+from ownchat_gateway.feedback.loop import FeedbackLoop
+from ownchat_gateway.feedback.store import CaptureStore
 from ownchat_gateway.keys import KeyStore
+from ownchat_gateway.limits import UsageStore
 from ownchat_gateway.review import create_review_app
-from ownchat_gateway.upstream import EvaluatorUpstream, ServingUpstream
+from ownchat_gateway.upstream import (
+    DataUpstream,
+    EvaluatorUpstream,
+    ServingUpstream,
+    TrainerUpstream,
+)
+from ownchat_gateway.webhooks.app import create_webhooks_app
+from ownchat_gateway.webhooks.settings import WebhookSettings
 
 # Read at import so that BentoML's own limits follow the gateway's settings; the
 # server process and its workers see the same environment and config file.
@@ -36,6 +47,7 @@ SETTINGS = GatewaySettings()
 openai_app = create_app(SETTINGS)
 admin_app = create_admin_app(SETTINGS)
 review_app = create_review_app(SETTINGS)
+webhooks_app = create_webhooks_app(SETTINGS, WebhookSettings())
 
 # BentoML answers 504 itself when a response has not started within its traffic
 # timeout; leave the gateway's own deadline room to answer first, in OpenAI's shape.
@@ -67,10 +79,12 @@ def _exit_when_orphaned(parent: int, period_seconds: float = 1.0) -> None:
 @bentoml.asgi_app(openai_app, path="/v1")
 @bentoml.asgi_app(admin_app, path="/admin/v1")
 @bentoml.asgi_app(review_app, path="/review")
+@bentoml.asgi_app(webhooks_app, path="/webhooks")
 @bentoml.service(
     name="ownchat-gateway",
     workers=SETTINGS.workers,
     traffic={"timeout": SETTINGS.request_timeout_seconds + _TRAFFIC_TIMEOUT_MARGIN_SECONDS},
+    tracing=tracing_config(SETTINGS),
 )
 class Gateway:
     """One gateway worker: the credentials it accepts and the channels behind it."""
@@ -83,15 +97,26 @@ class Gateway:
         ).start()
         client = ClientSettings()
         token = load_or_create_token(SETTINGS.home, SETTINGS.token)
+        database = SETTINGS.state_dir("gateway") / "gateway.db"
+        data = DataUpstream(client, token)
+        evaluator = EvaluatorUpstream(client, token)
         self.context = GatewayContext(
             settings=SETTINGS,
             token=token,
             upstream=ServingUpstream(client, token, SETTINGS.request_timeout_seconds),
-            evaluator=EvaluatorUpstream(client, token),
-            # Every worker opens the one file; SQLite's WAL lets them share it.
-            keys=KeyStore(SETTINGS.state_dir("gateway") / "gateway.db"),
+            evaluator=evaluator,
+            # Every worker opens the one file; SQLite's WAL lets them share it,
+            # and the rate limits' counters with it.
+            keys=KeyStore(database),
+            usage=UsageStore(database),
+            data=data,
+            trainer=TrainerUpstream(client, token),
+            # Captured chats, scrubbed, in a file of their own (see feedback.store).
+            feedback=FeedbackLoop(
+                CaptureStore(SETTINGS.state_dir("gateway") / "captured.db"), data, evaluator
+            ),
         )
-        for app in (openai_app, admin_app, review_app):
+        for app in (openai_app, admin_app, review_app, webhooks_app):
             app.state.context = self.context
         logging.getLogger("ownchat.gateway").info(
             "gateway ready",
@@ -103,5 +128,7 @@ class Gateway:
 
     @bentoml.on_shutdown
     async def close(self) -> None:
-        """Closes the channels and the key store."""
+        """Posts the chat replies being written, then closes the channels, the key
+        store and the counters."""
+        await webhooks_app.state.webhooks.close()
         await self.context.close()

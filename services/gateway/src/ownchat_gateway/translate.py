@@ -1,7 +1,10 @@
-"""Translation between OpenAI's chat-completions shapes and ``ownchat.serving.v1``.
+"""Translation between OpenAI's chat and text completion shapes and ``ownchat.serving.v1``.
 
 Plain functions over protobuf messages and pydantic models: no transport here, so
 all of it is unit-tested without a server.
+
+Text completions (``/v1/completions``) send serving the raw ``prompt``, which it
+tokenizes as it is, without the chat template.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from ownchat.common.v1 import common_pb2
 from ownchat.roles import ROLE_BY_NAME
@@ -24,10 +27,13 @@ from ownchat_gateway.protocol import (
     ChatCompletionRequest,
     Choice,
     ChunkChoice,
+    CompletionChoice,
+    CompletionRequest,
     Delta,
     FinishReason,
     Model,
     ModelList,
+    TextCompletion,
     Usage,
 )
 
@@ -58,9 +64,29 @@ def request_id_from(header: str | None) -> str:
     return uuid.uuid4().hex
 
 
-def new_completion_id() -> str:
-    """An id in OpenAI's style for one reply."""
-    return f"chatcmpl-{uuid.uuid4().hex}"
+def new_completion_id(kind: Literal["chatcmpl", "cmpl"] = "chatcmpl") -> str:
+    """An id in OpenAI's style for one reply (``cmpl-`` for a text completion)."""
+    return f"{kind}-{uuid.uuid4().hex}"
+
+
+def _sampling(
+    body: ChatCompletionRequest | CompletionRequest, max_tokens: int | None
+) -> serving_pb2.SamplingParams:
+    sampling = serving_pb2.SamplingParams(stop=body.stop_list())
+    if body.temperature is not None:
+        sampling.temperature = body.temperature
+    if body.top_p is not None:
+        sampling.top_p = body.top_p
+    if max_tokens is not None:
+        sampling.max_tokens = max_tokens
+    if body.seed is not None:
+        sampling.seed = body.seed
+    return sampling
+
+
+def _model_id(requested: str) -> str:
+    model = requested.strip()
+    return "" if model in DEFAULT_MODEL_NAMES else model
 
 
 def to_generate_request(
@@ -70,24 +96,29 @@ def to_generate_request(
 
     ``user`` becomes the conversation id, so one end user stays on one side of a canary.
     """
-    sampling = serving_pb2.SamplingParams(stop=body.stop_list())
-    if body.temperature is not None:
-        sampling.temperature = body.temperature
-    if body.top_p is not None:
-        sampling.top_p = body.top_p
-    limit = body.token_limit()
-    if limit is not None:
-        sampling.max_tokens = limit
-    if body.seed is not None:
-        sampling.seed = body.seed
-    model = body.model.strip()
     return serving_pb2.GenerateRequest(
-        model_id="" if model in DEFAULT_MODEL_NAMES else model,
+        model_id=_model_id(body.model),
         messages=[
             common_pb2.ChatMessage(role=_ROLES[message.role], content=message.text())
             for message in body.messages
         ],
-        sampling=sampling,
+        sampling=_sampling(body, body.token_limit()),
+        conversation_id=body.user or "",
+        request_id=request_id,
+    )
+
+
+def to_text_generate_request(
+    body: CompletionRequest, request_id: str
+) -> serving_pb2.GenerateRequest:
+    """The Generate call for a text-completions body: its prompt as it is, no chat template.
+
+    ``user`` becomes the conversation id, as for chat.
+    """
+    return serving_pb2.GenerateRequest(
+        model_id=_model_id(body.model),
+        prompt=body.prompt_text(),
+        sampling=_sampling(body, body.max_tokens),
         conversation_id=body.user or "",
         request_id=request_id,
     )
@@ -172,12 +203,16 @@ class ReplyBuilder:
             model=self._model(),
             choices=[
                 Choice(
-                    message=AssistantMessage(content="".join(self._texts)),
+                    message=AssistantMessage(content=self.text()),
                     finish_reason=self.finish_reason,
                 )
             ],
             usage=self.usage,
         )
+
+    def text(self) -> str:
+        """The reply's text so far."""
+        return "".join(self._texts)
 
     def check_finished(self) -> None:
         """Raises :class:`IncompleteReplyError` when no final message came."""
@@ -234,3 +269,62 @@ def to_model_list(deployments: Iterable[serving_pb2.Deployment]) -> ModelList:
 def now() -> int:
     """Epoch seconds, for ``created``."""
     return int(time.time())
+
+
+@dataclass
+class TextReplyBuilder:
+    """Follows one Generate stream and builds OpenAI's text completion or its chunks."""
+
+    completion_id: str
+    created: int
+    requested_model: str
+    include_usage: bool = False
+    model: str = ""
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+    _texts: list[str] = field(default_factory=list)
+
+    def add(self, response: serving_pb2.GenerateResponse) -> list[TextCompletion]:
+        """Takes one Generate message; returns the chunks it becomes when streaming."""
+        if response.model_id and not self.model:
+            self.model = response.model_id
+        chunks: list[TextCompletion] = []
+        reason = _finish_reason(response)
+        if response.text or reason is not None:
+            self._texts.append(response.text)
+            chunks.append(self._chunk([CompletionChoice(text=response.text, finish_reason=reason)]))
+        if reason is not None:
+            self.finish_reason = reason
+            self.usage = _usage(response)
+            if self.include_usage:
+                chunks.append(self._chunk([], usage=self.usage))
+        return chunks
+
+    def completion(self) -> TextCompletion:
+        """The whole completion; raises :class:`IncompleteReplyError` if the stream was cut."""
+        self.check_finished()
+        assert self.finish_reason is not None and self.usage is not None
+        choice = CompletionChoice(text="".join(self._texts), finish_reason=self.finish_reason)
+        return self._chunk([choice], usage=self.usage)
+
+    def check_finished(self) -> None:
+        """Raises :class:`IncompleteReplyError` when no final message came."""
+        if self.finish_reason is None or self.usage is None:
+            raise IncompleteReplyError("the reply ended before its final message")
+
+    def _chunk(self, choices: list[CompletionChoice], usage: Usage | None = None) -> TextCompletion:
+        return TextCompletion(
+            id=self.completion_id,
+            created=self.created,
+            model=self.model or self.requested_model,
+            choices=choices,
+            usage=usage,
+        )
+
+
+def text_chunk_event(chunk: TextCompletion, include_usage: bool) -> str:
+    """One server-sent event carrying a text completion chunk (``usage`` as for chat)."""
+    payload: dict[str, Any] = chunk.model_dump()
+    if not include_usage:
+        payload.pop("usage")
+    return sse_event(payload)

@@ -660,7 +660,7 @@ class ServingCore:
                 )
         chosen = lives[0]
         if len(lives) == 2 and canary is not None:
-            key = conversation_key(request.conversation_id, request.messages)
+            key = conversation_key(request.conversation_id, request.messages, request.prompt)
             if takes_canary(key, canary.model_id, canary.deployment.canary_percent):
                 # A canary being started again hands its share to the main one meanwhile.
                 chosen = canary if not canary.restarting else main

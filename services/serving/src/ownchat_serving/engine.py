@@ -2,10 +2,10 @@
 
 vLLM's engine core runs in its own process (and a worker process beside it on
 CPU); this wrapper owns the client side: it renders conversations with the
-model's chat template, streams one step's new text at a time (DELTA output),
-aborts a request the moment its caller goes away, and shuts the engine's
-processes down. vLLM is imported on first load, so a service with nothing
-deployed starts without it.
+model's chat template (or tokenizes a raw prompt), streams one step's new text
+at a time (DELTA output), aborts a request the moment its caller goes away,
+and shuts the engine's processes down. vLLM is imported on first load, so a
+service with nothing deployed starts without it.
 
 An engine started with ``adapters`` serves LoRA adapters of its model too: a
 request names its adapter, which vLLM loads on first use and keeps (up to
@@ -193,6 +193,11 @@ class VllmEngine:
         # The template writes its own special tokens.
         ids = self._tokenizer(text, add_special_tokens=False)["input_ids"]
         return list(ids)
+
+    def tokenize(self, prompt: str) -> list[int]:
+        """A raw prompt's token ids, with the tokenizer's own special tokens (a BOS where
+        it adds one), as vLLM's own text completions tokenize it."""
+        return list(self._tokenizer(prompt, add_special_tokens=True)["input_ids"])
 
     def _params(self, sampling: ResolvedSampling, final_only: bool) -> Any:
         from vllm import SamplingParams

@@ -1,5 +1,7 @@
 """What a Generate request asks for and what it streams back, as plain types.
 
+A request gives a conversation (rendered through the model's chat template)
+or a raw text prompt (tokenized as it is, for text completions), never both.
 Validation refuses a bad request with every problem at once, before anything
 reaches the engine.
 """
@@ -11,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
-from ownchat.errors import FieldViolation, InvalidArgumentError
+from ownchat.errors import ErrorInfo, FieldViolation, InvalidArgumentError
 
 ROLES = ("system", "user", "assistant")
 DEFAULT_TEMPERATURE = 1.0
@@ -23,6 +25,11 @@ MAX_STOP_CHARS = 256
 MAX_MODEL_ID_CHARS = 256
 MAX_CONVERSATION_ID_CHARS = 256
 MAX_SEED = 2**63 - 1
+
+# The stable mark of a prompt longer than the context (google.rpc.ErrorInfo),
+# part of the API's contract: callers rely on it rather than on the wording.
+ERROR_DOMAIN = "ownchat.serving.v1"
+CONTEXT_LENGTH_EXCEEDED = "CONTEXT_LENGTH_EXCEEDED"
 
 
 @dataclass(frozen=True)
@@ -57,19 +64,28 @@ class ResolvedSampling:
 
 @dataclass(frozen=True)
 class GenerateInput:
-    """A Generate request.
+    """A Generate request: ``messages`` or ``prompt``, not both.
 
+    ``prompt`` is raw text, tokenized as it is (with the tokenizer's own
+    special tokens, such as a BOS) and no chat template; empty means none.
     ``conversation_id`` keeps a conversation on one side of a canary split
-    (when empty, its first user message does). ``deadline`` is when the caller
-    stops waiting, on the ``time.monotonic()`` clock; None for no deadline.
+    (when empty, its first user message does, or the prompt). ``deadline`` is
+    when the caller stops waiting, on the ``time.monotonic()`` clock; None for
+    no deadline.
     """
 
-    messages: Sequence[ChatTurn]
+    messages: Sequence[ChatTurn] = ()
     sampling: Sampling = field(default_factory=Sampling)
     model_id: str = ""
     request_id: str = ""
     conversation_id: str = ""
     deadline: float | None = None
+    prompt: str = ""
+
+    @property
+    def prompt_field(self) -> str:
+        """The request field its prompt came from, to name in errors."""
+        return "prompt" if self.prompt else "messages"
 
 
 class FinishReason(Enum):
@@ -127,8 +143,12 @@ def _sampling_violations(sampling: Sampling) -> list[FieldViolation]:
 def validate_generate(request: GenerateInput) -> ResolvedSampling:
     """Checks a request and returns its sampling with the defaults filled in."""
     violations = []
-    if not request.messages:
-        violations.append(FieldViolation("messages", "at least one message is required"))
+    if request.prompt and request.messages:
+        violations.append(FieldViolation("prompt", "give messages or a prompt, not both"))
+    elif not request.prompt and not request.messages:
+        violations.append(
+            FieldViolation("messages", "at least one message is required (or a prompt)")
+        )
     for index, turn in enumerate(request.messages):
         if turn.role not in ROLES:
             violations.append(
@@ -157,17 +177,28 @@ def validate_generate(request: GenerateInput) -> ResolvedSampling:
     )
 
 
-def check_prompt_fits(prompt_tokens: int, max_model_len: int) -> None:
-    """Refuses a prompt that leaves no room in the context for a reply."""
+def check_prompt_fits(prompt_tokens: int, max_model_len: int, field: str = "messages") -> None:
+    """Refuses a prompt that leaves no room in the context for a reply.
+
+    ``field`` is where the prompt came from: ``messages`` or ``prompt``. The
+    error carries the ErrorInfo reason CONTEXT_LENGTH_EXCEEDED.
+    """
     if prompt_tokens >= max_model_len:
+        what = "prompt is" if field == "prompt" else "conversation is"
+        how = "tokenized" if field == "prompt" else "rendered"
         raise InvalidArgumentError(
-            f"the conversation is {prompt_tokens} tokens once rendered; the deployed model's "
-            f"context is {max_model_len} tokens, and at least one must be left for the reply",
+            f"the {what} {prompt_tokens} tokens once {how}; the deployed model's context is "
+            f"{max_model_len} tokens, and at least one must be left for the reply",
             [
                 FieldViolation(
-                    "messages",
-                    f"rendered prompt of {prompt_tokens} tokens exceeds the limit of "
+                    field,
+                    f"{how} prompt of {prompt_tokens} tokens exceeds the limit of "
                     f"{max_model_len - 1} tokens",
                 )
             ],
+            error_info=ErrorInfo(
+                CONTEXT_LENGTH_EXCEEDED,
+                ERROR_DOMAIN,
+                {"prompt_tokens": str(prompt_tokens), "max_model_len": str(max_model_len)},
+            ),
         )

@@ -18,6 +18,7 @@ from dataclasses import replace
 from ownchat.errors import FieldViolation, InvalidArgumentError, UnavailableError
 from ownchat_serving.admission import Ticket
 from ownchat_serving.engine import EngineRequestError, EngineUnavailableError
+from ownchat_serving.engines import Engine
 from ownchat_serving.generation import (
     FinishReason,
     GenerateChunk,
@@ -40,6 +41,20 @@ def remaining(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
+def prompt_ids(engine: Engine, request: GenerateInput) -> list[int]:
+    """The request's prompt as token ids: its raw prompt as it is, or its conversation
+    through the chat template."""
+    if not request.prompt:
+        return engine.render(request.messages)
+    ids = engine.tokenize(request.prompt)
+    if not ids:
+        # Nothing for the model to continue from (a tokenizer without a BOS).
+        raise InvalidArgumentError(
+            "the prompt has no tokens", [FieldViolation("prompt", "has no tokens once tokenized")]
+        )
+    return ids
+
+
 async def stream_reply(
     live: LiveEngine,
     ticket: Ticket,
@@ -55,8 +70,8 @@ async def stream_reply(
     under it (``engine_died`` is told when the engine is dead, not shut down).
     """
     engine = live.engine
-    prompt = engine.render(request.messages)
-    check_prompt_fits(len(prompt), engine.max_model_len)
+    prompt = prompt_ids(engine, request)
+    check_prompt_fits(len(prompt), engine.max_model_len, request.prompt_field)
     try:
         await ticket.wait(remaining(request.deadline))
     except TimeoutError:
@@ -99,7 +114,7 @@ async def stream_reply(
     except EngineRequestError as error:
         raise InvalidArgumentError(
             f"the engine refused the request: {error}",
-            [FieldViolation("messages", str(error))],
+            [FieldViolation(request.prompt_field, str(error))],
         ) from error
     except EngineUnavailableError as error:
         if engine.dead:

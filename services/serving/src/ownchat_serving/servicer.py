@@ -101,6 +101,7 @@ def generate_input(
         request_id=request.request_id,
         conversation_id=request.conversation_id,
         deadline=None if time_remaining is None else time.monotonic() + time_remaining,
+        prompt=request.prompt,
     )
 
 

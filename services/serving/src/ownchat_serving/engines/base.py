@@ -1,10 +1,10 @@
 """The one interface every inference engine offers the serving core.
 
 It is exactly what the core uses of an engine: load a model directory, render
-a conversation to prompt ids, stream or complete a reply, count the requests
-still held, and shut down. vLLM's engine (``ownchat_serving.engine``), the
-Transformers reference engine and the ONNX Runtime engine all satisfy it;
-which one serves is chosen per deployment.
+a conversation or tokenize a raw prompt to prompt ids, stream or complete a
+reply, count the requests still held, and shut down. vLLM's engine
+(``ownchat_serving.engine``), the Transformers reference engine and the ONNX
+Runtime engine all satisfy it; which one serves is chosen per deployment.
 """
 
 from __future__ import annotations
@@ -57,6 +57,14 @@ class Engine(Protocol):
 
     def render(self, turns: Sequence[ChatTurn]) -> list[int]:
         """The prompt's token ids: the conversation through the model's chat template."""
+        ...
+
+    def tokenize(self, prompt: str) -> list[int]:
+        """A raw text prompt's token ids, without the chat template.
+
+        The tokenizer adds its own special tokens, as it does for any text (a
+        BOS where it has one), so the model reads what it was trained to read.
+        """
         ...
 
     def stream(

@@ -158,6 +158,13 @@ class LocalEngine:
             ids = self._tokenizer(text, add_special_tokens=False)["input_ids"]
         return list(ids)
 
+    def tokenize(self, prompt: str) -> list[int]:
+        """A raw prompt's token ids, with the tokenizer's own special tokens (a BOS where
+        it adds one) and no chat template."""
+        with self._tokenizer_lock:
+            ids = self._tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        return list(ids)
+
     def _check(self, prompt_ids: list[int], request_id: str, adapter: Adapter | None) -> None:
         if adapter is not None:
             raise EngineRequestError("this engine serves no LoRA adapters")

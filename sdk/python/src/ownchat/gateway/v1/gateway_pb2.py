@@ -25,39 +25,39 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n ownchat/gateway/v1/gateway.proto\x12\x12ownchat.gateway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe4\x01\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12)\n\x06scopes\x18\x03 \x03(\x0e\x32\x19.ownchat.gateway.v1.Scope\x12\x1b\n\x13requests_per_minute\x18\x04 \x01(\x05\x12\x16\n\x0etokens_per_day\x18\x05 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x83\x01\n\x13\x43reateApiKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x06scopes\x18\x02 \x03(\x0e\x32\x19.ownchat.gateway.v1.Scope\x12\x1b\n\x13requests_per_minute\x18\x03 \x01(\x05\x12\x16\n\x0etokens_per_day\x18\x04 \x01(\x03\"S\n\x14\x43reateApiKeyResponse\x12+\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x1a.ownchat.gateway.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\x14\n\x12ListApiKeysRequest\"C\n\x13ListApiKeysResponse\x12,\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x1a.ownchat.gateway.v1.ApiKey\")\n\x13RevokeApiKeyRequest\x12\x12\n\napi_key_id\x18\x01 \x01(\t\"C\n\x14RevokeApiKeyResponse\x12+\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x1a.ownchat.gateway.v1.ApiKey\"P\n\x0f\x43\x61ptureSettings\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x16\n\x0esample_percent\x18\x02 \x01(\x05\x12\x14\n\x0c\x64\x61taset_name\x18\x03 \x01(\t\"\x1b\n\x19GetCaptureSettingsRequest\"S\n\x1aGetCaptureSettingsResponse\x12\x35\n\x08settings\x18\x01 \x01(\x0b\x32#.ownchat.gateway.v1.CaptureSettings\"U\n\x1cUpdateCaptureSettingsRequest\x12\x35\n\x08settings\x18\x01 \x01(\x0b\x32#.ownchat.gateway.v1.CaptureSettings\"V\n\x1dUpdateCaptureSettingsResponse\x12\x35\n\x08settings\x18\x01 \x01(\x0b\x32#.ownchat.gateway.v1.CaptureSettings*f\n\x05Scope\x12\x15\n\x11SCOPE_UNSPECIFIED\x10\x00\x12\x0e\n\nSCOPE_CHAT\x10\x01\x12\x13\n\x0fSCOPE_FINE_TUNE\x10\x02\x12\x10\n\x0cSCOPE_REVIEW\x10\x03\x12\x0f\n\x0bSCOPE_ADMIN\x10\x04\x32\xae\x04\n\x13GatewayAdminService\x12\x61\n\x0c\x43reateApiKey\x12\'.ownchat.gateway.v1.CreateApiKeyRequest\x1a(.ownchat.gateway.v1.CreateApiKeyResponse\x12^\n\x0bListApiKeys\x12&.ownchat.gateway.v1.ListApiKeysRequest\x1a\'.ownchat.gateway.v1.ListApiKeysResponse\x12\x61\n\x0cRevokeApiKey\x12\'.ownchat.gateway.v1.RevokeApiKeyRequest\x1a(.ownchat.gateway.v1.RevokeApiKeyResponse\x12s\n\x12GetCaptureSettings\x12-.ownchat.gateway.v1.GetCaptureSettingsRequest\x1a..ownchat.gateway.v1.GetCaptureSettingsResponse\x12|\n\x15UpdateCaptureSettings\x12\x30.ownchat.gateway.v1.UpdateCaptureSettingsRequest\x1a\x31.ownchat.gateway.v1.UpdateCaptureSettingsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n ownchat/gateway/v1/gateway.proto\x12\x12ownchat.gateway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xff\x01\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12)\n\x06scopes\x18\x03 \x03(\x0e\x32\x19.ownchat.gateway.v1.Scope\x12\x1b\n\x13requests_per_minute\x18\x04 \x01(\x05\x12\x16\n\x0etokens_per_day\x18\x05 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11tokens_per_minute\x18\x08 \x01(\x03\"\x9e\x01\n\x13\x43reateApiKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x06scopes\x18\x02 \x03(\x0e\x32\x19.ownchat.gateway.v1.Scope\x12\x1b\n\x13requests_per_minute\x18\x03 \x01(\x05\x12\x16\n\x0etokens_per_day\x18\x04 \x01(\x03\x12\x19\n\x11tokens_per_minute\x18\x05 \x01(\x03\"S\n\x14\x43reateApiKeyResponse\x12+\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x1a.ownchat.gateway.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\x14\n\x12ListApiKeysRequest\"C\n\x13ListApiKeysResponse\x12,\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x1a.ownchat.gateway.v1.ApiKey\")\n\x13RevokeApiKeyRequest\x12\x12\n\napi_key_id\x18\x01 \x01(\t\"C\n\x14RevokeApiKeyResponse\x12+\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x1a.ownchat.gateway.v1.ApiKey\"P\n\x0f\x43\x61ptureSettings\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x16\n\x0esample_percent\x18\x02 \x01(\x05\x12\x14\n\x0c\x64\x61taset_name\x18\x03 \x01(\t\"\x1b\n\x19GetCaptureSettingsRequest\"S\n\x1aGetCaptureSettingsResponse\x12\x35\n\x08settings\x18\x01 \x01(\x0b\x32#.ownchat.gateway.v1.CaptureSettings\"U\n\x1cUpdateCaptureSettingsRequest\x12\x35\n\x08settings\x18\x01 \x01(\x0b\x32#.ownchat.gateway.v1.CaptureSettings\"V\n\x1dUpdateCaptureSettingsResponse\x12\x35\n\x08settings\x18\x01 \x01(\x0b\x32#.ownchat.gateway.v1.CaptureSettings*f\n\x05Scope\x12\x15\n\x11SCOPE_UNSPECIFIED\x10\x00\x12\x0e\n\nSCOPE_CHAT\x10\x01\x12\x13\n\x0fSCOPE_FINE_TUNE\x10\x02\x12\x10\n\x0cSCOPE_REVIEW\x10\x03\x12\x0f\n\x0bSCOPE_ADMIN\x10\x04\x32\xae\x04\n\x13GatewayAdminService\x12\x61\n\x0c\x43reateApiKey\x12\'.ownchat.gateway.v1.CreateApiKeyRequest\x1a(.ownchat.gateway.v1.CreateApiKeyResponse\x12^\n\x0bListApiKeys\x12&.ownchat.gateway.v1.ListApiKeysRequest\x1a\'.ownchat.gateway.v1.ListApiKeysResponse\x12\x61\n\x0cRevokeApiKey\x12\'.ownchat.gateway.v1.RevokeApiKeyRequest\x1a(.ownchat.gateway.v1.RevokeApiKeyResponse\x12s\n\x12GetCaptureSettings\x12-.ownchat.gateway.v1.GetCaptureSettingsRequest\x1a..ownchat.gateway.v1.GetCaptureSettingsResponse\x12|\n\x15UpdateCaptureSettings\x12\x30.ownchat.gateway.v1.UpdateCaptureSettingsRequest\x1a\x31.ownchat.gateway.v1.UpdateCaptureSettingsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ownchat.gateway.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SCOPE']._serialized_start=1113
-  _globals['_SCOPE']._serialized_end=1215
+  _globals['_SCOPE']._serialized_start=1167
+  _globals['_SCOPE']._serialized_end=1269
   _globals['_APIKEY']._serialized_start=90
-  _globals['_APIKEY']._serialized_end=318
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=321
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=452
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=454
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=537
-  _globals['_LISTAPIKEYSREQUEST']._serialized_start=539
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=559
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=561
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=628
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=630
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=671
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=673
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=740
-  _globals['_CAPTURESETTINGS']._serialized_start=742
-  _globals['_CAPTURESETTINGS']._serialized_end=822
-  _globals['_GETCAPTURESETTINGSREQUEST']._serialized_start=824
-  _globals['_GETCAPTURESETTINGSREQUEST']._serialized_end=851
-  _globals['_GETCAPTURESETTINGSRESPONSE']._serialized_start=853
-  _globals['_GETCAPTURESETTINGSRESPONSE']._serialized_end=936
-  _globals['_UPDATECAPTURESETTINGSREQUEST']._serialized_start=938
-  _globals['_UPDATECAPTURESETTINGSREQUEST']._serialized_end=1023
-  _globals['_UPDATECAPTURESETTINGSRESPONSE']._serialized_start=1025
-  _globals['_UPDATECAPTURESETTINGSRESPONSE']._serialized_end=1111
-  _globals['_GATEWAYADMINSERVICE']._serialized_start=1218
-  _globals['_GATEWAYADMINSERVICE']._serialized_end=1776
+  _globals['_APIKEY']._serialized_end=345
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=348
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=506
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=508
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=591
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=593
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=613
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=615
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=682
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=684
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=725
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=727
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=794
+  _globals['_CAPTURESETTINGS']._serialized_start=796
+  _globals['_CAPTURESETTINGS']._serialized_end=876
+  _globals['_GETCAPTURESETTINGSREQUEST']._serialized_start=878
+  _globals['_GETCAPTURESETTINGSREQUEST']._serialized_end=905
+  _globals['_GETCAPTURESETTINGSRESPONSE']._serialized_start=907
+  _globals['_GETCAPTURESETTINGSRESPONSE']._serialized_end=990
+  _globals['_UPDATECAPTURESETTINGSREQUEST']._serialized_start=992
+  _globals['_UPDATECAPTURESETTINGSREQUEST']._serialized_end=1077
+  _globals['_UPDATECAPTURESETTINGSRESPONSE']._serialized_start=1079
+  _globals['_UPDATECAPTURESETTINGSRESPONSE']._serialized_end=1165
+  _globals['_GATEWAYADMINSERVICE']._serialized_start=1272
+  _globals['_GATEWAYADMINSERVICE']._serialized_end=1830
 # @@protoc_insertion_point(module_scope)

@@ -65,14 +65,23 @@ class ApiKey(_message.Message):
     TOKENS_PER_DAY_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     REVOKE_TIME_FIELD_NUMBER: _builtins.int
+    TOKENS_PER_MINUTE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The key's id."""
     name: _builtins.str
     """A name for people."""
     requests_per_minute: _builtins.int
-    """Requests per minute; 0 for no limit."""
+    """Requests per minute: 0 for the gateway's default
+    (default_requests_per_minute), -1 for no limit.
+    """
     tokens_per_day: _builtins.int
-    """Tokens per day; 0 for no limit."""
+    """Tokens (prompt plus completion) per UTC day, the key's token quota: 0
+    for the gateway's default (default_tokens_per_day), -1 for no limit.
+    """
+    tokens_per_minute: _builtins.int
+    """Tokens (prompt plus completion) per minute: 0 for the gateway's default
+    (default_tokens_per_minute), -1 for no limit.
+    """
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[Global___Scope.ValueType]:
         """What it may do."""
@@ -95,10 +104,11 @@ class ApiKey(_message.Message):
         tokens_per_day: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         revoke_time: _timestamp_pb2.Timestamp | None = ...,
+        tokens_per_minute: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "revoke_time", b"revoke_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "id", b"id", "name", b"name", "requests_per_minute", b"requests_per_minute", "revoke_time", b"revoke_time", "scopes", b"scopes", "tokens_per_day", b"tokens_per_day"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "id", b"id", "name", b"name", "requests_per_minute", b"requests_per_minute", "revoke_time", b"revoke_time", "scopes", b"scopes", "tokens_per_day", b"tokens_per_day", "tokens_per_minute", b"tokens_per_minute"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -114,12 +124,17 @@ class CreateApiKeyRequest(_message.Message):
     SCOPES_FIELD_NUMBER: _builtins.int
     REQUESTS_PER_MINUTE_FIELD_NUMBER: _builtins.int
     TOKENS_PER_DAY_FIELD_NUMBER: _builtins.int
+    TOKENS_PER_MINUTE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """A name for people."""
     requests_per_minute: _builtins.int
-    """Requests per minute; 0 for no limit."""
+    """Requests per minute: 0 for the gateway's default, -1 for no limit."""
     tokens_per_day: _builtins.int
-    """Tokens per day; 0 for no limit."""
+    """Tokens per UTC day (the token quota): 0 for the gateway's default, -1
+    for no limit.
+    """
+    tokens_per_minute: _builtins.int
+    """Tokens per minute: 0 for the gateway's default, -1 for no limit."""
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[Global___Scope.ValueType]:
         """What it may do."""
@@ -131,10 +146,11 @@ class CreateApiKeyRequest(_message.Message):
         scopes: _abc.Iterable[Global___Scope.ValueType] | None = ...,
         requests_per_minute: _builtins.int = ...,
         tokens_per_day: _builtins.int = ...,
+        tokens_per_minute: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "requests_per_minute", b"requests_per_minute", "scopes", b"scopes", "tokens_per_day", b"tokens_per_day"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "requests_per_minute", b"requests_per_minute", "scopes", b"scopes", "tokens_per_day", b"tokens_per_day", "tokens_per_minute", b"tokens_per_minute"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -397,17 +397,24 @@ class GenerateRequest(_message.Message):
     SAMPLING_FIELD_NUMBER: _builtins.int
     CONVERSATION_ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PROMPT_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     """The model version; the live deployment when empty."""
     conversation_id: _builtins.str
     """A conversation id that keeps the conversation on one side of a canary
-    split; when empty, its first user message does.
+    split; when empty, its first user message does (or the whole prompt).
     """
     request_id: _builtins.str
     """The caller's request id, for logs."""
+    prompt: _builtins.str
+    """A raw text prompt, tokenized as it is without the chat template, for
+    OpenAI's text completions; give messages or prompt, not both.
+    """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]:
-        """The conversation, rendered through the model's chat template."""
+        """The conversation, rendered through the model's chat template; give
+        messages or prompt, not both.
+        """
 
     @_builtins.property
     def sampling(self) -> Global___SamplingParams:
@@ -421,10 +428,11 @@ class GenerateRequest(_message.Message):
         sampling: Global___SamplingParams | None = ...,
         conversation_id: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        prompt: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "messages", b"messages", "model_id", b"model_id", "request_id", b"request_id", "sampling", b"sampling"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "messages", b"messages", "model_id", b"model_id", "prompt", b"prompt", "request_id", b"request_id", "sampling", b"sampling"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -88,11 +88,13 @@ class ServingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Generate(self, request, context):
-        """Generates a chat reply. Server streaming is deliberate (an exception to
-        buf's advice): text is sent as the engine produces it, one message per
-        engine step, not one per token. RESOURCE_EXHAUSTED (with a
-        google.rpc.RetryInfo) when the engine's queue is full; INVALID_ARGUMENT
-        naming the limit for a conversation longer than the context;
+        """Generates a chat reply, or the continuation of a raw text prompt. Server
+        streaming is deliberate (an exception to buf's advice): text is sent as
+        the engine produces it, one message per engine step, not one per token.
+        RESOURCE_EXHAUSTED (with a google.rpc.RetryInfo) when the engine's queue
+        is full; INVALID_ARGUMENT naming the limit for a conversation or prompt
+        longer than the context, with a google.rpc.ErrorInfo of reason
+        CONTEXT_LENGTH_EXCEEDED (domain ownchat.serving.v1);
         DEADLINE_EXCEEDED when the call's deadline passes (the engine stops the
         reply); UNAVAILABLE when the engine died during the reply or is being
         started again.

@@ -47,11 +47,13 @@ class ServingServiceStub:
     ListDeployments: _grpc.UnaryUnaryMultiCallable[_serving_pb2.ListDeploymentsRequest, _serving_pb2.ListDeploymentsResponse]
     """Lists deployments, newest first: the live one and the history."""
     Generate: _grpc.UnaryStreamMultiCallable[_serving_pb2.GenerateRequest, _serving_pb2.GenerateResponse]
-    """Generates a chat reply. Server streaming is deliberate (an exception to
-    buf's advice): text is sent as the engine produces it, one message per
-    engine step, not one per token. RESOURCE_EXHAUSTED (with a
-    google.rpc.RetryInfo) when the engine's queue is full; INVALID_ARGUMENT
-    naming the limit for a conversation longer than the context;
+    """Generates a chat reply, or the continuation of a raw text prompt. Server
+    streaming is deliberate (an exception to buf's advice): text is sent as
+    the engine produces it, one message per engine step, not one per token.
+    RESOURCE_EXHAUSTED (with a google.rpc.RetryInfo) when the engine's queue
+    is full; INVALID_ARGUMENT naming the limit for a conversation or prompt
+    longer than the context, with a google.rpc.ErrorInfo of reason
+    CONTEXT_LENGTH_EXCEEDED (domain ownchat.serving.v1);
     DEADLINE_EXCEEDED when the call's deadline passes (the engine stops the
     reply); UNAVAILABLE when the engine died during the reply or is being
     started again.
@@ -76,11 +78,13 @@ class ServingServiceAsyncStub(ServingServiceStub):
     ListDeployments: _aio.UnaryUnaryMultiCallable[_serving_pb2.ListDeploymentsRequest, _serving_pb2.ListDeploymentsResponse]  # type: ignore[assignment]
     """Lists deployments, newest first: the live one and the history."""
     Generate: _aio.UnaryStreamMultiCallable[_serving_pb2.GenerateRequest, _serving_pb2.GenerateResponse]  # type: ignore[assignment]
-    """Generates a chat reply. Server streaming is deliberate (an exception to
-    buf's advice): text is sent as the engine produces it, one message per
-    engine step, not one per token. RESOURCE_EXHAUSTED (with a
-    google.rpc.RetryInfo) when the engine's queue is full; INVALID_ARGUMENT
-    naming the limit for a conversation longer than the context;
+    """Generates a chat reply, or the continuation of a raw text prompt. Server
+    streaming is deliberate (an exception to buf's advice): text is sent as
+    the engine produces it, one message per engine step, not one per token.
+    RESOURCE_EXHAUSTED (with a google.rpc.RetryInfo) when the engine's queue
+    is full; INVALID_ARGUMENT naming the limit for a conversation or prompt
+    longer than the context, with a google.rpc.ErrorInfo of reason
+    CONTEXT_LENGTH_EXCEEDED (domain ownchat.serving.v1);
     DEADLINE_EXCEEDED when the call's deadline passes (the engine stops the
     reply); UNAVAILABLE when the engine died during the reply or is being
     started again.
@@ -126,11 +130,13 @@ class ServingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _serving_pb2.GenerateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_serving_pb2.GenerateResponse], _abc.AsyncIterator[_serving_pb2.GenerateResponse]]:
-        """Generates a chat reply. Server streaming is deliberate (an exception to
-        buf's advice): text is sent as the engine produces it, one message per
-        engine step, not one per token. RESOURCE_EXHAUSTED (with a
-        google.rpc.RetryInfo) when the engine's queue is full; INVALID_ARGUMENT
-        naming the limit for a conversation longer than the context;
+        """Generates a chat reply, or the continuation of a raw text prompt. Server
+        streaming is deliberate (an exception to buf's advice): text is sent as
+        the engine produces it, one message per engine step, not one per token.
+        RESOURCE_EXHAUSTED (with a google.rpc.RetryInfo) when the engine's queue
+        is full; INVALID_ARGUMENT naming the limit for a conversation or prompt
+        longer than the context, with a google.rpc.ErrorInfo of reason
+        CONTEXT_LENGTH_EXCEEDED (domain ownchat.serving.v1);
         DEADLINE_EXCEEDED when the call's deadline passes (the engine stops the
         reply); UNAVAILABLE when the engine died during the reply or is being
         started again.
