@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -767,3 +768,39 @@ def test_a_file_of_several_upload_messages_arrives_whole(gateway: Gateway) -> No
         return sorted(json.dumps(v, sort_keys=True) for v in values)
 
     assert canonical(lines) == canonical(conversations)  # type: ignore[arg-type]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["positive", "negative"])
+def test_files_and_jobs_fuzzed_find_no_server_error(gateway: Gateway, mode: str) -> None:
+    """Schemathesis over the gateway's own OpenAPI document, against the real data service
+    and trainer (the other /v1 paths are fuzzed in test_gateway_openapi.py)."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+
+    schema = schemathesis.openapi.from_url(f"{gateway.url}/v1/openapi.json")
+    schema = schema.include(path_regex="^/(files|fine_tuning)")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {"/files", "/fine_tuning/jobs"} <= {operation.path for operation in operations}
+    statuses: list[int] = []
+    for operation in operations:
+
+        @given(case=operation.as_strategy(generation_mode=schemathesis.GenerationMode(mode)))
+        @settings(
+            max_examples=15,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        def call(case: Any) -> None:
+            response = case.call_and_validate(
+                base_url=f"{gateway.url}/v1",
+                headers={"Authorization": f"Bearer {TOKEN}"},
+                checks=[schemathesis.checks.not_a_server_error],
+            )
+            statuses.append(response.status_code)
+
+        call()
+    # The requests reached the routes: some were answered, not all refused.
+    assert any(status < 300 for status in statuses) or mode == "negative", set(statuses)
