@@ -417,5 +417,11 @@ def test_gateway_process_serves_the_webhooks(
         assert response.status_code == 200
         (sent,) = platform.wait_for(1)
         assert sent.body["text"] == "Answer: hello"
+        # Counted on BentoML's /metrics, beside its HTTP metrics.
+        deadline = time.monotonic() + 10
+        posted = 'ownchat_gateway_webhook_replies_total{outcome="posted",platform="telegram"} 1.0'
+        while posted not in (metrics := httpx.get(f"{url}/metrics").text):
+            assert time.monotonic() < deadline, metrics[-2000:]
+            time.sleep(0.2)
         # Slack has no secrets here: its webhook is off.
         assert httpx.post(f"{url}/webhooks/slack/events", content=b"{}").status_code == 404

@@ -30,6 +30,7 @@ from ownchat_gateway.errors import (
 )
 from ownchat_gateway.keys import Scope
 from ownchat_gateway.limits import RateLimiter
+from ownchat_gateway.metrics import RATE_LIMITED, TOKENS
 from ownchat_gateway.translate import request_id_from
 
 # The scope a path (relative to the app's mount) needs; None for a public path.
@@ -71,6 +72,8 @@ def report_usage(prompt_tokens: int, completion_tokens: int) -> None:
     The rate-limit middleware set the meter in this request's context, which
     the route and its streamed body share.
     """
+    TOKENS.labels("prompt").inc(prompt_tokens)
+    TOKENS.labels("completion").inc(completion_tokens)
     meter = _METER.get()
     if meter is not None:
         meter.tokens += prompt_tokens + completion_tokens
@@ -199,6 +202,7 @@ class RateLimitMiddleware:
             principal.id, limits, spends_tokens=metering is Metering.TOKENS
         )
         if admission.refusal is not None:
+            RATE_LIMITED.labels(admission.refusal.limit.value).inc()
             error = rate_limited(admission.refusal, principal.id, admission.headers)
             await error_response(error, request_id_of(scope))(scope, receive, send)
             return

@@ -21,6 +21,7 @@ from ownchat.common.v1 import common_pb2
 from ownchat.evaluator.v1 import evaluator_pb2
 from ownchat.roles import ROLE_BY_NAME
 from ownchat_gateway.feedback.store import CapturedChat, CaptureStore, Feedback, Rating
+from ownchat_gateway.metrics import CHATS_CAPTURED, FEEDBACK
 
 logger = logging.getLogger("ownchat.gateway.feedback")
 
@@ -106,6 +107,7 @@ class FeedbackLoop:
                 "chat not captured: it could not be scrubbed",
                 extra={"request_id": request_id, "response_id": response_id, "error": str(error)},
             )
+            CHATS_CAPTURED.labels("not_scrubbed").inc()
             return None
         context = tuple(
             (role, text) for (role, _), text in zip(messages, scrubbed[:-1], strict=True)
@@ -121,6 +123,7 @@ class FeedbackLoop:
         item_id = await self._enqueue(chat, evaluator_pb2.REVIEW_KIND_RATING, 0, request_id)
         chat = dataclasses.replace(chat, review_item_id=item_id)
         self.store.add_chat(chat)
+        CHATS_CAPTURED.labels("stored").inc()
         return chat
 
     async def feedback(
@@ -140,6 +143,7 @@ class FeedbackLoop:
                 chat, evaluator_pb2.REVIEW_KIND_CORRECTION, THUMBS_DOWN_PRIORITY, request_id
             )
         feedback = self.store.add_feedback(response_id, rating, comment, key_id, item_id)
+        FEEDBACK.labels(rating.value).inc()
         return feedback, chat is not None
 
     async def _enqueue(

@@ -26,6 +26,7 @@ from ownchat_gateway.config import GatewaySettings
 from ownchat_gateway.context import context_of
 from ownchat_gateway.edge import add_not_found_route, new_app
 from ownchat_gateway.errors import GatewayError, invalid_request
+from ownchat_gateway.metrics import WEBHOOK_REPLIES
 from ownchat_gateway.middleware import request_id_of
 from ownchat_gateway.webhooks import slack, telegram
 from ownchat_gateway.webhooks.replies import APOLOGY, REPLY_ERRORS, model_reply
@@ -206,7 +207,9 @@ async def _answer(
             "posting the reply failed",
             extra={"request_id": request_id, "platform": platform, "error": str(error)},
         )
+        WEBHOOK_REPLIES.labels(platform, "post_failed").inc()
         return
+    WEBHOOK_REPLIES.labels(platform, "apology" if reply is APOLOGY else "posted").inc()
     logger.info(
         "webhook reply",
         extra={
