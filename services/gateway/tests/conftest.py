@@ -10,6 +10,7 @@ another conftest sits on the path, so helpers come as fixtures).
   or a serving service behind them;
 - ``serve_app`` / ``gateway_process``: uvicorn in a thread, and the real
   ``python -m ownchat_gateway`` as a process;
+- ``data_address``: the real data service in-process (module-wide);
 - ``echo_serving``: a stand-in serving service on loopback that answers
   "Answer: <question>" (and UNAVAILABLE to its ``failing_text``).
 """
@@ -379,4 +380,32 @@ def echo_serving() -> Iterator[EchoServing]:
     servicer.address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
     server.start()
     yield servicer
+    server.stop(None).wait()
+
+
+@pytest.fixture(scope="module")
+def data_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The data service's own servicer (it scrubs captured chats), as ``python -m
+    ownchat_data`` wires it, on a loopback gRPC server behind the token check."""
+    pytest.importorskip("ownchat_data", reason="the data service is not installed")
+    from ownchat.artifacts import ArtifactStore
+    from ownchat.data.v1 import data_pb2_grpc
+    from ownchat_data.core import DataCore
+    from ownchat_data.servicer import DataServicer
+    from ownchat_data.store import DataStore
+
+    state = tmp_path_factory.mktemp("data")
+    core = DataCore(
+        DataStore(state / "data.db"),
+        ArtifactStore(state / "artifacts"),
+        max_upload_bytes=1 << 20,
+        max_record_bytes=1 << 16,
+    )
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=4), interceptors=[ServerInterceptor(TOKEN)]
+    )
+    data_pb2_grpc.add_DataServiceServicer_to_server(DataServicer(core), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}"
     server.stop(None).wait()

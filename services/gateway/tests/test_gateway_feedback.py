@@ -19,11 +19,8 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from ownchat.artifacts import ArtifactStore
 from ownchat.config import ClientSettings
-from ownchat.data.v1 import data_pb2_grpc
 from ownchat.evaluator.v1 import evaluator_pb2
-from ownchat.interceptors import ServerInterceptor
 from ownchat_gateway.app import create_app
 from ownchat_gateway.config import GatewaySettings
 from ownchat_gateway.context import GatewayContext
@@ -44,29 +41,6 @@ def _free_address() -> str:
     port = server.add_insecure_port("127.0.0.1:0")
     server.stop(None)
     return f"127.0.0.1:{port}"
-
-
-@pytest.fixture
-def data_address(tmp_path: Path) -> Iterator[str]:
-    """The data service's own servicer, as ``python -m ownchat_data`` wires it."""
-    from ownchat_data.core import DataCore
-    from ownchat_data.servicer import DataServicer
-    from ownchat_data.store import DataStore
-
-    core = DataCore(
-        DataStore(tmp_path / "data" / "data.db"),
-        ArtifactStore(tmp_path / "data" / "artifacts"),
-        max_upload_bytes=1 << 20,
-        max_record_bytes=1 << 16,
-    )
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=4), interceptors=[ServerInterceptor(TOKEN)]
-    )
-    data_pb2_grpc.add_DataServiceServicer_to_server(DataServicer(core), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield f"127.0.0.1:{port}"
-    server.stop(None).wait()
 
 
 def _run(

@@ -10,11 +10,9 @@ test_gateway_fine_tuning.py; the admin API here too.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 import schemathesis
 from fastapi.testclient import TestClient
@@ -22,10 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from starlette.applications import Starlette
 
-from ownchat.artifacts import ArtifactStore
 from ownchat.config import ClientSettings
-from ownchat.data.v1 import data_pb2_grpc
-from ownchat.interceptors import ServerInterceptor
 from ownchat_gateway.admin import create_admin_app
 from ownchat_gateway.app import create_app
 from ownchat_gateway.config import GatewaySettings
@@ -39,29 +34,6 @@ from ownchat_gateway.upstream import DataUpstream, EvaluatorUpstream, ServingUps
 TOKEN = "gateway-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 FUZZED_ELSEWHERE = ("/files", "/fine_tuning")
-
-
-@pytest.fixture(scope="module")
-def data_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from ownchat_data.core import DataCore
-    from ownchat_data.servicer import DataServicer
-    from ownchat_data.store import DataStore
-
-    state = tmp_path_factory.mktemp("data")
-    core = DataCore(
-        DataStore(state / "data.db"),
-        ArtifactStore(state / "artifacts"),
-        max_upload_bytes=1 << 20,
-        max_record_bytes=1 << 16,
-    )
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=4), interceptors=[ServerInterceptor(TOKEN)]
-    )
-    data_pb2_grpc.add_DataServiceServicer_to_server(DataServicer(core), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield f"127.0.0.1:{port}"
-    server.stop(None).wait()
 
 
 @pytest.fixture

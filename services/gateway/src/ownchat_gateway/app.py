@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
 
 import grpc
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
-from ownchat.serving.v1 import serving_pb2
 from ownchat_gateway.completions import add_completion_routes
 from ownchat_gateway.config import GatewaySettings
 from ownchat_gateway.context import GatewayContext, context_of
 from ownchat_gateway.edge import add_not_found_route, new_app
-from ownchat_gateway.errors import bad_gateway, from_rpc_error
+from ownchat_gateway.errors import from_rpc_error
 from ownchat_gateway.feedback.routes import add_feedback_routes
 from ownchat_gateway.files_api import add_file_routes, files_body_limit
 from ownchat_gateway.fine_tuning_api import add_fine_tuning_routes, is_fine_tuning_path
@@ -31,18 +29,15 @@ from ownchat_gateway.keys import Scope
 from ownchat_gateway.middleware import Metering, principal_of, report_usage, request_id_of
 from ownchat_gateway.prompt_limits import check_chat_prompt
 from ownchat_gateway.protocol import ChatCompletionRequest, ModelList
+from ownchat_gateway.replies import Reply
 from ownchat_gateway.translate import (
-    DONE_EVENT,
-    IncompleteReplyError,
     ReplyBuilder,
     chunk_event,
     new_completion_id,
     now,
-    sse_event,
     to_generate_request,
     to_model_list,
 )
-from ownchat_gateway.upstream import GenerateCall
 
 logger = logging.getLogger("ownchat.gateway")
 
@@ -89,26 +84,15 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             include_usage=bool(body.stream_options and body.stream_options.include_usage),
         )
 
-        def finished() -> None:
+        def finished(started: float) -> None:
+            _log_reply(builder, request_id, started, stream=body.stream)
             _capture(context, body, builder, request, request_id)
 
+        reply = Reply(call, builder, request_id, finished)
         if body.stream:
-            return await _stream(call, builder, request_id, finished)
-        started = time.perf_counter()
-        try:
-            async for response in call:
-                builder.add(response)
-            completion = builder.completion()
-        except grpc.RpcError as error:
-            raise from_rpc_error(error, request_id) from None
-        except IncompleteReplyError:
-            raise bad_gateway(request_id) from None
-        finally:
-            # A client that went away must not keep the engine generating.
-            call.cancel()
-        _log_reply(builder, request_id, started, stream=False)
-        finished()
-        return JSONResponse(completion.model_dump())
+            return await reply.stream(chunk_event)
+        await reply.collect()
+        return JSONResponse(builder.completion().model_dump())
 
     @app.get("/models", response_model=None)
     async def list_models(request: Request) -> ModelList:
@@ -127,50 +111,6 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     add_fine_tuning_routes(app)
     add_not_found_route(app, "/v1")
     return app
-
-
-async def _stream(
-    call: GenerateCall, builder: ReplyBuilder, request_id: str, finished: Callable[[], None]
-) -> Response:
-    """Server-sent events of a reply.
-
-    The first message from serving is awaited before answering, so that an
-    error at the start (unknown model, bad argument) still gets its HTTP
-    status; a later error can only be sent as an ``error`` event.
-    """
-    responses = call.__aiter__()
-    started = time.perf_counter()
-    try:
-        first: serving_pb2.GenerateResponse = await anext(responses)
-    except StopAsyncIteration:
-        raise bad_gateway(request_id) from None
-    except grpc.RpcError as error:
-        raise from_rpc_error(error, request_id) from None
-
-    async def events() -> AsyncIterator[str]:
-        try:
-            for chunk in builder.add(first):
-                yield chunk_event(chunk, builder.include_usage)
-            async for response in responses:
-                for chunk in builder.add(response):
-                    yield chunk_event(chunk, builder.include_usage)
-            builder.check_finished()
-            _log_reply(builder, request_id, started, stream=True)
-            finished()
-        except grpc.RpcError as error:
-            yield sse_event(from_rpc_error(error, request_id).body())
-        except IncompleteReplyError:
-            yield sse_event(bad_gateway(request_id).body())
-        finally:
-            # A client that went away must not keep the engine generating.
-            call.cancel()
-        yield DONE_EVENT
-
-    return StreamingResponse(
-        events(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
 
 
 def _capture(

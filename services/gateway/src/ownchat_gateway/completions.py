@@ -14,29 +14,23 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
 
-import grpc
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
-from ownchat.serving.v1 import serving_pb2
 from ownchat_gateway.context import context_of
-from ownchat_gateway.errors import bad_gateway, from_rpc_error, invalid_request
+from ownchat_gateway.errors import invalid_request
 from ownchat_gateway.middleware import report_usage, request_id_of
 from ownchat_gateway.prompt_limits import check_text_prompt
 from ownchat_gateway.protocol import CompletionRequest
+from ownchat_gateway.replies import Reply
 from ownchat_gateway.translate import (
-    DONE_EVENT,
-    IncompleteReplyError,
     TextReplyBuilder,
     new_completion_id,
     now,
-    sse_event,
     text_chunk_event,
     to_text_generate_request,
 )
-from ownchat_gateway.upstream import GenerateCall
 
 logger = logging.getLogger("ownchat.gateway")
 
@@ -62,58 +56,15 @@ def add_completion_routes(app: FastAPI) -> None:
             body.model,
             include_usage=bool(body.stream_options and body.stream_options.include_usage),
         )
+
+        def finished(started: float) -> None:
+            _finished(builder, request_id, started, stream=body.stream)
+
+        reply = Reply(call, builder, request_id, finished)
         if body.stream:
-            return await _stream(call, builder, request_id)
-        started = time.perf_counter()
-        try:
-            async for response in call:
-                builder.add(response)
-            completion = builder.completion()
-        except grpc.RpcError as error:
-            raise from_rpc_error(error, request_id) from None
-        except IncompleteReplyError:
-            raise bad_gateway(request_id) from None
-        finally:
-            # A client that went away must not keep the engine generating.
-            call.cancel()
-        _finished(builder, request_id, started, stream=False)
-        return JSONResponse(completion.model_dump())
-
-
-async def _stream(call: GenerateCall, builder: TextReplyBuilder, request_id: str) -> Response:
-    """Server-sent events of a completion; the first message is awaited before answering,
-    so that an error at the start still gets its HTTP status."""
-    responses = call.__aiter__()
-    started = time.perf_counter()
-    try:
-        first: serving_pb2.GenerateResponse = await anext(responses)
-    except StopAsyncIteration:
-        raise bad_gateway(request_id) from None
-    except grpc.RpcError as error:
-        raise from_rpc_error(error, request_id) from None
-
-    async def events() -> AsyncIterator[str]:
-        try:
-            for chunk in builder.add(first):
-                yield text_chunk_event(chunk, builder.include_usage)
-            async for response in responses:
-                for chunk in builder.add(response):
-                    yield text_chunk_event(chunk, builder.include_usage)
-            builder.check_finished()
-            _finished(builder, request_id, started, stream=True)
-        except grpc.RpcError as error:
-            yield sse_event(from_rpc_error(error, request_id).body())
-        except IncompleteReplyError:
-            yield sse_event(bad_gateway(request_id).body())
-        finally:
-            call.cancel()
-        yield DONE_EVENT
-
-    return StreamingResponse(
-        events(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+            return await reply.stream(text_chunk_event)
+        await reply.collect()
+        return JSONResponse(builder.completion().model_dump())
 
 
 def _finished(builder: TextReplyBuilder, request_id: str, started: float, *, stream: bool) -> None:
