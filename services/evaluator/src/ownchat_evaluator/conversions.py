@@ -13,8 +13,10 @@ from ownchat_evaluator.core import EvalRequest
 from ownchat_evaluator.gate import GateVerdict
 from ownchat_evaluator.report import Report
 from ownchat_evaluator.run_config import (
+    BFLOAT16,
     BLEU,
     CHRF,
+    FLOAT32,
     PERPLEXITY,
     REFUSAL_RATE,
     RESPONSE_LENGTH,
@@ -46,6 +48,11 @@ _CHECK_KINDS = {
     evaluator_pb2.TASK_CHECK_KIND_REGEX: CheckKind.REGEX,
 }
 _CHECK_ENUMS = {kind: number for number, kind in _CHECK_KINDS.items()}
+_PRECISIONS = {
+    evaluator_pb2.PRECISION_FLOAT32: FLOAT32,
+    evaluator_pb2.PRECISION_BFLOAT16: BFLOAT16,
+}
+_PRECISION_ENUMS = {name: number for number, name in _PRECISIONS.items()}
 
 
 def request_from_proto(request: evaluator_pb2.CreateEvalRunRequest) -> EvalRequest:
@@ -71,6 +78,10 @@ def request_from_proto(request: evaluator_pb2.CreateEvalRunRequest) -> EvalReque
         refusal_patterns=list(request.refusal_patterns),
         seed=request.seed,
         repeat_eval_run_id=request.repeat_eval_run_id,
+        # Unspecified is "" (the default); unknown values become a name the core refuses.
+        precision=_PRECISIONS.get(request.precision, f"unknown-{request.precision}")
+        if request.precision
+        else "",
     )
 
 
@@ -105,6 +116,7 @@ def run_to_proto(run: EvalRun) -> evaluator_pb2.EvalRun:
         repeated_eval_run_id=run.repeated_from,
         device=run.device,
         timings_seconds=run.timings,
+        precision=_PRECISION_ENUMS.get(config.precision, evaluator_pb2.PRECISION_UNSPECIFIED),
     )
     if config.task_check is not None:
         message.task_check.CopyFrom(

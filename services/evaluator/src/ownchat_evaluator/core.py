@@ -41,7 +41,12 @@ from ownchat_evaluator.gate import (
     WinRateLookup,
     check_gate,
 )
-from ownchat_evaluator.modeling import load_model, model_context, resolve_device
+from ownchat_evaluator.modeling import (
+    default_precision,
+    load_model,
+    model_context,
+    resolve_device,
+)
 from ownchat_evaluator.replies import DEFAULT_REFUSAL_PATTERNS, is_refusal
 from ownchat_evaluator.report import (
     MAX_WORST_EXAMPLES,
@@ -54,6 +59,7 @@ from ownchat_evaluator.run_config import (
     DEFAULT_MAX_NEW_TOKENS,
     METRICS,
     PERPLEXITY,
+    PRECISIONS,
     TASK_ACCURACY,
     RunConfig,
     canonical_metrics,
@@ -93,6 +99,7 @@ class EvalRequest:
     refusal_patterns: Sequence[str] = ()
     seed: int = 0
     repeat_eval_run_id: str = ""
+    precision: str = ""
 
 
 @dataclass(frozen=True)
@@ -122,6 +129,8 @@ def _validate_fields(request: EvalRequest) -> list[FieldViolation]:
         violations.append(FieldViolation("context_length", "must be 0 (default) or more"))
     if request.stride < 0:
         violations.append(FieldViolation("stride", "must be 0 (default) or more"))
+    if request.precision and request.precision not in PRECISIONS:
+        violations.append(FieldViolation("precision", f"one of {', '.join(PRECISIONS)}"))
     if len(request.refusal_patterns) > MAX_REFUSAL_PATTERNS:
         violations.append(
             FieldViolation("refusal_patterns", f"at most {MAX_REFUSAL_PATTERNS} phrases")
@@ -160,6 +169,7 @@ def _repeat_violations(request: EvalRequest) -> list[FieldViolation]:
         "task_check": request.task_check is not None,
         "refusal_patterns": bool(request.refusal_patterns),
         "seed": bool(request.seed),
+        "precision": bool(request.precision),
     }
     return [
         FieldViolation(name, "must be left unset when repeat_eval_run_id is given")
@@ -179,6 +189,7 @@ def _new_config(request: EvalRequest) -> RunConfig:
         task_check=request.task_check,
         refusal_patterns=list(request.refusal_patterns or DEFAULT_REFUSAL_PATTERNS),
         seed=request.seed,
+        precision=request.precision,
     )
 
 
@@ -236,6 +247,9 @@ class EvaluatorCore:
         split = self._datasets(dataset_version_id)
         config = source.config if source is not None else _new_config(request)
         config = self._resolve_windows(config, model_dir)
+        if not config.precision:
+            device = resolve_device(self._options.device)
+            config = dataclasses.replace(config, precision=default_precision(device))
         if TASK_ACCURACY in config.metrics and config.task_check is None:
             if not any_expected_answers(split, config.max_samples):
                 raise InvalidArgumentError(
@@ -345,7 +359,11 @@ class EvaluatorCore:
             device=str(device),
         )
         torch.manual_seed(config.seed)
-        model, tokenizer = load_model(model_dir, device)
+        if not config.precision:
+            # A run stored before precision was a setting: the device's default.
+            config = dataclasses.replace(config, precision=default_precision(device))
+            self._store.update(run_id, config=config)
+        model, tokenizer = load_model(model_dir, device, config.precision)
         timings = RunTimings(load=time.perf_counter() - started)
         if not config.context_length:
             # A run stored before windows were configurable: resolve them now.

@@ -26,14 +26,24 @@ def model_context(model_dir: Path) -> int | None:
     return int(value) if isinstance(value, int) else None
 
 
-def load_model(model_dir: Path, device: torch.device) -> tuple[Any, Any]:
-    """The model, in eval mode on ``device`` (bfloat16 on a GPU), and its tokenizer."""
+def default_precision(device: torch.device) -> str:
+    """The precision a run computes in unless it asks for one: bfloat16 on a GPU, else float32."""
+    return "bfloat16" if device.type == "cuda" else "float32"
+
+
+def load_model(
+    model_dir: Path, device: torch.device, precision: str | None = None
+) -> tuple[Any, Any]:
+    """The model, in eval mode on ``device`` in ``precision`` ("float32" or "bfloat16";
+    the device's default when None), and its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as transformers_logging
 
     # Progress bars would only clutter the service's structured logs.
     transformers_logging.disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[
+        precision or default_precision(device)
+    ]
     model: Any = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True, dtype=dtype)
     return model.to(device).eval(), tokenizer

@@ -15,7 +15,14 @@ time, so the full ``[tokens, vocabulary]`` float32 logits are never built;
 windows that begin with the same tokens (a system prompt, the chat template's
 default one) have that prefix computed once and its key/value cache reused, as
 serving engines' prefix caches do; and windows of nearly the same length are
-batched, sorted by length, so padding stays under ``max_padding``.
+batched, sorted by length, so padding stays under ``max_padding``. Tokens
+after a window's last scored token, and windows that score none, are not
+computed at all. On a CPU, attention and float32 matrix products use the
+kernels of ``cpu_kernels`` (causal blocks, oneDNN).
+
+It scores in the model's own precision: float32, or bfloat16 where a run asks
+for it (about twice the speed on CPUs with AVX-512 BF16 or AMX, perplexity
+within about 0.1% of float32's).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from ownchat.chat_template import IGNORE_INDEX, tokenize_chat
+from ownchat_evaluator.cpu_kernels import scoring_kernels
 
 # 1024 rows of float32 logits over a 150k vocabulary are about 0.6 GB.
 DEFAULT_CHUNK_TOKENS = 1024
@@ -63,6 +71,9 @@ class PerplexityResult:
     windows: int
     sample_nll: list[float]
     sample_tokens: list[int]
+    precision: str
+    # Positions the model's body ran over: shared prefixes once, padding included.
+    computed_tokens: int
 
 
 def sliding_windows(
@@ -83,6 +94,18 @@ def sliding_windows(
         if end == len(input_ids):
             break
     return windows
+
+
+def scored_part(window: Window) -> Window | None:
+    """The window up to its last scored token (later tokens change no score: the
+    attention is causal), or None when it scores no token."""
+    last = max(
+        (i for i, label in enumerate(window.labels) if label != IGNORE_INDEX and i > 0),
+        default=0,
+    )
+    if last == 0:
+        return None
+    return Window(window.sample, window.input_ids[: last + 1], window.labels[: last + 1])
 
 
 def _common_length(first: list[int], second: list[int]) -> int:
@@ -238,11 +261,14 @@ def corpus_perplexity(
 ) -> PerplexityResult:
     """Perplexity of a model on conversations; ``on_progress(done)`` as conversations finish."""
     windows: list[Window] = []
+    all_windows = 0
     for index, messages in enumerate(conversations):
         tokenized = tokenize_chat(tokenizer, messages, sys.maxsize)
-        windows += sliding_windows(
+        whole = sliding_windows(
             index, tokenized.input_ids, tokenized.labels, context_length, stride
         )
+        all_windows += len(whole)
+        windows += [part for part in map(scored_part, whole) if part is not None]
     remaining = [0] * len(conversations)
     for window in windows:
         remaining[window.sample] += 1
@@ -252,17 +278,20 @@ def corpus_perplexity(
     sample_nll = [0.0] * len(conversations)
     sample_tokens = [0] * len(conversations)
     done = sum(1 for count in remaining if count == 0)
+    computed = 0
     model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), scoring_kernels(model):
         for length, members in shared_prefixes(windows):
             prefix = None
             if length:
                 prefix = (length, prefix_cache(decoder, members[0].input_ids[:length], device))
+                computed += length
                 members = [
                     Window(w.sample, w.input_ids[length:], w.labels[length:]) for w in members
                 ]
             for group in batches(members, tokens_per_batch, max_rows):
                 nll, counts = batch_nll(decoder, head, group, pad_id, device, prefix)
+                computed += len(group) * max(len(w.input_ids) for w in group)
                 for row, window in enumerate(group):
                     sample_nll[window.sample] += float(nll[row])
                     sample_tokens[window.sample] += int(counts[row])
@@ -281,7 +310,9 @@ def corpus_perplexity(
         conversations=len(conversations),
         context_length=context_length,
         stride=stride,
-        windows=len(windows),
+        windows=all_windows,
         sample_nll=sample_nll,
         sample_tokens=sample_tokens,
+        precision=str(next(model.parameters()).dtype).removeprefix("torch."),
+        computed_tokens=computed,
     )

@@ -84,7 +84,7 @@ def metric_results(
                 f"assistant tokens only; context length {perplexity.context_length}, "
                 f"stride {perplexity.stride}; {perplexity.tokens} tokens of "
                 f"{perplexity.conversations} conversations in {perplexity.windows} windows; "
-                f"{interval_note}"
+                f"{perplexity.precision}; {interval_note}"
             )
         elif metric in (BLEU, CHRF):
             score = corpus_score(

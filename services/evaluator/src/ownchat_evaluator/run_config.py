@@ -35,6 +35,11 @@ METRICS = (
 GENERATION_METRICS = frozenset(METRICS) - {PERPLEXITY}
 DEFAULT_MAX_NEW_TOKENS = 128
 
+FLOAT32 = "float32"
+BFLOAT16 = "bfloat16"
+# The precisions a run computes in (the model's weights and activations).
+PRECISIONS = (FLOAT32, BFLOAT16)
+
 
 def canonical_metrics(metrics: list[str]) -> list[str]:
     """The metrics in report order, without repeats; the mean length brings its p95."""
@@ -51,6 +56,10 @@ class RunConfig:
     ``context_length`` and ``stride`` are the perplexity windows; a run stored
     before they were configurable has 0 for both (whole conversations,
     truncated at the evaluator's ``max_length``).
+
+    ``precision`` is what the model computes in, one of ``PRECISIONS``; a run
+    stored before it was a setting has "" (the device's default: float32 on a
+    CPU, bfloat16 on a GPU), resolved when the run computes.
     """
 
     metrics: list[str]
@@ -61,6 +70,7 @@ class RunConfig:
     task_check: TaskCheck | None = None
     refusal_patterns: list[str] = field(default_factory=lambda: list(DEFAULT_REFUSAL_PATTERNS))
     seed: int = 0
+    precision: str = ""
 
     @property
     def generates(self) -> bool:
@@ -85,6 +95,7 @@ class RunConfig:
             else {"kind": self.task_check.kind.value, "pattern": self.task_check.pattern},
             "refusal_patterns": self.refusal_patterns,
             "seed": self.seed,
+            "precision": self.precision,
         }
         return json.dumps(value, sort_keys=True)
 
@@ -104,4 +115,5 @@ class RunConfig:
             else TaskCheck(CheckKind(check["kind"]), check["pattern"]),
             refusal_patterns=value.get("refusal_patterns", list(DEFAULT_REFUSAL_PATTERNS)),
             seed=value.get("seed", 0),
+            precision=value.get("precision", ""),
         )
