@@ -2,12 +2,14 @@
 loop, in one process, on the same model and the same conversations; and BLEU's share of
 a whole evaluation run's wall time.
 
-Run: .venv/bin/python benchmarks/eval.py [--device cpu|cuda] [--model-dir DIR]
+Run: .venv/bin/python benchmarks/eval.py [--device cpu|cuda] [--model-dir DIR | --random-weights]
          [--data FILE.jsonl] [--sharegpt N] [--clip-chars N] [--context N] [--stride N]
          [--parts N] [--repeats N] [--generation-samples N] [--max-new-tokens N]
 
 The model is SmolLM2-135M-Instruct, exported from the embedded GGUF by the trainer's
-``base_models.export_checkpoint`` (or any checkpoint given with ``--model-dir``),
+``base_models.export_checkpoint`` (or any checkpoint given with ``--model-dir``, or
+SmolLM2-135M's configuration with random weights with ``--random-weights``, for a
+machine without the weights: throughput does not depend on their values),
 the same weights for both sides: on a CPU in float32 (the main comparison) and in
 bfloat16 (the run's precision setting: ours in bfloat16 against the naive loop in
 float32, and against the naive loop in bfloat16 for fairness); on a GPU in bfloat16. The
@@ -82,6 +84,11 @@ def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None)
     parser.add_argument("--model-dir", type=Path, default=None, help="a HF checkpoint to use")
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="SmolLM2-135M's configuration with random weights (train_setup.build_model_dir)",
+    )
     parser.add_argument("--data", type=Path, default=None, help="chat JSONL instead of ShareGPT")
     parser.add_argument("--sharegpt", type=int, default=None, help="ShareGPT conversations")
     parser.add_argument("--clip-chars", type=int, default=None, help="0: whole messages")
@@ -164,6 +171,9 @@ def smollm2_dir(scratch: Path) -> Path:
     export_checkpoint(source, target)
     return target
 
+
+# What the notes call the model (set by main from the arguments).
+MODEL_LABEL = ["SmolLM2-135M-Instruct"]
 
 # The machine's 1-minute load average at the start of each timed part: other work on
 # a shared machine slows the sides unevenly (the naive loop's many small operations
@@ -349,7 +359,7 @@ def throughput(args: argparse.Namespace, model_dir: Path) -> list[dict[str, Any]
         else "whole"
     )
     data = (
-        f"SmolLM2-135M-Instruct; {len(subsets['support'])} support + "
+        f"{MODEL_LABEL[0]}; {len(subsets['support'])} support + "
         f"{len(subsets['ShareGPT'])} ShareGPT conversations ({clipped}), {tokens} tokens "
         f"({int(scored)} scored assistant tokens); context {args.context}, stride {args.stride}; "
         f"{args.parts} interleaved parts run {args.repeats}x, the sides' order rotating, "
@@ -526,7 +536,16 @@ def main() -> None:
     args = _arguments()
     command = "python benchmarks/eval.py " + shlex.join(sys.argv[1:])
     with tempfile.TemporaryDirectory(prefix="ownchat-bench-eval-") as scratch:
-        model_dir = args.model_dir or smollm2_dir(Path(scratch))
+        if args.random_weights:
+            from train_setup import MODELS, build_model_dir
+
+            model_dir, _ = build_model_dir(MODELS["smollm2-135m"], Path(scratch) / "random")
+            MODEL_LABEL[0] = "SmolLM2-135M's configuration with random weights"
+        elif args.model_dir:
+            model_dir = args.model_dir
+            MODEL_LABEL[0] = f"the checkpoint in {args.model_dir.name}"
+        else:
+            model_dir = smollm2_dir(Path(scratch))
         metrics = throughput(args, model_dir)
         metrics += bleu_share(args, model_dir, Path(scratch))
     name = device_name(args.device)

@@ -178,6 +178,7 @@ def _metrics(
         else max(ran, key=lambda b: b.tokens_per_s or 0.0, default=liger)
     )
     precision = "bf16 autocast" if args.device == "cuda" else "float32"
+    precision += f"; software: {_software()}"
     setting = (
         f"{shape.title} config, random weights; seq {plan.seq_len}; rows of seq a step for "
         f"the baselines: {plan.rows}; ours packs {per_step} samples a step, at most as many "
@@ -297,6 +298,20 @@ def _metrics(
         loss_note += f"; {unpacked.note or packed.note}"
     metrics.append(metric(loss_name, "fraction", False, difference, None, None, loss_note, None))
     return metrics
+
+
+def _software() -> str:
+    """The versions the figures depend on."""
+    import importlib.metadata
+
+    names = ["torch", "transformers", "liger-kernel", "flash-attn"]
+    found = []
+    for name in names:
+        try:
+            found.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            found.append(f"no {name}")
+    return ", ".join(found)
 
 
 def _rounded(value: float | None, digits: int | None) -> float | None:

@@ -17,6 +17,7 @@ from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_p
 
 from ownchat.chat_template import IGNORE_INDEX
 from ownchat_trainer.batches import EncodedSample, collate, encode_samples, weighted_loss_terms
+from ownchat_trainer.engine import varlen_attention
 from ownchat_trainer.engine.loss import causal_lm_loss_terms, forward_hidden, output_layer
 from ownchat_trainer.engine.packing import PackedBatch, first_fit_decreasing, pack_samples
 from ownchat_trainer.worker import batch_order
@@ -240,7 +241,10 @@ def test_wrong_packings_let_samples_attend_each_other(
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("implementation", ["sdpa", "flex_attention", "flash_attention_2"])
+@pytest.mark.parametrize(
+    "implementation",
+    ["sdpa", "flex_attention", "flash_attention_2", varlen_attention.ATTENTION_NAME],
+)
 def test_packed_sample_equals_sample_alone_on_gpu(
     model_root: Path, conversations: list[list[dict[str, str]]], implementation: str
 ) -> None:
@@ -248,8 +252,11 @@ def test_packed_sample_equals_sample_alone_on_gpu(
         pytest.skip("needs CUDA")
     if implementation == "flash_attention_2":
         pytest.importorskip("flash_attn")
+    if implementation == varlen_attention.ATTENTION_NAME and not varlen_attention.register():
+        pytest.skip("this torch has no varlen_attn")
     model_dir = model_root / "tiny-chat"
-    dtype = torch.bfloat16 if implementation == "flash_attention_2" else torch.float32
+    half = implementation in ("flash_attention_2", varlen_attention.ATTENTION_NAME)
+    dtype = torch.bfloat16 if half else torch.float32
     model = AutoModelForCausalLM.from_pretrained(
         model_dir, dtype=dtype, attn_implementation=implementation
     ).to("cuda")
@@ -260,8 +267,9 @@ def test_packed_sample_equals_sample_alone_on_gpu(
     tolerance = 3e-2 if dtype == torch.bfloat16 else 1e-4
     logits = model(**batch.model_inputs(implementation)).logits.float()
     for sample, place in zip(samples, batch.placements, strict=True):
-        ids = torch.tensor([sample.input_ids], device="cuda")
-        alone = model(input_ids=ids, use_cache=False).logits[0].float()
+        # The sample alone, in a row of its own (varlen attention needs the bounds).
+        alone_inputs = pack_samples([sample], len(sample.input_ids), PAD).to(torch.device("cuda"))
+        alone = model(**alone_inputs.model_inputs(implementation)).logits[0].float()
         packed = logits[place.row, place.offset : place.offset + place.length]
         torch.testing.assert_close(packed, alone, atol=tolerance, rtol=tolerance)
     loss_sum, weight = causal_lm_loss_terms(

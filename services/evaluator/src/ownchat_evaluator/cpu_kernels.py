@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 ATTENTION_NAME = "ownchat_causal_blocks"
 # Queries per attention call: smaller blocks skip more of the masked keys, at a
@@ -146,10 +147,26 @@ def onednn_linears(model: torch.nn.Module) -> Iterator[None]:
             delattr(layer, "forward")
 
 
+# On a GPU, sdpa prefers cuDNN's attention, which builds a plan for every new
+# shape: scoring batches come in many widths, so most calls paid for a plan.
+# Flash and memory-efficient attention need none.
+GPU_SCORING_ATTENTION = (
+    SDPBackend.FLASH_ATTENTION,
+    SDPBackend.EFFICIENT_ATTENTION,
+    SDPBackend.MATH,
+)
+
+
 @contextlib.contextmanager
 def scoring_kernels(model: Any) -> Iterator[None]:
-    """Causal block attention and oneDNN linear layers while a CPU scores; nothing elsewhere."""
-    if next(model.parameters()).device.type != "cpu":
+    """While a pass scores: causal block attention and oneDNN linear layers on a CPU,
+    attention without per-shape plans on a GPU."""
+    device = next(model.parameters()).device.type
+    if device == "cuda":
+        with sdpa_kernel(list(GPU_SCORING_ATTENTION)):
+            yield
+        return
+    if device != "cpu":
         yield
         return
     with causal_block_attention_on(model), onednn_linears(model):

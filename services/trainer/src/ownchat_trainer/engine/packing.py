@@ -36,6 +36,9 @@ How the model must be called (transformers 5.19, Llama-style decoders; read in
   ``cu_seq_lens`` (offsets into the rows laid end to end, the pad runs being
   sequences of their own) and ``max_seq_len`` for any implementation whose
   name contains ``flash``; the varlen kernel then needs no mask at all.
+- ``ownchat_varlen`` (GPU, ``engine.varlen_attention``): PyTorch's own varlen
+  flash kernel, given the same ``cu_seq_lens``; used where ``flash_attn`` is
+  not installed.
 
 The first token of every sample gets label -100: it has no previous token in
 its sample, so it can never be a next-token target (the padded loss drops it by
@@ -53,6 +56,7 @@ import torch
 
 from ownchat.chat_template import IGNORE_INDEX
 from ownchat_trainer.batches import EncodedSample
+from ownchat_trainer.engine.varlen_attention import ATTENTION_NAME as VARLEN_ATTENTION
 
 
 @dataclass(frozen=True)
@@ -119,7 +123,9 @@ class PackedBatch:
             "attention_mask": None,
             "use_cache": False,
         }
-        if attn_implementation and "flash" in attn_implementation:
+        if attn_implementation and (
+            "flash" in attn_implementation or attn_implementation == VARLEN_ATTENTION
+        ):
             inputs.update(
                 cu_seq_lens_q=self.cu_seq_lens,
                 cu_seq_lens_k=self.cu_seq_lens,

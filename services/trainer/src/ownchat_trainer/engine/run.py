@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ownchat_trainer.batches import encode_samples, read_split
+from ownchat_trainer.engine import fused_kernels, varlen_attention
 from ownchat_trainer.engine.checkpoint import (
     MODEL_DIR,
     STATE_FILE,
@@ -111,7 +112,7 @@ def _run(
 
     on_cuda = context.device.type == "cuda"
     autocast = _autocast(context.device)
-    attention = "flash_attention_2" if on_cuda and _has_flash_attn() else "sdpa"
+    attention = _attention(context.device, spec.packing and spec.method != "dpo")
     resumed_from = None
     if resume is not None:
         resumed_from = TrainingState.from_json((resume / STATE_FILE).read_text("utf-8")).step
@@ -122,6 +123,7 @@ def _run(
             "total_steps": spec.max_steps,
             "message": _describe(spec, context, len(train_items), dropped, len(validation_items))
             + f", attention {attention}"
+            + (", Liger Kernel layers" if fused_kernels.available(context.device) else "")
             + (", bf16 autocast" if autocast is not nullcontext else "")
             + (f"; resuming from step {resumed_from}" if resume is not None else ""),
             "resumed_from_step": resumed_from,
@@ -131,7 +133,7 @@ def _run(
     base: Any = None
     if spec.method == "dpo" and not spec.uses_lora:
         # The reference is the base model, scored once before training.
-        base = _load(spec.base_model_dir, attention).to(context.device)
+        base = _load(spec.base_model_dir, attention, context.device).to(context.device)
         emit({"event": "message", "message": f"scoring {len(train_items)} pairs with the base"})
         score = {"pad_token_id": pad_id, "batch_size": spec.batch_size, "autocast": autocast}
         train_items = with_reference(base, train_items, context, **score)
@@ -224,7 +226,7 @@ def _trainable_model(
     ``base`` is the base model when already loaded (unchanged).
     """
     if spec.uses_lora:
-        model = base if base is not None else _load(spec.base_model_dir, attention)
+        model = base if base is not None else _load(spec.base_model_dir, attention, context.device)
         model.to(context.device)
         if resume is not None:
             from peft import PeftModel
@@ -234,9 +236,9 @@ def _trainable_model(
             alpha = spec.lora_alpha or 2.0 * spec.lora_rank
             model = add_lora(model, LoraSettings(rank=spec.lora_rank, alpha=alpha))
     elif resume is not None:
-        model = _load(resume / MODEL_DIR, attention)
+        model = _load(resume / MODEL_DIR, attention, context.device)
     else:
-        model = base if base is not None else _load(spec.base_model_dir, attention)
+        model = base if base is not None else _load(spec.base_model_dir, attention, context.device)
     model.to(context.device)
     model.train()
     return model
@@ -251,8 +253,9 @@ def _read(split: Path, method: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _load(directory: Path, attention: str) -> Any:
-    """A causal LM in float32 (the optimizer's master weights), with the attention wanted.
+def _load(directory: Path, attention: str, device: torch.device) -> Any:
+    """A causal LM in float32 (the optimizer's master weights), with the attention wanted
+    and, on a GPU, Liger Kernel's fused layers (``fused_kernels``).
 
     Falls back to sdpa, then eager, when the architecture lacks it.
     """
@@ -261,7 +264,7 @@ def _load(directory: Path, attention: str) -> Any:
     candidates = list(dict.fromkeys([attention, "sdpa", "eager"]))
     for index, implementation in enumerate(candidates):
         try:
-            return AutoModelForCausalLM.from_pretrained(
+            model = AutoModelForCausalLM.from_pretrained(
                 directory,
                 dtype=torch.float32,
                 use_safetensors=True,
@@ -271,11 +274,28 @@ def _load(directory: Path, attention: str) -> Any:
             if index == len(candidates) - 1:
                 raise
             logger.warning("attention %s unavailable (%s); trying the next", implementation, error)
+            continue
+        fused_kernels.apply_fused_kernels(model, device)
+        return model
     raise AssertionError("unreachable")
 
 
 def _has_flash_attn() -> bool:
     return importlib.util.find_spec("flash_attn") is not None
+
+
+def _attention(device: torch.device, packed: bool) -> str:
+    """The attention implementation: a varlen flash kernel for packed steps on a GPU.
+
+    ``flash_attn``'s where installed, else PyTorch's own (``varlen_attention``,
+    packed batches only: it needs the sample offsets); sdpa otherwise, which
+    masks packed rows with a materialised block-diagonal mask.
+    """
+    if device.type == "cuda" and _has_flash_attn():
+        return "flash_attention_2"
+    if packed and varlen_attention.available(device) and varlen_attention.register():
+        return varlen_attention.ATTENTION_NAME
+    return "sdpa"
 
 
 def _autocast(device: torch.device) -> Autocast:

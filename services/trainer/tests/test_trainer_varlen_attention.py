@@ -1,0 +1,121 @@
+"""The varlen attention implementation: the reshaping around PyTorch's kernel, checked on
+a CPU with a reference kernel of the same signature, against sdpa's block-diagonal mask."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ownchat.chat_template import IGNORE_INDEX
+from ownchat_trainer.batches import EncodedSample, encode_samples
+from ownchat_trainer.engine import varlen_attention
+from ownchat_trainer.engine.loss import causal_lm_loss_terms, forward_hidden, output_layer
+from ownchat_trainer.engine.packing import pack_samples
+from ownchat_trainer.engine.run import _attention
+
+
+def reference_varlen(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cu_seq_q: torch.Tensor,
+    cu_seq_k: torch.Tensor | None,
+    max_q: int,
+    max_k: int,
+    *,
+    scale: float | None = None,
+    window_size: tuple[int, int] = (-1, -1),
+) -> torch.Tensor:
+    """torch 2.11's ``varlen_attn`` contract, one sequence at a time through sdpa."""
+    assert window_size == (-1, 0), "the worker asks for causal attention"
+    assert key.shape[1] == query.shape[1], "without enable_gqa, whole key/value heads"
+    bounds = cu_seq_q.tolist()
+    assert bounds[0] == 0 and bounds[-1] == query.shape[0]
+    assert max_q == max(b - a for a, b in zip(bounds, bounds[1:], strict=False))
+    parts = []
+    for start, end in zip(bounds, bounds[1:], strict=False):
+        q, k, v = (t[start:end].transpose(0, 1) for t in (query, key, value))
+        parts.append(F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale))
+    return torch.cat([p.transpose(0, 1) for p in parts])
+
+
+def reference_varlen_gqa(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cu_seq_q: torch.Tensor,
+    cu_seq_k: torch.Tensor | None,
+    max_q: int,
+    max_k: int,
+    *,
+    scale: float | None = None,
+    window_size: tuple[int, int] = (-1, -1),
+    enable_gqa: bool = False,
+) -> torch.Tensor:
+    """torch 2.13's signature: grouped key/value heads are expanded by the kernel."""
+    if enable_gqa:
+        repeat = query.shape[1] // key.shape[1]
+        key, value = (t.repeat_interleave(repeat, dim=1) for t in (key, value))
+    return reference_varlen(
+        query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, scale=scale, window_size=window_size
+    )
+
+
+def samples(tokenizer: Any, conversations: list[list[dict[str, str]]]) -> list[EncodedSample]:
+    lines = [{"messages": c, "weight": 1.0 + i % 3} for i, c in enumerate(conversations)]
+    encoded, _ = encode_samples(tokenizer, lines, 256)
+    return encoded
+
+
+@pytest.mark.parametrize("kernel", [reference_varlen, reference_varlen_gqa])
+def test_varlen_attention_matches_sdpa_block_mask(
+    model_root: Path, conversations: list[list[dict[str, str]]], kernel: Any
+) -> None:
+    model_dir = model_root / "tiny-chat"
+    assert varlen_attention.register(kernel)
+    reference = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32, attn_implementation="sdpa"
+    )
+    varlen = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32, attn_implementation=varlen_attention.ATTENTION_NAME
+    )
+    # The tiny model has grouped key/value heads, the case the reshaping must get right.
+    assert varlen.config.num_key_value_heads < varlen.config.num_attention_heads
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    batch = pack_samples(samples(tokenizer, conversations), 128, 0, 8)
+    assert batch.input_ids.shape[0] > 1, "several rows, each with several samples"
+
+    losses, grads = [], []
+    for model in (reference, varlen):
+        loss_sum, weight = causal_lm_loss_terms(
+            forward_hidden(model, batch), output_layer(model), batch.labels, batch.token_weights
+        )
+        (loss_sum / weight).backward()
+        losses.append(loss_sum / weight)
+        grads.append(model.model.layers[0].self_attn.q_proj.weight.grad)
+    torch.testing.assert_close(losses[1], losses[0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-4)
+
+
+def test_varlen_attention_refuses_padded_batches(model_root: Path) -> None:
+    assert varlen_attention.register(reference_varlen)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_root / "tiny-chat",
+        dtype=torch.float32,
+        attn_implementation=varlen_attention.ATTENTION_NAME,
+    )
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with pytest.raises(ValueError, match="packed batches only"):
+        model(input_ids=ids, labels=torch.full_like(ids, IGNORE_INDEX))
+
+
+def test_worker_attention_choice_on_a_cpu() -> None:
+    # No varlen kernel runs on a CPU: packed rows take sdpa's block-diagonal mask.
+    assert _attention(torch.device("cpu"), packed=True) == "sdpa"
+    assert _attention(torch.device("cpu"), packed=False) == "sdpa"
+    assert not varlen_attention.available(torch.device("cpu"))
