@@ -89,7 +89,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument(
         "--ttft-rounds",
         type=int,
-        default=4,
+        default=8,
         help=f"rounds of the TTFT comparison, each path {TTFT_BLOCK} prompts a round",
     )
     parser.add_argument(
@@ -224,10 +224,28 @@ async def throughput(paths: Paths, work: dict[int, list[Prompt]]) -> list[RunFig
     return results
 
 
+@dataclass(frozen=True)
+class TtftFigures:
+    """TTFT one request at a time: each path's median, and the median over prompts of
+    the difference between two paths on the same prompt (paired: prompt length, which
+    sets most of a TTFT, cancels out)."""
+
+    medians: dict[str, float]
+    samples: dict[str, dict[tuple[int, int], float]]
+
+    def added(self, path: str, over: str) -> float:
+        """Median over the prompts both paths answered of ``path``'s TTFT minus ``over``'s."""
+        ours, base = self.samples[path], self.samples[over]
+        return statistics.median(ours[key] - base[key] for key in ours.keys() & base.keys())
+
+    def pairs(self, path: str, over: str) -> int:
+        return len(self.samples[path].keys() & self.samples[over].keys())
+
+
 async def interleaved_ttft(
     paths: Paths, prompts: list[Prompt], rounds: int, block: int
-) -> dict[str, float]:
-    """Median TTFT of each path, one request at a time, over the same prompts.
+) -> TtftFigures:
+    """TTFT of each path, one request at a time, over the same prompts.
 
     The paths take turns in blocks of ``block`` prompts, ``rounds`` times, in a
     rotating order, so drift in the machine's load falls on all of them alike.
@@ -236,25 +254,32 @@ async def interleaved_ttft(
     the switch.
     """
     clients = list(paths.clients().items())
-    ttfts: dict[str, list[float]] = {name: [] for name, _ in clients}
+    samples: dict[str, dict[tuple[int, int], float]] = {name: {} for name, _ in clients}
     short = [Prompt(p.text, p.prompt_tokens, min(p.max_tokens, 8)) for p in prompts]
     for round_ in range(rounds):
         order = clients[round_ % len(clients) :] + clients[: round_ % len(clients)]
         chosen = [short[(round_ * block + i) % len(short)] for i in range(block)]
         for name, one in order:
             await one(chosen[-1], RequestRecord(sent=time.perf_counter()))
-            for prompt in chosen:
+            for index, prompt in enumerate(chosen):
                 record = RequestRecord(sent=time.perf_counter())
                 await one(prompt, record)
                 if record.first_text is not None:
-                    ttfts[name].append((record.first_text - record.sent) * 1000)
-    medians = {name: statistics.median(values) for name, values in ttfts.items()}
+                    samples[name][round_, index] = (record.first_text - record.sent) * 1000
+    medians = {name: statistics.median(values.values()) for name, values in samples.items()}
+    figures = TtftFigures(medians, samples)
     print(
         "  TTFT medians, one at a time: "
-        + ", ".join(f"{name} {value:.1f} ms" for name, value in medians.items()),
+        + ", ".join(f"{name} {value:.1f} ms" for name, value in medians.items())
+        + "; paired over offline: "
+        + ", ".join(
+            f"{name} {figures.added(name, 'offline'):+.1f} ms"
+            for name in medians
+            if name != "offline"
+        ),
         flush=True,
     )
-    return medians
+    return figures
 
 
 async def local_engine_runs(
@@ -280,7 +305,7 @@ async def measure(
     token: str,
     work: dict[int, list[Prompt]],
     ttft_rounds: int,
-) -> tuple[list[RunFigures], dict[str, float]]:
+) -> tuple[list[RunFigures], TtftFigures]:
     # The clients are made on the running loop: gRPC's channels belong to one.
     paths = Paths(
         offline, GrpcClient(address, token), SseClient(url, token), RestClient(url, token)
@@ -301,7 +326,7 @@ def run_all(
     ttft_rounds: int,
     local_engines: list[str],
     local_work: dict[int, list[Prompt]],
-) -> tuple[list[RunFigures], dict[str, float]]:
+) -> tuple[list[RunFigures], TtftFigures]:
     """Starts the services as ``ownchat up`` does and the offline engine beside them,
     then measures every path."""
     from ownchat.auth import load_or_create_token
@@ -381,13 +406,14 @@ def metric(
 
 def headline_metrics(
     runs: list[RunFigures],
-    ttft: dict[str, float],
+    ttft: TtftFigures,
     ttft_rounds: int,
     levels: list[int],
     local_levels: list[int],
     setting: str,
 ) -> list[dict[str, Any]]:
     top = max(levels)
+    medians = ttft.medians
     metrics = [
         metric(
             "grpc_output_tok_per_s",
@@ -420,41 +446,42 @@ def headline_metrics(
             "ttft_added_ms_median",
             "ms",
             False,
-            ttft["rest"] - ttft["offline"],
+            ttft.added("rest", "offline"),
             None,
             None,
-            f"median TTFT over REST minus the offline engine's, one request at a time, "
-            f"{ttft_rounds} rounds of {TTFT_BLOCK} prompts a path, max_tokens 8 (REST "
-            f"{ttft['rest']:.1f} ms, offline {ttft['offline']:.1f} ms)",
+            f"median over prompts of TTFT over REST minus the offline engine's on the same "
+            f"prompt, one request at a time, {ttft_rounds} rounds of {TTFT_BLOCK} prompts a "
+            f"path ({ttft.pairs('rest', 'offline')} pairs), max_tokens 8; medians of the "
+            f"paths alone: REST {medians['rest']:.1f} ms, offline {medians['offline']:.1f} ms "
+            f"(prompt lengths differ, so their difference is noisier than the paired one)",
         ),
         metric(
             "ttft_added_ms_median_grpc",
             "ms",
             False,
-            ttft["grpc"] - ttft["offline"],
+            ttft.added("grpc", "offline"),
             None,
             None,
-            f"median TTFT over gRPC minus the offline engine's, as above (gRPC "
-            f"{ttft['grpc']:.1f} ms)",
+            f"as ttft_added_ms_median, over gRPC (median alone {medians['grpc']:.1f} ms)",
         ),
         metric(
             "ttft_added_ms_median_gateway",
             "ms",
             False,
-            ttft["rest"] - ttft["grpc"],
+            ttft.added("rest", "grpc"),
             None,
             None,
-            "median TTFT over REST minus over gRPC, as above",
+            "median over prompts of TTFT over REST minus over gRPC, as above",
         ),
         metric(
             "ttft_added_ms_median_openai_client",
             "ms",
             False,
-            ttft["rest-openai"] - ttft["offline"],
+            ttft.added("rest-openai", "offline"),
             None,
             None,
-            f"as ttft_added_ms_median, through the official openai client (REST "
-            f"{ttft['rest-openai']:.1f} ms): the client library's own time is in it",
+            f"as ttft_added_ms_median, through the official openai client (median alone "
+            f"{medians['rest-openai']:.1f} ms): the client library's own time is in it",
         ),
     ]
     for level in levels:
