@@ -46,7 +46,6 @@ import gc
 import json
 import os
 import shlex
-import socket
 import statistics
 import sys
 import tempfile
@@ -68,6 +67,8 @@ from serving_load import (
     keep_in_flight,
     sample_prompts,
 )
+
+from ownchat.testing import free_port
 
 MODEL = "smollm2-135m-instruct"
 SERVICES = ["data", "trainer", "serving", "gateway"]
@@ -104,13 +105,6 @@ def _arguments() -> argparse.Namespace:
 
 def _levels(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def export_model(work: Path) -> Path:
@@ -168,11 +162,11 @@ def stack_environment(home: Path) -> dict[str, str]:
     env["OWNCHAT_HOME"] = str(home)
     env["OWNCHAT_SERVING_PREFIX_CACHING"] = str(ENGINE_OVERRIDES["prefix_caching"]).lower()
     for service in ("data", "trainer", "evaluator", "serving"):
-        port = _free_port()
+        port = free_port()
         env[f"OWNCHAT_{service.upper()}_PORT"] = str(port)
         env[f"OWNCHAT_{service.upper()}_ADDRESS"] = f"127.0.0.1:{port}"
-        env[f"OWNCHAT_{service.upper()}_METRICS_PORT"] = str(_free_port())
-    gateway_port = _free_port()
+        env[f"OWNCHAT_{service.upper()}_METRICS_PORT"] = str(free_port())
+    gateway_port = free_port()
     env["OWNCHAT_GATEWAY_PORT"] = str(gateway_port)
     env["OWNCHAT_GATEWAY_URL"] = f"http://127.0.0.1:{gateway_port}"
     return env

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ from ownchat.client import OwnchatClient
 from ownchat.common.v1 import common_pb2
 from ownchat.config import ClientSettings
 from ownchat.evaluator.v1 import evaluator_pb2
+from ownchat.testing import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -31,12 +31,6 @@ THREADS = 3
 # Kill once this many reviews were acknowledged, or after this long.
 KILL_AFTER_REVIEWS = 40
 KILL_AFTER_SECONDS = 20.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass

@@ -18,7 +18,6 @@ another conftest sits on the path, so helpers come as fixtures).
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -42,6 +41,7 @@ from ownchat.config import ClientSettings
 from ownchat.evaluator.v1 import evaluator_pb2_grpc
 from ownchat.interceptors import ServerInterceptor
 from ownchat.serving.v1 import serving_pb2, serving_pb2_grpc
+from ownchat.testing import free_port
 from ownchat_gateway.admin import create_admin_app
 from ownchat_gateway.app import create_app
 from ownchat_gateway.config import GatewaySettings
@@ -54,14 +54,6 @@ from ownchat_gateway.upstream import EvaluatorUpstream, ServingUpstream
 TOKEN = "gateway-test-token"
 AUTH = [("authorization", f"Bearer {TOKEN}")]
 LEASE_SECONDS = 600.0
-
-
-def free_port() -> int:
-    """A port free on loopback now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class Clock:

@@ -12,7 +12,6 @@ import importlib.util
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ from starlette.applications import Starlette
 from ownchat.common.v1 import common_pb2
 from ownchat.config import ClientSettings
 from ownchat.data.v1 import data_pb2
-from ownchat.testing import build_tiny_chat_model
+from ownchat.testing import build_tiny_chat_model, free_port
 from ownchat.trainer.v1 import trainer_pb2
 from ownchat_gateway.context import GatewayContext
 from ownchat_gateway.dataset_upload import UPLOAD_CHUNK_BYTES, dataset_name_for, source_format
@@ -311,12 +310,6 @@ def test_jobs_events_and_checkpoints_read_as_openai_objects() -> None:
 # Against the real services.
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _wait_healthy(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     health = health_pb2_grpc.HealthStub(channel)
@@ -362,17 +355,17 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
         pytest.skip("the data service is not installed")
     home = tmp_path_factory.mktemp("fine-tuning-home")
     build_tiny_chat_model(home / "models" / TINY)
-    data_port, trainer_port = _free_port(), _free_port()
+    data_port, trainer_port = free_port(), free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("OWNCHAT_")},
         "OWNCHAT_HOME": str(home),
         "OWNCHAT_TOKEN": TOKEN,
         "OWNCHAT_DATA_PORT": str(data_port),
-        "OWNCHAT_DATA_METRICS_PORT": str(_free_port()),
+        "OWNCHAT_DATA_METRICS_PORT": str(free_port()),
         "OWNCHAT_DATA_ADDRESS": f"127.0.0.1:{data_port}",
         "OWNCHAT_TRAINER_ADDRESS": f"127.0.0.1:{trainer_port}",
         "OWNCHAT_TRAINER_PORT": str(trainer_port),
-        "OWNCHAT_TRAINER_METRICS_PORT": str(_free_port()),
+        "OWNCHAT_TRAINER_METRICS_PORT": str(free_port()),
         "OWNCHAT_TRAINER_MODEL_DIRS": json.dumps([str(home / "models")]),
         "OWNCHAT_TRAINER_EMBEDDED_BASE_MODEL": "false",
         "OWNCHAT_TRAINER_TORCH_THREADS": "1",

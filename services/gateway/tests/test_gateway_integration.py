@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -36,6 +35,7 @@ from ownchat.errors import (
 )
 from ownchat.interceptors import AsyncServerInterceptor
 from ownchat.serving.v1 import serving_pb2, serving_pb2_grpc
+from ownchat.testing import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -44,13 +44,6 @@ SLOW_MODEL = "mv_slow"  # one delta, then nothing until cancelled
 FAILING_MODEL = "mv_failing"  # one delta, then UNAVAILABLE
 MAX_BODY_BYTES = 64 * 1024
 ORIGIN = "https://chat.example.com"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class StandInServing(serving_pb2_grpc.ServingServiceServicer):
@@ -127,7 +120,7 @@ def token(home: Path) -> str:
 def serving(token: str) -> Iterator[StandIn]:
     """The stand-in on its own event loop in a thread."""
     servicer = StandInServing()
-    port = _free_port()
+    port = free_port()
     loop = asyncio.new_event_loop()
     started = threading.Event()
     stop = asyncio.Event()
@@ -163,7 +156,7 @@ class Gateway:
 @pytest.fixture(scope="module")
 def gateway(home: Path, token: str, serving: StandIn) -> Iterator[Gateway]:
     """``python -m ownchat_gateway`` on a free port; afterwards no process of it may remain."""
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "OWNCHAT_HOME": str(home),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,18 +20,12 @@ from ownchat.artifacts import ArtifactStore
 from ownchat.auth import AUTHORIZATION_KEY, bearer, token_path
 from ownchat.common.v1 import common_pb2
 from ownchat.serving.v1 import serving_pb2, serving_pb2_grpc
+from ownchat.testing import free_port
 from ownchat_serving.store import DeploymentStore, EngineKind
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SERVICE_NAME = serving_pb2.DESCRIPTOR.services_by_name["ServingService"].full_name
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from typing import Any
 import pytest
 import torch
 
+from ownchat.testing import free_port
 from ownchat_trainer.batches import collate, encode_samples, weighted_loss_terms
 from ownchat_trainer.engine.distributed import (
     DistributedContext,
@@ -144,12 +144,6 @@ def _rank_main(model_dir: Path, out_root: Path) -> None:
         teardown(context)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from ownchat.testing import build_tiny_chat_model
@@ -249,7 +243,7 @@ def test_two_gloo_ranks_train_exactly_as_one_process(tiny_model: Path, tmp_path:
         "--nnodes=1",
         "--nproc-per-node=2",
         "--master-addr=127.0.0.1",
-        f"--master-port={_free_port()}",
+        f"--master-port={free_port()}",
         __file__,
         str(tiny_model),
         str(tmp_path / "ranks"),

@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from ownchat.client import OwnchatClient
 from ownchat.config import ClientSettings
 from ownchat.data.v1 import data_pb2
 from ownchat.errors import describe_rpc_error
-from ownchat.testing import build_tiny_chat_model
+from ownchat.testing import build_tiny_chat_model, free_port
 from ownchat.trainer.v1 import trainer_pb2
 from ownchat_trainer.runner import INTERRUPTED_BY_STOP
 
@@ -49,12 +48,6 @@ def _workers_of(job_id: str) -> list[int]:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _wait_healthy(port: int, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
     health = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
     deadline = time.monotonic() + timeout
@@ -75,18 +68,18 @@ class Services:
 
     def __init__(self, home: Path) -> None:
         self.home = home
-        self.data_port, self.trainer_port = _free_port(), _free_port()
+        self.data_port, self.trainer_port = free_port(), free_port()
         build_tiny_chat_model(home / "models" / "tiny-chat")
         self.env = {
             **os.environ,
             "OWNCHAT_HOME": str(home),
             "OWNCHAT_DATA_PORT": str(self.data_port),
-            "OWNCHAT_DATA_METRICS_PORT": str(_free_port()),
+            "OWNCHAT_DATA_METRICS_PORT": str(free_port()),
             "OWNCHAT_DATA_ADDRESS": f"127.0.0.1:{self.data_port}",
             # The data service counts tokens with base models the trainer resolves.
             "OWNCHAT_TRAINER_ADDRESS": f"127.0.0.1:{self.trainer_port}",
             "OWNCHAT_TRAINER_PORT": str(self.trainer_port),
-            "OWNCHAT_TRAINER_METRICS_PORT": str(_free_port()),
+            "OWNCHAT_TRAINER_METRICS_PORT": str(free_port()),
             "OWNCHAT_TRAINER_MODEL_DIRS": json.dumps([str(home / "models")]),
             "OWNCHAT_TRAINER_EMBEDDED_BASE_MODEL": "false",
             "OWNCHAT_TRAINER_TORCH_THREADS": "1",

@@ -1,12 +1,58 @@
-"""Test support: a tiny, randomly initialised chat model built in seconds.
+"""Test support: a tiny, randomly initialised chat model built in seconds, and free
+loopback ports for services started by tests and benchmarks.
 
 Used by the unit tests of the trainer, evaluator and serving, which must run on
-a CPU in seconds and fetch nothing. Needs ``transformers`` and ``tokenizers``.
+a CPU in seconds and fetch nothing. The model needs ``transformers`` and ``tokenizers``.
 """
 
 from __future__ import annotations
 
+import random
+import socket
 from pathlib import Path
+
+# Below this, ports are often reserved for well-known services.
+_LOWEST_PORT = 10000
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel gives outgoing connections (Linux's default if unreadable)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_port() -> int:
+    """A loopback port free now, for a service a test or benchmark starts.
+
+    Not from the ephemeral range: a port the kernel picked there (``bind(0)``)
+    could be taken by another service's outgoing connection before the service
+    that was given it binds it (seen: a metrics port lost to a client socket
+    while ``ownchat up`` started the services). Never the same port twice in
+    one process, and drawn at random so that processes rarely meet.
+    """
+    low, _ = _ephemeral_range()
+    if low - _LOWEST_PORT >= 1000:
+        for _ in range(200):
+            port = random.randrange(_LOWEST_PORT, low)
+            if port in _handed_out:
+                continue
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _handed_out.add(port)
+            return port
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        chosen: int = probe.getsockname()[1]
+    _handed_out.add(chosen)
+    return chosen
+
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
