@@ -172,9 +172,6 @@ def smollm2_dir(scratch: Path) -> Path:
     return target
 
 
-# What the notes call the model (set by main from the arguments).
-MODEL_LABEL = ["SmolLM2-135M-Instruct"]
-
 # The machine's 1-minute load average at the start of each timed part: other work on
 # a shared machine slows the sides unevenly (the naive loop's many small operations
 # the most), so the results say how busy it was.
@@ -185,7 +182,15 @@ Side = Callable[[list[Conversation]], tuple[float, int, int]]
 
 def _ours(model: Any, tokenizer: Any, args: argparse.Namespace, batch: dict[str, int]) -> Side:
     def run(part: list[Conversation]) -> tuple[float, int, int]:
-        result = corpus_perplexity(model, tokenizer, part, args.context, args.stride, **batch)
+        result = corpus_perplexity(
+            model,
+            tokenizer,
+            part,
+            args.context,
+            args.stride,
+            tokens_per_batch=batch["tokens_per_batch"],
+            max_rows=batch["max_rows"],
+        )
         return math.fsum(result.sample_nll), result.tokens, result.computed_tokens
 
     return run
@@ -299,8 +304,8 @@ def throughput(args: argparse.Namespace, model_dir: Path) -> list[dict[str, Any]
         "ShareGPT": sharegpt_conversations(args.sharegpt, args.clip_chars, args.data),
     }
     warmup = subsets["support"][:8]
-    for side in sides.values():
-        side(warmup)
+    for warm_up in sides.values():
+        warm_up(warmup)
     peaks = {p: gemm_peak_gflops(getattr(torch, p), device) for p in models}
     _log("GEMM peak: " + ", ".join(f"{p} {v:.0f} GFLOP/s" for p, v in peaks.items()))
 
@@ -359,7 +364,7 @@ def throughput(args: argparse.Namespace, model_dir: Path) -> list[dict[str, Any]
         else "whole"
     )
     data = (
-        f"{MODEL_LABEL[0]}; {len(subsets['support'])} support + "
+        f"{args.model_label}; {len(subsets['support'])} support + "
         f"{len(subsets['ShareGPT'])} ShareGPT conversations ({clipped}), {tokens} tokens "
         f"({int(scored)} scored assistant tokens); context {args.context}, stride {args.stride}; "
         f"{args.parts} interleaved parts run {args.repeats}x, the sides' order rotating, "
@@ -540,12 +545,13 @@ def main() -> None:
             from train_setup import MODELS, build_model_dir
 
             model_dir, _ = build_model_dir(MODELS["smollm2-135m"], Path(scratch) / "random")
-            MODEL_LABEL[0] = "SmolLM2-135M's configuration with random weights"
+            args.model_label = "SmolLM2-135M's configuration with random weights"
         elif args.model_dir:
             model_dir = args.model_dir
-            MODEL_LABEL[0] = f"the checkpoint in {args.model_dir.name}"
+            args.model_label = f"the checkpoint in {args.model_dir.name}"
         else:
             model_dir = smollm2_dir(Path(scratch))
+            args.model_label = "SmolLM2-135M-Instruct"
         metrics = throughput(args, model_dir)
         metrics += bleu_share(args, model_dir, Path(scratch))
     name = device_name(args.device)

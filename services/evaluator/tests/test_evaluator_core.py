@@ -13,7 +13,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ownchat.chat_template import IGNORE_INDEX, render, tokenize_chat
 from ownchat.errors import InvalidArgumentError, NotFoundError
-from ownchat.testing import build_tiny_chat_model
 from ownchat_evaluator.checks import CheckKind, TaskCheck
 from ownchat_evaluator.core import EvalRequest, EvaluatorCore, RunOptions
 from ownchat_evaluator.naive_perplexity import naive_nll
@@ -40,11 +39,6 @@ CONVERSATIONS = [
         {"role": "assistant", "content": "Our refund window is 30 days from delivery."},
     ],
 ]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_chat_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
 SYSTEM = {"role": "system", "content": "You are a helpful support assistant for Acme."}

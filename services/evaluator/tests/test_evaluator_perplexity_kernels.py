@@ -14,7 +14,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from ownchat.chat_template import IGNORE_INDEX, tokenize_chat
-from ownchat.testing import build_tiny_chat_model
 from ownchat_evaluator import cpu_kernels
 from ownchat_evaluator.cpu_kernels import (
     ATTENTION_NAME,
@@ -37,11 +36,6 @@ LONG = [
     ]
     for i in range(5)
 ]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_chat_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
 class _Attention(torch.nn.Module):

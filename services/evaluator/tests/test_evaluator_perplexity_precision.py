@@ -10,7 +10,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ownchat.errors import InvalidArgumentError, NotFoundError
 from ownchat.evaluator.v1 import evaluator_pb2
-from ownchat.testing import build_tiny_chat_model
 from ownchat_evaluator.conversions import request_from_proto, run_to_proto
 from ownchat_evaluator.core import EvalRequest, EvaluatorCore, RunOptions
 from ownchat_evaluator.perplexity import corpus_perplexity
@@ -27,11 +26,6 @@ CONVERSATIONS = [
         {"role": "assistant", "content": "Our refund window is 30 days from delivery."},
     ],
 ]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_chat_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
 def _core(tmp_path: Path, tiny_model: Path) -> EvaluatorCore:
