@@ -114,7 +114,7 @@ def test_an_oversized_upload_is_refused(core: DataCore):
 
 
 def test_bad_headers_are_reported_all_at_once(core: DataCore):
-    bad = UploadSpec("Bad Name!", "x", None, validation_fraction=0.9)
+    bad = UploadSpec("Bad Name!", "x", None, validation_fraction=1.5)
     with pytest.raises(InvalidArgumentError) as error:
         core.upload(bad, iter([b""]))
     assert {v.field for v in error.value.violations} == {
@@ -122,6 +122,23 @@ def test_bad_headers_are_reported_all_at_once(core: DataCore):
         "header.format",
         "header.validation_fraction",
     }
+
+
+def test_a_validation_fraction_of_one_makes_an_evaluation_only_version(
+    core: DataCore, tmp_path: Path
+):
+    body = "\n".join(conversation(i) for i in range(30)).encode()
+    version = core.upload(spec(fraction=1.0), chunked(body))
+    assert (version.train_samples, version.validation_samples) == (0, 30)
+    assert version.train_split.size_bytes == 0
+    held_out = core.preview(version.id, validation=True, limit=100)
+    assert sorted(s.record for s in held_out) == list(range(1, 31))
+    # One sample (a single group) is held out too.
+    single = core.upload(spec("one", fraction=1.0), iter([conversation(1).encode()]))
+    assert (single.train_samples, single.validation_samples) == (0, 1)
+    with pytest.raises(InvalidArgumentError) as error:
+        core.upload(spec(fraction=-0.1), chunked(body))
+    assert error.value.violations[0].description == "must be within [0, 1]"
 
 
 def test_an_empty_upload_is_refused(core: DataCore):

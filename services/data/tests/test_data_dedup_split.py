@@ -38,7 +38,17 @@ def test_split_never_separates_a_group(keys: dict[int, str], fraction: float, se
         assert Split.TRAIN in sides.values()
     if fraction == 0:
         assert Split.VALIDATION not in sides.values()
+    if fraction == 1:
+        # An evaluation-only version: every group held out, a single one too.
+        assert Split.TRAIN not in sides.values()
     assert assign_splits(dict(reversed(list(keys.items()))), fraction, seed) == sides
+
+
+def test_a_fraction_of_one_holds_every_group_out() -> None:
+    keys = {record: f"group-{record // 3}" for record in range(300)}
+    for seed in range(5):
+        assert set(assign_splits(keys, 1.0, seed).values()) == {Split.VALIDATION}
+    assert assign_splits({1: "only"}, 1.0, 0) == {1: Split.VALIDATION}
 
 
 def test_split_follows_the_fraction_and_the_seed() -> None:

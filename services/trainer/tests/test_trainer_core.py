@@ -143,6 +143,29 @@ def test_the_dataset_must_hold_what_the_method_trains_on(
     )
 
 
+def test_an_evaluation_only_version_is_refused_naming_it(
+    make_core: CoreFactory, datasets: StaticDatasets
+) -> None:
+    small = datasets("dsv_small")
+    datasets.add(
+        dataclasses.replace(
+            small,
+            id="dsv_held_out",
+            train_split=small.validation_split,
+            train_samples=0,
+            validation_samples=18,
+        )
+    )
+    core = make_core(start=False)
+    with pytest.raises(InvalidArgumentError) as caught:
+        core.create_job(_request(dataset_version_id="dsv_held_out"))
+    [violation] = caught.value.violations
+    assert violation.field == "dataset_version_id"
+    assert "dsv_held_out has no training samples" in violation.description
+    assert "validation_fraction below 1" in violation.description
+    assert core.list_jobs(10, 0) == []
+
+
 def test_an_unknown_method_is_invalid(make_core: CoreFactory) -> None:
     core = make_core(start=False)
     with pytest.raises(InvalidArgumentError) as caught:

@@ -7,6 +7,7 @@ only when every record was valid: a bad upload leaves nothing behind.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -32,6 +33,7 @@ from ownchat.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
+from ownchat_data.archive import ArchiveReader
 from ownchat_data.chat_jsonl import ChatSample, parse_chat_jsonl
 from ownchat_data.csv_transcript import CsvColumns, parse_csv_transcript
 from ownchat_data.dedup import Deduplicator, Split, assign_splits
@@ -42,6 +44,7 @@ from ownchat_data.erasure import (
     file_contains,
     sample_is_erased,
 )
+from ownchat_data.faq import parse_faq
 from ownchat_data.pii import RedactionMode, Redactor
 from ownchat_data.preference_jsonl import PreferenceSample, parse_preference_jsonl
 from ownchat_data.preflight import LintReport, lint
@@ -66,6 +69,8 @@ class SourceFormat(Enum):
     CSV_TRANSCRIPT = "csv_transcript"
     PREFERENCE_JSONL = "preference_jsonl"
     DOCUMENT = "document"
+    FAQ = "faq"
+    ARCHIVE = "archive"
 
 
 class BadRecordPolicy(Enum):
@@ -81,6 +86,8 @@ KIND_BY_FORMAT = {
     SourceFormat.CSV_TRANSCRIPT: "chat",
     SourceFormat.PREFERENCE_JSONL: "preference",
     SourceFormat.DOCUMENT: "text",
+    SourceFormat.FAQ: "chat",
+    SourceFormat.ARCHIVE: "chat",
 }
 
 
@@ -113,8 +120,9 @@ def validate_spec(spec: UploadSpec) -> None:
     if spec.format is None:
         supported = ", ".join(f"SOURCE_FORMAT_{f.name}" for f in SourceFormat)
         violations.append(FieldViolation("header.format", f"must be one of {supported}"))
-    if not 0 <= spec.validation_fraction <= 0.5:
-        violations.append(FieldViolation("header.validation_fraction", "must be within [0, 0.5]"))
+    # 1 holds every sample out: an evaluation-only version (a held-out question set).
+    if not 0 <= spec.validation_fraction <= 1:
+        violations.append(FieldViolation("header.validation_fraction", "must be within [0, 1]"))
     bad_languages = [code for code in spec.sanitize.languages if not LANGUAGE_CODE.match(code)]
     if bad_languages:
         violations.append(
@@ -138,6 +146,22 @@ def validate_spec(spec: UploadSpec) -> None:
         raise InvalidArgumentError("invalid upload header", violations)
 
 
+@dataclass(frozen=True)
+class _Parsed:
+    """An upload's records as they are parsed, and how to name a record's position."""
+
+    records: Iterator[Sample | RecordError]
+    position: Callable[[int], str]
+    # An archive's record numbers run across its members, so a skipped record's
+    # reason says which member and where in it.
+    reason_names_position: bool = False
+
+    def issue(self, error: RecordError) -> RecordIssue:
+        if self.reason_names_position:
+            return RecordIssue(error.record, f"{self.position(error.record)}: {error.reason}")
+        return RecordIssue(error.record, error.reason)
+
+
 def _records(
     spec: UploadSpec, chunks: Iterable[bytes], max_record_bytes: int
 ) -> Iterator[Sample | RecordError]:
@@ -149,6 +173,8 @@ def _records(
         return parse_preference_jsonl(chunks, max_record_bytes)
     if spec.format is SourceFormat.DOCUMENT:
         return parse_document(chunks, spec.file_name)
+    if spec.format is SourceFormat.FAQ:
+        return parse_faq(chunks, max_record_bytes, spec.file_name)
     return parse_chat_jsonl(chunks, max_record_bytes)
 
 
@@ -159,6 +185,8 @@ def _position(spec: UploadSpec, record: int) -> str:
         return f"row {record}"
     if spec.format is SourceFormat.DOCUMENT:
         return f"chunk {record}"
+    if spec.format is SourceFormat.FAQ:
+        return f"question {record}"
     return f"line {record}"
 
 
@@ -321,7 +349,8 @@ class DataCore:
             tempfile.TemporaryFile(dir=self._artifacts.tmp_dir) as staging,
             Deduplicator(work_dir=self._artifacts.tmp_dir) as dedup,
         ):
-            staged = self._stage(spec, chunks, source, staging, sanitizer, dedup, issues, counter)
+            parsed = self._parse(spec, self._limited(chunks, source))
+            staged = self._stage(spec, parsed, staging, sanitizer, dedup, issues, counter)
             result = dedup.finish()
             removed = set()
             if spec.sanitize.remove_near_duplicates:
@@ -356,7 +385,7 @@ class DataCore:
             source=Artifact(f"sha256:{source.hexdigest}", source.size_bytes),
             source_file_name=spec.file_name,
             create_time=time.time(),
-            skipped=tuple(RecordIssue(e.record, e.reason) for e in issues.listed),
+            skipped=tuple(parsed.issue(e) for e in issues.listed),
             sanitization=sanitizer.report(),
             tokens=counts.lengths.tokens if counter else 0,
             tokenizer=counter.name if counter else "",
@@ -364,11 +393,25 @@ class DataCore:
         )
         return self._store.add_version(version)
 
+    def _parse(self, spec: UploadSpec, chunks: Iterable[bytes]) -> _Parsed:
+        if spec.format is SourceFormat.ARCHIVE:
+            # Decompressed members count against the same limit as the uploaded bytes.
+            archive = ArchiveReader(
+                self._max_upload_bytes,
+                self._max_record_bytes,
+                spec.csv_columns,
+                self._artifacts.tmp_dir,
+            )
+            return _Parsed(archive.read(chunks), archive.position, reason_names_position=True)
+        return _Parsed(
+            _records(spec, chunks, self._max_record_bytes),
+            functools.partial(_position, spec),
+        )
+
     def _stage(
         self,
         spec: UploadSpec,
-        chunks: Iterable[bytes],
-        source: HashingWriter,
+        parsed: _Parsed,
         staging: IO[bytes],
         sanitizer: Sanitizer,
         dedup: Deduplicator,
@@ -384,13 +427,13 @@ class DataCore:
         skip = spec.bad_record_policy is BadRecordPolicy.SKIP_AND_REPORT
         staged = 0
         try:
-            for parsed in _records(spec, self._limited(chunks, source), self._max_record_bytes):
-                if isinstance(parsed, RecordError):
-                    issues.add(parsed)
+            for record in parsed.records:
+                if isinstance(record, RecordError):
+                    issues.add(record)
                     continue
                 if issues.count and not skip:
                     continue
-                sample = sanitizer.apply(parsed)
+                sample = sanitizer.apply(record)
                 if sample is None:
                     continue
                 if isinstance(sample, RecordError):
@@ -407,13 +450,13 @@ class DataCore:
                 staging.write(line.encode())
                 staged += 1
         except RecordTooLarge as error:
-            where = _position(spec, error.record) if error.record else "a record"
+            where = parsed.position(error.record) if error.record else "a record"
             reason = f"{where} is longer than {error.limit} bytes"
             raise InvalidArgumentError(
                 f"{name}: {reason}", [FieldViolation(where, reason)]
             ) from None
         except MalformedSource as error:
-            where = _position(spec, error.record) if error.record else "content"
+            where = error.where or (parsed.position(error.record) if error.record else "content")
             raise InvalidArgumentError(
                 f"{name}: {error.reason}", [FieldViolation(where, error.reason)]
             ) from None
@@ -423,7 +466,7 @@ class DataCore:
                 message += f" (first {len(issues.listed)} listed)"
             raise InvalidArgumentError(
                 message,
-                [FieldViolation(_position(spec, e.record), e.reason) for e in issues.listed],
+                [FieldViolation(parsed.position(e.record), e.reason) for e in issues.listed],
             )
         if staged == 0:
             raise _nothing_left(sanitizer)

@@ -7,7 +7,8 @@ literal text it spells (``alice@example\\.com`` holds ``alice@example.com``).
 A stored file holds erased data when one of its samples is erased, or, for an
 uploaded source file, when a sample made from it is erased, when it is the named
 record's source, or when its bytes contain a value (also as JSON would escape it,
-and as a regex escapes it).
+and as a regex escapes it); an archive's bytes are read decompressed, member by
+member, since compression hides the value from a scan of the raw bytes.
 """
 
 from __future__ import annotations
@@ -15,14 +16,17 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import regex
 
+from ownchat_data.archive import archive_members
 from ownchat_data.pattern_text import literal_readings
+from ownchat_data.records import MalformedSource
 
 _SCAN_CHUNK = 1024 * 1024
 # What a pattern's author must escape to write a value literally (not "-" or " ").
@@ -79,18 +83,34 @@ def _needles(values: Iterable[str]) -> list[bytes]:
     return sorted(needles)
 
 
-def file_contains(path: Path, values: Iterable[str]) -> bool:
-    """Whether a file's bytes contain any value (case-insensitive), in bounded memory."""
-    needles = _needles(values)
-    if not needles:
-        return False
+def _stream_contains(handle: IO[bytes], needles: list[bytes]) -> bool:
     overlap = max(len(n) for n in needles)
     tail = b""
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
-    with path.open("rb") as handle:
-        while chunk := handle.read(_SCAN_CHUNK):
-            window = tail + decoder.decode(chunk).casefold().encode()
-            if any(needle in window for needle in needles):
-                return True
-            tail = window[-overlap:]
+    while chunk := handle.read(_SCAN_CHUNK):
+        window = tail + decoder.decode(chunk).casefold().encode()
+        if any(needle in window for needle in needles):
+            return True
+        tail = window[-overlap:]
     return False
+
+
+def file_contains(path: Path, values: Iterable[str]) -> bool:
+    """Whether a file's bytes contain any value (case-insensitive), in bounded memory.
+
+    For a tar or zip archive, also whether any member's decompressed bytes do.
+    """
+    needles = _needles(values)
+    if not needles:
+        return False
+    with path.open("rb") as handle:
+        if _stream_contains(handle, needles):
+            return True
+        handle.seek(0)
+        try:
+            # No size limit: the archive was within it when it was uploaded.
+            members = archive_members(handle, sys.maxsize)
+            return any(_stream_contains(member, needles) for _, member in members)
+        except MalformedSource:
+            # Not an archive: its raw bytes were all there was to read.
+            return False

@@ -35,9 +35,14 @@ class RecordTooLarge(Exception):
 
 
 class MalformedSource(Exception):
-    """The file as a whole cannot be parsed further (broken JSON, bad encoding)."""
+    """The file as a whole cannot be parsed further (broken JSON, bad encoding).
 
-    def __init__(self, record: int, reason: str) -> None:
+    ``where`` names the part of the upload at fault when no record number can
+    (an archive's member); empty otherwise.
+    """
+
+    def __init__(self, record: int, reason: str, where: str = "") -> None:
         super().__init__(reason)
         self.record = record
         self.reason = reason
+        self.where = where

@@ -102,7 +102,15 @@ def _dataset_violations(dataset: DatasetInfo, method: TrainingMethod) -> list[Fi
             )
         ]
     if dataset.train_samples < 1:
-        return [FieldViolation("dataset_version_id", "its training split is empty")]
+        # An evaluation-only version (uploaded with validation_fraction 1) lands here.
+        return [
+            FieldViolation(
+                "dataset_version_id",
+                f"dataset version {dataset.id} has no training samples (its "
+                f"{dataset.validation_samples} samples are all held out for validation); "
+                "upload the data again with a validation_fraction below 1 to train on it",
+            )
+        ]
     return []
 
 

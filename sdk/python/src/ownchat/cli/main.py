@@ -2,7 +2,7 @@
 
 ownchat up                      start all five services, Ctrl-C stops them
 ownchat demo                    the whole loop on the sample data
-ownchat data ingest FILE --dataset NAME
+ownchat data ingest FILE... --dataset NAME    several files become one chat version
 ownchat train create --base smollm2-135m-instruct --dataset-version dsv_...
 ownchat eval run --model MODEL --dataset-version dsv_... [--metric bleu ...]
 ownchat eval compare BASELINE CANDIDATE --dataset-version dsv_...
@@ -15,7 +15,9 @@ ownchat chat "How do I reset my router?"
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,6 +26,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from ownchat.cli.archive import CHAT_SOURCE_SUFFIXES, pack_sources
 from ownchat.cli.common import (
     client,
     console,
@@ -123,6 +126,8 @@ FORMATS = {
     "csv": data_pb2.SOURCE_FORMAT_CSV_TRANSCRIPT,
     "preference": data_pb2.SOURCE_FORMAT_PREFERENCE_JSONL,
     "document": data_pb2.SOURCE_FORMAT_DOCUMENT,
+    "faq": data_pb2.SOURCE_FORMAT_FAQ,
+    "archive": data_pb2.SOURCE_FORMAT_ARCHIVE,
 }
 PII_MODES = {
     "placeholder": data_pb2.PII_MODE_PLACEHOLDER,
@@ -138,7 +143,17 @@ FORMAT_BY_SUFFIX = {
     ".md": "document",
     ".html": "document",
     ".htm": "document",
+    ".zip": "archive",
+    ".tar": "archive",
+    ".tgz": "archive",
+    ".tar.gz": "archive",
 }
+
+
+def _format_by_name(path: Path) -> str | None:
+    """The format a single file's name suggests (``.tar.gz`` is an archive)."""
+    name = path.name.lower()
+    return next((f for suffix, f in FORMAT_BY_SUFFIX.items() if name.endswith(suffix)), None)
 
 
 def print_histogram(buckets: Iterable[data_pb2.LengthBucket]) -> None:
@@ -154,11 +169,26 @@ def print_histogram(buckets: Iterable[data_pb2.LengthBucket]) -> None:
 @data_app.command("ingest")
 @reports_rpc_errors
 def data_ingest(
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            metavar="FILE",
+            help="One source file, or several chat sources (.jsonl, .json, .csv, and "
+            ".html/.htm/.md read as FAQs) packed into one archive upload.",
+            show_default=False,
+        ),
+    ],
     dataset: Annotated[str, typer.Option(help="Dataset to add the version to.")],
     format: Annotated[
         str | None,
-        typer.Option(help="openai, sharegpt, csv, preference or document; by file name if unset."),
+        typer.Option(
+            help="One file only: openai, sharegpt, csv, preference, document, faq or archive; "
+            "by file name if unset (.html/.htm/.md are documents, .zip/.tar/.tar.gz/.tgz "
+            "archives)."
+        ),
     ] = None,
     pii: Annotated[
         str, typer.Option(help="placeholder, redact, pseudonymize or off: personal data handling.")
@@ -170,7 +200,10 @@ def data_ingest(
     skip_bad_records: Annotated[
         bool, typer.Option(help="Skip and report bad records instead of refusing the file.")
     ] = False,
-    validation_fraction: Annotated[float, typer.Option(help="Share held out.")] = 0.1,
+    validation_fraction: Annotated[
+        float,
+        typer.Option(help="Share held out, 0 to 1; 1 makes an evaluation-only version."),
+    ] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed of the split.")] = 0,
     csv_conversation_column: Annotated[str, typer.Option(help="CSV: conversation id.")] = "",
     csv_role_column: Annotated[str, typer.Option(help="CSV: author column.")] = "",
@@ -187,40 +220,67 @@ def data_ingest(
         int, typer.Option(help="With --base: remove samples over this many tokens.")
     ] = 0,
 ) -> None:
-    """Upload a source file: chat JSONL, ShareGPT, CSV transcript, preferences, documents."""
+    """Upload source files as one dataset version.
+
+    One file: chat JSONL, ShareGPT, CSV transcript, preferences, a document, an
+    FAQ page (--format faq) or an archive of chat sources. Several files: a
+    team's mixed support history (chat exports, CSV transcripts, FAQ pages) as
+    one chat version; they are packed into one tar and uploaded as an archive.
+    Their .html/.htm/.md files are read as FAQs, since a document's plain text
+    cannot be mixed into a chat version.
+    """
     if pii not in PII_MODES:
         raise typer.BadParameter(f"--pii must be one of {', '.join(PII_MODES)}")
-    chosen = format or FORMAT_BY_SUFFIX.get(file.suffix.lower())
-    if chosen not in FORMATS:
-        raise typer.BadParameter(
-            f"say which format {file.name} is with --format ({', '.join(FORMATS)})"
+    with contextlib.ExitStack() as scratch:
+        if len(files) > 1:
+            if format is not None:
+                raise typer.BadParameter(
+                    "--format names one file's format; several files are packed into an "
+                    f"archive, each read by its name ({', '.join(CHAT_SOURCE_SUFFIXES)})"
+                )
+            folder = Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="ownchat-")))
+            source = folder / "sources.tar"
+            file_name = f"{dataset}-sources.tar"
+            try:
+                with source.open("wb") as target:
+                    pack_sources(files, target)
+            except ValueError as error:
+                raise typer.BadParameter(str(error)) from None
+            chosen: str | None = "archive"
+        else:
+            [source] = files
+            file_name = source.name
+            chosen = format or _format_by_name(source)
+        if chosen not in FORMATS:
+            raise typer.BadParameter(
+                f"say which format {source.name} is with --format ({', '.join(FORMATS)})"
+            )
+        header = data_pb2.UploadHeader(
+            dataset_name=dataset,
+            file_name=file_name,
+            format=FORMATS[chosen],
+            validation_fraction=validation_fraction,
+            split_seed=seed,
+            bad_record_policy=(
+                data_pb2.BAD_RECORD_POLICY_SKIP_AND_REPORT
+                if skip_bad_records
+                else data_pb2.BAD_RECORD_POLICY_REJECT_ALL
+            ),
+            sanitize=data_pb2.SanitizeOptions(
+                pii_mode=PII_MODES[pii], languages=language or [], max_tokens=max_tokens
+            ),
+            base_model=base,
+            csv_columns=data_pb2.CsvColumns(
+                conversation_id=csv_conversation_column,
+                role=csv_role_column,
+                content=csv_content_column,
+                order=csv_order_column,
+            ),
         )
-    header = data_pb2.UploadHeader(
-        dataset_name=dataset,
-        file_name=file.name,
-        format=FORMATS[chosen],
-        validation_fraction=validation_fraction,
-        split_seed=seed,
-        bad_record_policy=(
-            data_pb2.BAD_RECORD_POLICY_SKIP_AND_REPORT
-            if skip_bad_records
-            else data_pb2.BAD_RECORD_POLICY_REJECT_ALL
-        ),
-        sanitize=data_pb2.SanitizeOptions(
-            pii_mode=PII_MODES[pii], languages=language or [], max_tokens=max_tokens
-        ),
-        base_model=base,
-        csv_columns=data_pb2.CsvColumns(
-            conversation_id=csv_conversation_column,
-            role=csv_role_column,
-            content=csv_content_column,
-            order=csv_order_column,
-        ),
-    )
-    with client() as ownchat, upload_progress() as progress:
-        response = ownchat.data.UploadDatasetVersion(
-            upload_requests(file, header, progress), timeout=3600
-        )
+        with client() as ownchat, upload_progress() as progress:
+            response = ownchat.data.UploadDatasetVersion(
+                upload_requests(source, header, progress), timeout=3600
+            )
     version = response.dataset_version
     console.print(
         f"dataset version [bold]{version.id}[/bold]: {version.stats.samples} samples "

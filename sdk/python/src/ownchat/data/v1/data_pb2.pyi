@@ -39,6 +39,29 @@ class _SourceFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SourceFo
     """A plain text, Markdown or HTML document."""
     SOURCE_FORMAT_PREFERENCE_JSONL: _SourceFormat.ValueType  # 5
     """OpenAI DPO-style preference pairs, one JSON object per line."""
+    SOURCE_FORMAT_FAQ: _SourceFormat.ValueType  # 6
+    """An HTML or Markdown FAQ: each question and the answer under it become a
+    one-turn conversation (user: the question, assistant: the answer).
+    Markdown when the file name ends in .md or .markdown, HTML otherwise. In
+    HTML, each heading (h1-h6) or <dt> whose text ends with "?" starts a
+    question; the text of the block elements after it, up to the next heading
+    or <dt>, is the answer (paragraphs joined by a blank line, list items one
+    a line). A heading not ending with "?" (a section title) ends the answer
+    before it and is no question. In Markdown, ATX headings ("#" to "######")
+    ending with "?" likewise. A question without answer text is a bad record.
+    Records are numbered by question, from 1.
+    """
+    SOURCE_FORMAT_ARCHIVE: _SourceFormat.ValueType  # 7
+    """A tar (optionally gzip-compressed) or zip archive of chat sources; each
+    member's format is taken from its name: .jsonl chat JSONL, .json ShareGPT,
+    .csv CSV transcript (header.csv_columns apply), .html/.htm/.md/.markdown
+    FAQ. Members are read in archive order; records are numbered
+    consecutively across members (a member's records follow the last record
+    of the member before it), and errors name the member and the position in
+    it, e.g. "transcripts.csv row 3". A member of another name, a directory, a
+    link or an archive inside the archive refuses the upload. The decompressed
+    members count against the service's upload size limit.
+    """
 
 class SourceFormat(_SourceFormat, metaclass=_SourceFormatEnumTypeWrapper):
     """The format of an uploaded source file."""
@@ -55,6 +78,29 @@ SOURCE_FORMAT_DOCUMENT: SourceFormat.ValueType  # 4
 """A plain text, Markdown or HTML document."""
 SOURCE_FORMAT_PREFERENCE_JSONL: SourceFormat.ValueType  # 5
 """OpenAI DPO-style preference pairs, one JSON object per line."""
+SOURCE_FORMAT_FAQ: SourceFormat.ValueType  # 6
+"""An HTML or Markdown FAQ: each question and the answer under it become a
+one-turn conversation (user: the question, assistant: the answer).
+Markdown when the file name ends in .md or .markdown, HTML otherwise. In
+HTML, each heading (h1-h6) or <dt> whose text ends with "?" starts a
+question; the text of the block elements after it, up to the next heading
+or <dt>, is the answer (paragraphs joined by a blank line, list items one
+a line). A heading not ending with "?" (a section title) ends the answer
+before it and is no question. In Markdown, ATX headings ("#" to "######")
+ending with "?" likewise. A question without answer text is a bad record.
+Records are numbered by question, from 1.
+"""
+SOURCE_FORMAT_ARCHIVE: SourceFormat.ValueType  # 7
+"""A tar (optionally gzip-compressed) or zip archive of chat sources; each
+member's format is taken from its name: .jsonl chat JSONL, .json ShareGPT,
+.csv CSV transcript (header.csv_columns apply), .html/.htm/.md/.markdown
+FAQ. Members are read in archive order; records are numbered
+consecutively across members (a member's records follow the last record
+of the member before it), and errors name the member and the position in
+it, e.g. "transcripts.csv row 3". A member of another name, a directory, a
+link or an archive inside the archive refuses the upload. The decompressed
+members count against the service's upload size limit.
+"""
 Global___SourceFormat: _TypeAlias = SourceFormat  # noqa: Y015
 
 class _SampleKind:
@@ -227,7 +273,10 @@ class UploadHeader(_message.Message):
     format: Global___SourceFormat.ValueType
     """The source file's format."""
     validation_fraction: _builtins.float
-    """The share of samples held out for validation, in [0, 0.5]; 0.1 when unset."""
+    """The share of samples held out for validation, in [0, 1]; 0.1 when unset.
+    1 holds every sample out: an evaluation-only version (a held-out question
+    set), which the trainer refuses to train on.
+    """
     split_seed: _builtins.int
     """The seed of the deterministic split."""
     bad_record_policy: Global___BadRecordPolicy.ValueType
@@ -239,7 +288,9 @@ class UploadHeader(_message.Message):
     """
     @_builtins.property
     def csv_columns(self) -> Global___CsvColumns:
-        """Which columns of a CSV transcript hold what; defaults when unset."""
+        """Which columns of a CSV transcript (or of an archive's CSV members) hold
+        what; defaults when unset.
+        """
 
     @_builtins.property
     def sanitize(self) -> Global___SanitizeOptions:
@@ -440,9 +491,13 @@ class RecordIssue(_message.Message):
     RECORD_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     record: _builtins.int
-    """The 1-based line, row or item number in the source file."""
+    """The 1-based line, row, item or question number in the source file (for
+    an archive, numbered across its members).
+    """
     reason: _builtins.str
-    """Why it was refused."""
+    """Why it was refused (for an archive, after the member and the position in
+    it, e.g. "transcripts.csv row 3: empty message").
+    """
     def __init__(
         self,
         *,
@@ -993,7 +1048,9 @@ class SampleLineage(_message.Message):
     source_digest: _builtins.str
     """The content address of the source file."""
     record: _builtins.int
-    """The 1-based line or record number in the source file."""
+    """The 1-based line or record number in the source file (for an archive,
+    numbered across its members).
+    """
     def __init__(
         self,
         *,
