@@ -9,7 +9,7 @@ SERVICES := data trainer evaluator serving gateway
 PYPROJECTS := sdk/python/pyproject.toml $(foreach s,$(SERVICES),services/$(s)/pyproject.toml)
 BUF := .tools/node_modules/.bin/buf
 
-.PHONY: setup demo test lint typecheck protos check-protos buf-lint buf-breaking clean bench-data bench-demo
+.PHONY: setup demo test lint typecheck protos check-protos docs check-docs buf-lint buf-breaking clean bench-data bench-demo
 
 setup: $(VENV)/.installed chromium
 
@@ -45,6 +45,14 @@ check-protos: protos
 	git diff --exit-code -- sdk/python/src/ownchat
 	test -z "$$(git status --porcelain -- sdk/python/src/ownchat)"
 
+# The references in docs/reference, generated from the CLI, the protos (through buf)
+# and the gateway's OpenAPI documents; check-docs fails when they are stale.
+docs: setup $(BUF)
+	$(PY) scripts/gen_docs.py
+
+check-docs: setup $(BUF)
+	$(PY) scripts/gen_docs.py --check
+
 $(BUF):
 	npm install --silent --prefix .tools @bufbuild/buf@1.75.0
 
@@ -63,7 +71,7 @@ lint: setup
 typecheck: setup
 	$(VENV)/bin/mypy
 
-test: setup check-protos buf-lint buf-breaking lint typecheck
+test: setup check-protos check-docs buf-lint buf-breaking lint typecheck
 	$(VENV)/bin/pytest
 
 # Benchmarks (not part of the tests): each writes benchmarks/results/<name>.json.
