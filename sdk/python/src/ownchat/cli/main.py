@@ -822,18 +822,55 @@ def chat(
             turns.append(common_pb2.ChatMessage(role=common_pb2.ROLE_ASSISTANT, content=answer))
 
 
-@app.command()
+demo_app = typer.Typer(
+    help="The main job on the sample data, then a follow-up trained on reviewer feedback.",
+    invoke_without_command=True,
+)
+app.add_typer(demo_app, name="demo")
+SAMPLE_DATA = Path("examples/support")
+
+
+@demo_app.callback()
 def demo(
-    data: Annotated[Path, typer.Option(help="Chat JSONL to fine-tune on.")] = Path(
-        "examples/support/conversations.jsonl"
-    ),
-    steps: Annotated[int, typer.Option(help="Training steps.")] = 24,
+    context: typer.Context,
+    data_dir: Annotated[
+        Path,
+        typer.Option(
+            help="The sample data: conversations.jsonl, transcripts.csv, faq.html, "
+            "heldout.jsonl and planted.json."
+        ),
+    ] = SAMPLE_DATA,
+    epochs: Annotated[float, typer.Option(help="LoRA fine-tuning epochs.")] = 2.0,
+    gpu: Annotated[
+        bool, typer.Option(help="Require a GPU (one is used anyway when the machine has one).")
+    ] = False,
     keep_running: Annotated[bool, typer.Option(help="Leave the services up at the end.")] = False,
 ) -> None:
-    """Run the whole loop on the sample data: ingest, fine-tune, evaluate, deploy, chat."""
-    from ownchat.cli.demo import run_demo
+    """Ingest and sanitize, LoRA fine-tune, evaluate, gate, deploy, answer over REST, report."""
+    if context.invoked_subcommand is not None:
+        return
+    from ownchat.cli.demo import DemoOptions, TrainingPlan, run_demo
 
-    raise typer.Exit(run_demo(data, steps, keep_running))
+    if epochs <= 0:
+        raise typer.BadParameter("--epochs must be above 0")
+    options = DemoOptions(
+        data_dir=data_dir, plan=TrainingPlan(epochs=epochs), gpu=gpu, keep_running=keep_running
+    )
+    raise typer.Exit(run_demo(options))
+
+
+@demo_app.command("feedback")
+def demo_feedback(
+    feedback: Annotated[
+        Path, typer.Option(help="Scripted reviewer feedback: preference pairs and corrections.")
+    ] = SAMPLE_DATA / "feedback.jsonl",
+    keep_running: Annotated[bool, typer.Option(help="Leave the services up at the end.")] = False,
+) -> None:
+    """After `ownchat demo`: reviewers' preferences and corrections go through the review
+    queue, a DPO follow-up trains on them, and it is compared with the live version."""
+    from ownchat.cli.demo_feedback import run_feedback
+
+    raise typer.Exit(run_feedback(feedback, keep_running))
 
 
 def main() -> None:
