@@ -27,6 +27,15 @@ CHROMIUM = Path("/usr/bin/chromium")
 SECTIONS = ("funnel", "loss", "metrics", "answers", "leakage", "gate")
 
 
+def _shrink(png: Path) -> None:
+    """A 256-colour palette keeps the committed screenshot a few hundred KB (the report
+    is text, tables and line plots, which a palette renders without visible loss)."""
+    from PIL import Image
+
+    with Image.open(png) as image:
+        image.convert("RGB").quantize(colors=256).save(png, optimize=True)
+
+
 def screenshot(report: Path, target: Path) -> list[str]:
     """Full-page screenshot of the report; returns the sections or plots that do not show."""
     from playwright.sync_api import sync_playwright
@@ -38,6 +47,7 @@ def screenshot(report: Path, target: Path) -> list[str]:
             tab = browser.new_page(viewport={"width": 1200, "height": 900})
             tab.goto(report.as_uri())
             tab.screenshot(path=str(target), full_page=True)
+            _shrink(target)
             for section in SECTIONS:
                 box = tab.locator(f"section#{section}").bounding_box()
                 if box is None or box["height"] < 40:

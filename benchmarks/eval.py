@@ -119,9 +119,11 @@ def _arguments() -> argparse.Namespace:
 
 
 def support_conversations() -> list[Conversation]:
-    """The demo's support conversations."""
+    """The demo's support conversations that have a reply to score (the raw file also
+    holds customer-only ones, which the data service removes)."""
     lines = SUPPORT.read_text(encoding="utf-8").splitlines()
-    return [json.loads(line)["messages"] for line in lines if line.strip()]
+    conversations = [json.loads(line)["messages"] for line in lines if line.strip()]
+    return [c for c in conversations if any(m["role"] == "assistant" for m in c)]
 
 
 def _sharegpt_items() -> Any:

@@ -142,7 +142,7 @@ def test_the_whole_path_through_every_service(ownchat_env: dict[str, str], tmp_p
             "--dataset-version", version.group(),
             "--max-steps", "3",
             "--batch-size", "2",
-            "--max-seq-length", "128",
+            "--max-seq-length", "256",
             "--suffix", "e2e",
         )  # fmt: skip
         assert trained.returncode == 0, trained.stdout + trained.stderr
