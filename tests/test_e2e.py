@@ -82,7 +82,20 @@ def stored_artifacts(env: dict[str, str]) -> set[str]:
     return {p.name for p in objects.iterdir()} if objects.exists() else set()
 
 
-def test_the_whole_path_through_every_service(ownchat_env: dict[str, str], tmp_path: Path):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_engine(request: pytest.FixtureRequest, ownchat_env: dict[str, str]) -> str:
+    """Runs the path with every service's stores in SQLite files, then in PostgreSQL
+    (a database per service on one real server)."""
+    if request.param == "postgresql":
+        server = request.getfixturevalue("postgres_server")
+        for service in ("data", "trainer", "evaluator", "serving", "gateway"):
+            ownchat_env[f"OWNCHAT_{service.upper()}_DATABASE_URL"] = server.create_database(service)
+    return str(request.param)
+
+
+def test_the_whole_path_through_every_service(
+    ownchat_env: dict[str, str], store_engine: str, tmp_path: Path
+):
     env = ownchat_env
     up = subprocess.Popen(
         [OWNCHAT, "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -195,3 +208,9 @@ def test_the_whole_path_through_every_service(ownchat_env: dict[str, str], tmp_p
     assert up.returncode == 0
     assert sessions_alive(sessions) == []
     assert processes_with_env("OWNCHAT_HOME", env["OWNCHAT_HOME"]) == []
+    stores_on_disk = sorted(p.name for p in Path(env["OWNCHAT_HOME"]).rglob("*.db"))
+    if store_engine == "postgresql":
+        # Every store went to PostgreSQL: no service fell back to a SQLite file.
+        assert stores_on_disk == []
+    else:
+        assert "data.db" in stores_on_disk and "trainer.db" in stores_on_disk

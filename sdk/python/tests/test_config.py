@@ -44,3 +44,17 @@ def test_client_addresses_come_from_the_environment(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("OWNCHAT_TRAINER_ADDRESS", "127.0.0.1:7000")
     assert ClientSettings().address("trainer") == "127.0.0.1:7000"
     assert ClientSettings().address("data") == "127.0.0.1:50051"
+
+
+def test_the_shells_home_and_token_are_not_ownchats(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OWNCHAT_HOME", raising=False)
+    monkeypatch.delenv("OWNCHAT_TOKEN", raising=False)
+    monkeypatch.delenv("OWNCHAT_CONFIG", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    monkeypatch.setenv("TOKEN", "someone-elses")
+    settings = ExampleSettings()
+    assert settings.home == tmp_path / ".ownchat"
+    assert settings.token is None

@@ -32,9 +32,9 @@ def chunked(data: bytes, size: int = 7) -> Iterator[bytes]:
 
 
 @pytest.fixture
-def core(tmp_path: Path) -> DataCore:
+def core(tmp_path: Path, store_location: Path | str) -> DataCore:
     return DataCore(
-        DataStore(tmp_path / "data.db"),
+        DataStore(store_location),
         ArtifactStore(tmp_path / "artifacts"),
         max_upload_bytes=1 << 20,
         max_record_bytes=4096,

@@ -17,7 +17,7 @@ from ownchat_evaluator.checks import CheckKind, TaskCheck
 from ownchat_evaluator.core import EvalRequest, EvaluatorCore, RunOptions
 from ownchat_evaluator.naive_perplexity import naive_nll
 from ownchat_evaluator.perplexity import corpus_perplexity, shared_prefixes, sliding_windows
-from ownchat_evaluator.store import MIGRATIONS, EvalStore, RunState
+from ownchat_evaluator.store import EvalStore, RunState
 
 CONVERSATIONS = [
     [
@@ -134,7 +134,9 @@ def _write_split(path: Path, expected: dict[int, object] | None = None) -> Path:
     return path
 
 
-def _core(tmp_path: Path, tiny_model: Path, **options: object) -> EvaluatorCore:
+def _core(
+    tmp_path: Path, tiny_model: Path, location: Path | str, **options: object
+) -> EvaluatorCore:
     split = _write_split(tmp_path / "validation.jsonl")
 
     def models(model_id: str) -> Path:
@@ -148,11 +150,13 @@ def _core(tmp_path: Path, tiny_model: Path, **options: object) -> EvaluatorCore:
         return split
 
     settings = RunOptions(**{"max_length": 512, "max_rows": 2, **options})  # type: ignore[arg-type]
-    return EvaluatorCore(EvalStore(tmp_path / "evaluator.db"), models, datasets, settings)
+    return EvaluatorCore(EvalStore(location), models, datasets, settings)
 
 
-def test_a_run_computes_perplexity_and_reports_progress(tmp_path: Path, tiny_model: Path) -> None:
-    core = _core(tmp_path, tiny_model)
+def test_a_run_computes_perplexity_and_reports_progress(
+    tmp_path: Path, tiny_model: Path, store_location: Path | str
+) -> None:
+    core = _core(tmp_path, tiny_model, store_location)
     run = core.create_run(EvalRequest("tiny", "dsv_1", metrics=[None]))
     assert run.state is RunState.QUEUED
     assert (run.config.context_length, run.config.stride) == (512, 256)
@@ -171,8 +175,10 @@ def test_a_run_computes_perplexity_and_reports_progress(tmp_path: Path, tiny_mod
     assert core.list_runs(10, 0, model_id="other") == []
 
 
-def test_a_generation_run_keeps_every_sample_and_repeats(tmp_path: Path, tiny_model: Path) -> None:
-    core = _core(tmp_path, tiny_model)
+def test_a_generation_run_keeps_every_sample_and_repeats(
+    tmp_path: Path, tiny_model: Path, store_location: Path | str
+) -> None:
+    core = _core(tmp_path, tiny_model, store_location)
     run = core.create_run(
         EvalRequest(
             "tiny",
@@ -212,8 +218,10 @@ def test_a_generation_run_keeps_every_sample_and_repeats(tmp_path: Path, tiny_mo
     assert [r.value for r in repeated.results] == [r.value for r in done.results]
 
 
-def test_bad_requests_are_refused_before_a_run_exists(tmp_path: Path, tiny_model: Path) -> None:
-    core = _core(tmp_path, tiny_model)
+def test_bad_requests_are_refused_before_a_run_exists(
+    tmp_path: Path, tiny_model: Path, store_location: Path | str
+) -> None:
+    core = _core(tmp_path, tiny_model, store_location)
     with pytest.raises(NotFoundError, match="missing"):
         core.create_run(EvalRequest("missing", "dsv_1", metrics=[]))
     with pytest.raises(NotFoundError, match="dsv_missing"):
@@ -254,8 +262,10 @@ def test_bad_requests_are_refused_before_a_run_exists(tmp_path: Path, tiny_model
     assert core.list_runs(10, 0) == []
 
 
-def test_expected_answers_in_the_split_need_no_run_check(tmp_path: Path, tiny_model: Path) -> None:
-    core = _core(tmp_path, tiny_model)
+def test_expected_answers_in_the_split_need_no_run_check(
+    tmp_path: Path, tiny_model: Path, store_location: Path | str
+) -> None:
+    core = _core(tmp_path, tiny_model, store_location)
     # An expected answer every reply contains: the empty regex.
     _write_split(tmp_path / "validation.jsonl", {0: {"answer": "", "kind": "regex"}})
     run = core.create_run(EvalRequest("tiny", "dsv_1", metrics=["task_accuracy"], max_new_tokens=4))
@@ -268,11 +278,13 @@ def test_expected_answers_in_the_split_need_no_run_check(tmp_path: Path, tiny_mo
     assert checked == [True, None, None]
 
 
-def test_runs_interrupted_by_a_restart_are_computed_again(tmp_path: Path, tiny_model: Path) -> None:
-    core = _core(tmp_path, tiny_model)
+def test_runs_interrupted_by_a_restart_are_computed_again(
+    tmp_path: Path, tiny_model: Path, store_location: Path | str
+) -> None:
+    core = _core(tmp_path, tiny_model, store_location)
     run = core.create_run(EvalRequest("tiny", "dsv_1", metrics=[]))
     core.wait(run.id, timeout=60)
-    store = EvalStore(tmp_path / "evaluator.db")
+    store = EvalStore(store_location)
     store.update(run.id, state=RunState.RUNNING, completed=1)
     restarted = EvaluatorCore(store, lambda _: tiny_model, lambda _: tmp_path / "validation.jsonl")
     restarted.resume_unfinished()
@@ -280,10 +292,29 @@ def test_runs_interrupted_by_a_restart_are_computed_again(tmp_path: Path, tiny_m
     assert len(restarted.list_samples(run.id, 10, 0)) == 3
 
 
+# The schema of the first evaluator's evaluator.db, before Alembic (PRAGMA user_version 1).
+FIRST_EVALUATOR_SCHEMA = """
+CREATE TABLE eval_runs (
+    id TEXT PRIMARY KEY,
+    model_id TEXT NOT NULL,
+    dataset_version_id TEXT NOT NULL,
+    metrics TEXT NOT NULL,
+    max_samples INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    completed INTEGER NOT NULL DEFAULT 0,
+    total INTEGER NOT NULL DEFAULT 0,
+    results TEXT NOT NULL DEFAULT '[]',
+    error TEXT NOT NULL DEFAULT '',
+    create_time REAL NOT NULL
+);
+CREATE INDEX eval_runs_by_time ON eval_runs(create_time)
+"""
+
+
 def test_runs_stored_by_the_first_evaluator_still_load(tmp_path: Path, tiny_model: Path) -> None:
     path = tmp_path / "evaluator.db"
     connection = sqlite3.connect(path)
-    connection.executescript(MIGRATIONS[0] + ";\nPRAGMA user_version = 1;")
+    connection.executescript(FIRST_EVALUATOR_SCHEMA + ";\nPRAGMA user_version = 1;")
     connection.execute(
         "INSERT INTO eval_runs (id, model_id, dataset_version_id, metrics, max_samples, state, "
         "results, create_time) VALUES ('eval_old', 'tiny', 'dsv_1', '[\"perplexity\"]', 2, "

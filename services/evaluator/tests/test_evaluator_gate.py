@@ -108,8 +108,8 @@ def test_human_win_rate_needs_enough_reviews() -> None:
     assert check_gate(thresholds, _inputs(None)).passed
 
 
-def test_the_core_finds_runs_and_asks_the_review_queue(tmp_path: Path) -> None:
-    store = EvalStore(tmp_path / "evaluator.db")
+def test_the_core_finds_runs_and_asks_the_review_queue(store_location: Path | str) -> None:
+    store = EvalStore(store_location)
     store.add(_run("eval_old", "cand", create_time=1.0, perplexity=30.0))
     store.add(_run("eval_new", "cand", create_time=2.0, perplexity=10.5))
     store.add(_run("eval_live", "live", create_time=1.5, perplexity=10.0))

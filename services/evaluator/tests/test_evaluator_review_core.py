@@ -1,6 +1,7 @@
-"""The review queue's core against a real SQLite file: priorities, leases and
-their expiry, several reviewers per item, blind pairwise sides, bad input,
-win rates, agreement, and state that survives reopening the store."""
+"""The review queue's core against a real store, a SQLite file and a PostgreSQL
+database: priorities, leases and their expiry, several reviewers per item,
+blind pairwise sides, bad input, win rates, agreement, and state that survives
+reopening the store."""
 
 from __future__ import annotations
 
@@ -60,8 +61,8 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[ReviewStore]:
-    opened = ReviewStore(tmp_path / "reviews.db")
+def store(store_location: Path | str) -> Iterator[ReviewStore]:
+    opened = ReviewStore(store_location)
     yield opened
     opened.close()
 
@@ -307,9 +308,8 @@ def test_counts_open_leased_and_done(queue: ReviewQueue) -> None:
     assert (counts.open_items, counts.leased_items, counts.done_items) == (1, 1, 1)
 
 
-def test_the_queue_survives_reopening(tmp_path: Path, clock: Clock) -> None:
-    path = tmp_path / "reviews.db"
-    first = ReviewStore(path)
+def test_the_queue_survives_reopening(store_location: Path | str, clock: Clock) -> None:
+    first = ReviewStore(store_location)
     queue = ReviewQueue(first, lease_seconds=60, clock=clock)
     done_id, leased_id = queue.enqueue([rating("one"), rating("two")])
     queue.next_item("ann")
@@ -318,7 +318,7 @@ def test_the_queue_survives_reopening(tmp_path: Path, clock: Clock) -> None:
     assert held is not None and held.item.id == leased_id
     first.close()
 
-    reopened = ReviewStore(path)
+    reopened = ReviewStore(store_location)
     queue = ReviewQueue(reopened, lease_seconds=60, clock=clock)
     assert [r.id for r in queue.list_reviews(10, 0)] == [review.id]
     again = queue.next_item("ann")

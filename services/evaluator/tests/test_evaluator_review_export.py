@@ -54,7 +54,7 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
+def world(tmp_path: Path, store_location: Path | str) -> Iterator[World]:
     from ownchat_data.core import DataCore
     from ownchat_data.servicer import DataServicer
     from ownchat_data.store import DataStore
@@ -69,7 +69,8 @@ def world(tmp_path: Path) -> Iterator[World]:
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     settings = ClientSettings(home=tmp_path, data_address=f"127.0.0.1:{port}")
-    review_store = ReviewStore(tmp_path / "reviews.db")
+    # The review queue's store on both engines; the data service's stays a file.
+    review_store = ReviewStore(store_location)
     queue = ReviewQueue(review_store, data=DataServiceFeedback(settings, TOKEN, artifacts))
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:

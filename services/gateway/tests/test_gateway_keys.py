@@ -1,5 +1,6 @@
 """The key store and the auth rules, as plain objects: secrets shown once and
-stored hashed, revocation at once, scopes."""
+stored hashed, revocation at once, scopes. The store's tests run on SQLite and
+on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ class Clock:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> KeyStore:
-    return KeyStore(tmp_path / "gateway.db", clock=Clock())
+def store(store_location: Path | str) -> KeyStore:
+    return KeyStore(store_location, clock=Clock())
 
 
 def test_gateway_key_secret_is_shown_once_and_verifies(store: KeyStore) -> None:
@@ -42,7 +43,9 @@ def test_gateway_key_secret_is_shown_once_and_verifies(store: KeyStore) -> None:
     assert other.secret != secret and other.key.id != key.id
 
 
-def test_gateway_key_only_its_hash_is_stored(tmp_path: Path, store: KeyStore) -> None:
+def test_gateway_key_only_its_hash_is_stored(tmp_path: Path) -> None:
+    # The file's bytes, so SQLite only.
+    store = KeyStore(tmp_path / "gateway.db", clock=Clock())
     secret = store.create(NewApiKey(name="alice", scopes=(Scope.CHAT,))).secret
     store.close()
     raw = b"".join(p.read_bytes() for p in tmp_path.glob("gateway.db*"))
@@ -81,13 +84,15 @@ def test_gateway_key_revocation_is_immediate_and_kept(store: KeyStore) -> None:
         store.get("ak_nope")
 
 
-def test_gateway_keys_listed_oldest_first_and_kept_across_opens(tmp_path: Path) -> None:
-    store = KeyStore(tmp_path / "gateway.db", clock=Clock())
+def test_gateway_keys_listed_oldest_first_and_kept_across_opens(
+    store_location: Path | str,
+) -> None:
+    store = KeyStore(store_location, clock=Clock())
     first = store.create(NewApiKey(name="a", scopes=(Scope.CHAT,), requests_per_minute=60))
     second = store.create(NewApiKey(name="b", scopes=(Scope.ADMIN,), tokens_per_day=10**9))
     store.revoke(first.key.id)
     store.close()
-    reopened = KeyStore(tmp_path / "gateway.db")
+    reopened = KeyStore(store_location)
     listed = reopened.list()
     assert [k.id for k in listed] == [first.key.id, second.key.id]
     assert listed[0].revoked and not listed[1].revoked
@@ -151,18 +156,45 @@ def test_gateway_authenticator(store: KeyStore) -> None:
     assert auth.authenticate(f"Bearer {created.secret}") is None
 
 
-def test_gateway_keys_made_before_limits_keep_working(tmp_path: Path) -> None:
-    from ownchat.sqlite import Database
-    from ownchat_gateway.keys import _MIGRATIONS
+# The key store's schema as releases before Alembic wrote it, one script per
+# PRAGMA user_version step.
+LEGACY_SCRIPTS = [
+    """
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        secret_sha256 TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        requests_per_minute INTEGER NOT NULL DEFAULT 0,
+        tokens_per_day INTEGER NOT NULL DEFAULT 0,
+        create_time REAL NOT NULL,
+        revoke_time REAL
+    );
+    CREATE INDEX api_keys_by_create_time ON api_keys (create_time, id);
+    """,
+    """
+    ALTER TABLE api_keys ADD COLUMN tokens_per_minute INTEGER NOT NULL DEFAULT 0;
+    """,
+]
 
+
+def legacy_file(path: Path, scripts: int) -> sqlite3.Connection:
+    """A gateway.db as the release with the first ``scripts`` migrations left it."""
+    connection = sqlite3.connect(path, isolation_level=None)
+    for script in LEGACY_SCRIPTS[:scripts]:
+        connection.executescript(script)
+    connection.execute(f"PRAGMA user_version = {scripts}")
+    return connection
+
+
+def test_gateway_keys_made_before_limits_keep_working(tmp_path: Path) -> None:
     # A store as the first release left it: the first migration only.
-    old = Database(tmp_path / "gateway.db", _MIGRATIONS[:1])
-    with old.transaction() as connection:
-        connection.execute(
-            "INSERT INTO api_keys (id, name, secret_sha256, scopes, requests_per_minute, "
-            "tokens_per_day, create_time) VALUES ('ak_old', 'old', ?, 'chat', 60, 0, 1.0)",
-            (hashlib.sha256(b"oc-ak_old-secret").hexdigest(),),
-        )
+    old = legacy_file(tmp_path / "gateway.db", 1)
+    old.execute(
+        "INSERT INTO api_keys (id, name, secret_sha256, scopes, requests_per_minute, "
+        "tokens_per_day, create_time) VALUES ('ak_old', 'old', ?, 'chat', 60, 0, 1.0)",
+        (hashlib.sha256(b"oc-ak_old-secret").hexdigest(),),
+    )
     old.close()
     store = KeyStore(tmp_path / "gateway.db")
     key = store.verify("oc-ak_old-secret")
@@ -170,3 +202,37 @@ def test_gateway_keys_made_before_limits_keep_working(tmp_path: Path) -> None:
     assert key.limits == KeyLimits(requests_per_minute=60, tokens_per_minute=0, tokens_per_day=0)
     created = store.create(NewApiKey(name="new", scopes=(Scope.CHAT,), tokens_per_minute=UNLIMITED))
     assert store.get(created.key.id).tokens_per_minute == UNLIMITED
+
+
+def test_gateway_keys_of_a_file_from_before_alembic_are_kept(tmp_path: Path) -> None:
+    # The last release before Alembic: both scripts run, a key revoked.
+    old = legacy_file(tmp_path / "gateway.db", 2)
+    old.execute(
+        "INSERT INTO api_keys (id, name, secret_sha256, scopes, requests_per_minute, "
+        "tokens_per_day, create_time, revoke_time, tokens_per_minute) "
+        "VALUES ('ak_old', 'old', ?, 'chat,review', 60, 5000000000, 1.0, NULL, 900)",
+        (hashlib.sha256(b"oc-ak_old-secret").hexdigest(),),
+    )
+    old.execute(
+        "INSERT INTO api_keys (id, name, secret_sha256, scopes, create_time, revoke_time) "
+        "VALUES ('ak_gone', 'gone', 'x', 'chat', 2.0, 3.0)"
+    )
+    old.close()
+    store = KeyStore(tmp_path / "gateway.db", clock=Clock())
+    key = store.verify("oc-ak_old-secret")
+    assert key is not None and key.scopes == {Scope.CHAT, Scope.REVIEW}
+    assert key.limits == KeyLimits(60, 900, 5_000_000_000)
+    assert [(k.id, k.revoked) for k in store.list()] == [("ak_old", False), ("ak_gone", True)]
+    created = store.create(NewApiKey(name="new", scopes=(Scope.CHAT,)))
+    assert store.verify(created.secret) is not None
+    store.close()
+    # Opening again runs nothing twice.
+    assert len(KeyStore(tmp_path / "gateway.db").list()) == 3
+
+
+def test_gateway_key_limits_beyond_32_bits_are_kept(store: KeyStore) -> None:
+    created = store.create(
+        NewApiKey(name="big", scopes=(Scope.CHAT,), tokens_per_day=10**12, tokens_per_minute=2**40)
+    )
+    key = store.get(created.key.id)
+    assert (key.tokens_per_day, key.tokens_per_minute) == (10**12, 2**40)

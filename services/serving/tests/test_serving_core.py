@@ -28,13 +28,20 @@ def runner() -> Iterator[asyncio.Runner]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> DeploymentStore:
-    return DeploymentStore(tmp_path / "serving.db")
+def store(store_location: Path | str) -> DeploymentStore:
+    return DeploymentStore(store_location)
 
 
 @pytest.fixture
-def core(store: DeploymentStore, registry: Any) -> ServingCore:
-    return ServingCore(store, registry.artifacts, registry, EngineOptions())
+def export_root(tmp_path: Path) -> Path:
+    return tmp_path / "onnx"
+
+
+@pytest.fixture
+def core(store: DeploymentStore, registry: Any, export_root: Path) -> ServingCore:
+    return ServingCore(
+        store, registry.artifacts, registry, EngineOptions(), export_root=export_root
+    )
 
 
 def violations(error: pytest.ExceptionInfo[Any]) -> set[str]:
@@ -68,6 +75,7 @@ def test_the_engine_is_chosen_per_deployment(
     store: DeploymentStore,
     registry: Any,
     servable_models: dict[int, Path],
+    export_root: Path,
 ) -> None:
     """Transformers and ONNX Runtime deployments give the same greedy reply, and
     a restart reloads the live deployment with its own engine."""
@@ -86,7 +94,9 @@ def test_the_engine_is_chosen_per_deployment(
             await core.deploy(DeploySpec("m", engine=EngineKind.ONNXRUNTIME))
             exported = await reply()
             assert store.live() is not None and store.live().engine is EngineKind.ONNXRUNTIME
-            restarted = ServingCore(store, registry.artifacts, registry, EngineOptions())
+            restarted = ServingCore(
+                store, registry.artifacts, registry, EngineOptions(), export_root=export_root
+            )
             try:
                 await restarted.restore()
                 assert restarted.live is not None

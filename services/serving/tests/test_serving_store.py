@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,8 @@ LOADING, LIVE, RETIRED, FAILED = (
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> DeploymentStore:
-    return DeploymentStore(tmp_path / "serving" / "serving.db")
+def store(store_location: Path | str) -> DeploymentStore:
+    return DeploymentStore(store_location)
 
 
 def go_live(store: DeploymentStore, model_id: str, digest: str = "sha256:" + "0" * 64) -> str:
@@ -132,11 +133,11 @@ def test_rolling_back_twice_returns_to_where_it_was(store: DeploymentStore) -> N
     assert target is not None and target.model_id == "m2"
 
 
-def test_interrupted_loads_fail_on_start(store: DeploymentStore, tmp_path: Path) -> None:
+def test_interrupted_loads_fail_on_start(store: DeploymentStore) -> None:
     live = go_live(store, "m1")
     stuck = store.create("m2", EngineKind.VLLM, "alice")
     store.close()
-    reopened = DeploymentStore(tmp_path / "serving" / "serving.db")
+    reopened = DeploymentStore(store.location)
     failed = reopened.fail_interrupted()
     assert [d.id for d in failed] == [stuck.id]
     assert reopened.get(stuck.id).state is FAILED
@@ -193,12 +194,31 @@ def test_restarts_are_counted(store: DeploymentStore) -> None:
     assert store.record_restart(live).restarts == 2
 
 
-def test_a_database_of_the_first_version_is_migrated(tmp_path: Path) -> None:
-    from ownchat.sqlite import Database
-    from ownchat_serving.store import MIGRATIONS
+# The first schema, as the store created it (counted in PRAGMA user_version) before
+# its migrations became Alembic revisions.
+FIRST_SCHEMA = """
+CREATE TABLE deployments (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    model_id TEXT NOT NULL,
+    engine TEXT NOT NULL,
+    state TEXT NOT NULL,
+    deployed_by TEXT NOT NULL,
+    create_time REAL NOT NULL,
+    artifact_digest TEXT NOT NULL DEFAULT '',
+    live_time REAL,
+    end_time REAL,
+    error TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX deployments_by_state ON deployments(state, live_time);
+PRAGMA user_version = 1;
+"""
 
+
+def test_a_database_of_the_first_version_is_migrated(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
-    old = Database(path, MIGRATIONS[:1])
+    old = sqlite3.connect(path)
+    old.executescript(FIRST_SCHEMA)
     old.close()
     store = DeploymentStore(path)
     live = go_live(store, "m1")

@@ -124,8 +124,19 @@ def runner_options(**changes: Any) -> RunnerOptions:
 
 
 @pytest.fixture
+def trainer_store_location(tmp_path: Path) -> Path | str:
+    """Where the cores of ``make_core`` keep their store: the home's SQLite file
+    (a test module that overrides it with ``store_location`` runs on both engines)."""
+    return tmp_path / "home" / "trainer" / "trainer.db"
+
+
+@pytest.fixture
 def make_core(
-    tmp_path: Path, model_root: Path, artifacts: ArtifactStore, datasets: StaticDatasets
+    tmp_path: Path,
+    model_root: Path,
+    artifacts: ArtifactStore,
+    datasets: StaticDatasets,
+    trainer_store_location: Path | str,
 ) -> Iterator[CoreFactory]:
     """Builds cores over one home (a later one sees what an earlier one stored);
     keyword arguments change the runner's options."""
@@ -133,7 +144,7 @@ def make_core(
 
     def make(start: bool = True, **options: Any) -> TrainerCore:
         state = tmp_path / "home" / "trainer"
-        store = TrainerStore(state / "trainer.db")
+        store = TrainerStore(trainer_store_location)
         registry = ModelRegistry(
             store, artifacts, [model_root], state / "imports", include_embedded=False
         )

@@ -26,6 +26,12 @@ CoreFactory = Callable[..., TrainerCore]
 WaitFor = Callable[[TrainerCore, str, Callable[[Job], bool], float], Job]
 
 
+@pytest.fixture
+def trainer_store_location(store_location: Path | str) -> Path | str:
+    """The cores' store, on SQLite and on PostgreSQL."""
+    return store_location
+
+
 def _request(**changes: object) -> JobRequest:
     values: dict[str, object] = {
         "base_model": "tiny-chat",

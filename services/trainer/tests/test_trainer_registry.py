@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -13,13 +14,20 @@ import pytest
 
 from ownchat.artifacts import Artifact, ArtifactStore
 from ownchat.errors import NotFoundError
-from ownchat.sqlite import Database
 from ownchat_trainer.base_models import BaseModelSource, export_checkpoint
 from ownchat_trainer.config import TrainerSettings
 from ownchat_trainer.hyperparameters import Hyperparameters, resolve_full
-from ownchat_trainer.records import Job, JobState, Model, ModelKind, TrainingMethod
+from ownchat_trainer.records import (
+    Checkpoint,
+    EventKind,
+    Job,
+    JobState,
+    Model,
+    ModelKind,
+    TrainingMethod,
+)
 from ownchat_trainer.registry import ModelRegistry
-from ownchat_trainer.store import MIGRATIONS, TrainerStore, merged_name
+from ownchat_trainer.store import TrainerStore, merged_name
 
 
 class CountingExporter:
@@ -35,8 +43,8 @@ class CountingExporter:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> TrainerStore:
-    return TrainerStore(tmp_path / "trainer.db")
+def store(store_location: Path | str) -> TrainerStore:
+    return TrainerStore(store_location)
 
 
 def _registry(
@@ -175,14 +183,86 @@ def test_models_trained_on_erased_data_are_blocked_once(store: TrainerStore) -> 
     assert again is not None and again.blocked_reason == "erased by erasure_1"
 
 
+# The first schema, as the store created it (counted in PRAGMA user_version) before
+# its migrations became Alembic revisions.
+FIRST_SCHEMA = """
+CREATE TABLE models (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    base_model TEXT NOT NULL,
+    suffix TEXT NOT NULL,
+    artifact_digest TEXT NOT NULL,
+    artifact_bytes INTEGER NOT NULL,
+    job_id TEXT NOT NULL,
+    dataset_version_id TEXT NOT NULL,
+    metrics TEXT NOT NULL,
+    blocked_reason TEXT NOT NULL,
+    create_time REAL NOT NULL
+);
+CREATE INDEX models_by_lineage ON models(base_model, suffix);
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY,
+    idempotency_key TEXT UNIQUE,
+    base_model TEXT NOT NULL,
+    dataset_version_id TEXT NOT NULL,
+    method TEXT NOT NULL,
+    hyperparameters TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    suffix TEXT NOT NULL,
+    state TEXT NOT NULL,
+    steps_done INTEGER NOT NULL,
+    steps_total INTEGER NOT NULL,
+    error TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    device TEXT NOT NULL,
+    train_digest TEXT NOT NULL,
+    train_bytes INTEGER NOT NULL,
+    validation_digest TEXT NOT NULL,
+    validation_bytes INTEGER NOT NULL,
+    create_time REAL NOT NULL,
+    update_time REAL NOT NULL
+);
+CREATE INDEX jobs_by_time ON jobs(create_time);
+CREATE INDEX jobs_by_state ON jobs(state, create_time);
+CREATE TABLE job_events (
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    sequence INTEGER NOT NULL,
+    create_time REAL NOT NULL,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL,
+    state TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    total_steps INTEGER NOT NULL,
+    loss REAL,
+    validation_loss REAL,
+    learning_rate REAL,
+    tokens_per_second REAL,
+    eta_seconds REAL,
+    PRIMARY KEY (job_id, sequence)
+);
+CREATE TABLE checkpoints (
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    step INTEGER NOT NULL,
+    loss REAL,
+    validation_loss REAL,
+    artifact_digest TEXT NOT NULL,
+    artifact_bytes INTEGER NOT NULL,
+    create_time REAL NOT NULL,
+    PRIMARY KEY (job_id, step)
+);
+PRAGMA user_version = 1;
+"""
+
+
 def test_a_store_from_before_resumable_jobs_is_migrated(tmp_path: Path) -> None:
-    old = Database(tmp_path / "trainer.db", MIGRATIONS[:1])
+    old = sqlite3.connect(tmp_path / "trainer.db")
+    old.executescript(FIRST_SCHEMA)
     job = _job("job_old", "acme")
     hyperparameters = {
         k: v for k, v in job.hyperparameters.to_dict().items() if not k.startswith(("lora", "dpo"))
     }
-    with old.transaction() as connection:
-        connection.execute(
+    with old:
+        old.execute(
             "INSERT INTO jobs VALUES (?, NULL, 'tiny-chat', 'dsv_1', 'sft_full', ?, 0, 'acme', "
             "'running', 2, 4, '', '', 'cpu', ?, 1, ?, 1, 1.0, 1.0)",
             (job.id, json.dumps(hyperparameters), "sha256:" + "0" * 64, "sha256:" + "0" * 64),
@@ -222,3 +302,34 @@ def test_adapters_and_merged_models_share_the_version_numbers(store: TrainerStor
     second = store.add_job(_job("job_b", "acme"), "", [])
     model, _ = store.register_version(second, "tiny-chat", artifact, {}, "{model}")
     assert model.id == "ft:tiny-chat:acme:2"
+
+
+def test_a_checkpoint_saved_again_at_its_step_replaces_the_first(store: TrainerStore) -> None:
+    job = store.add_job(_job("job_c", "acme"), "", [])
+    first = Checkpoint("job_c", 2, 1.5, None, Artifact("sha256:" + "1" * 64, 10), 1.0)
+    store.add_checkpoint(first, "saved")
+    again = Checkpoint("job_c", 2, 1.25, 1.75, Artifact("sha256:" + "2" * 64, 3 << 32), 2.0)
+    store.add_checkpoint(again, "saved again")
+    store.add_checkpoint(dataclasses.replace(first, step=4), "later")
+    assert store.list_checkpoints(job.id) == [again, dataclasses.replace(first, step=4)]
+    events = store.events_after(job.id, 0)
+    assert [(e.sequence, e.kind, e.step) for e in events] == [
+        (1, EventKind.CHECKPOINT, 2),
+        (2, EventKind.CHECKPOINT, 2),
+        (3, EventKind.CHECKPOINT, 4),
+    ]
+
+
+def test_64_bit_seeds_and_sizes_are_kept(store: TrainerStore) -> None:
+    job = dataclasses.replace(
+        _job("job_big", "acme"),
+        seed=(1 << 63) - 1,
+        train_split=Artifact("sha256:" + "0" * 64, 5 << 32),
+    )
+    store.add_job(job, "key", [])
+    assert store.get_job("job_big") == job
+    assert store.job_by_idempotency_key("key") == job
+    model, _ = store.register_version(
+        job, "tiny-chat", Artifact("sha256:" + "1" * 64, 7 << 32), {}, "{model}"
+    )
+    assert store.get_model(model.id) == model

@@ -16,9 +16,9 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, Self
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -29,6 +29,9 @@ from pydantic_settings import (
 DEFAULT_PORTS = {"data": 50051, "trainer": 50052, "evaluator": 50053, "serving": 50054}
 DEFAULT_METRICS_PORTS = {"data": 9451, "trainer": 9452, "evaluator": 9453, "serving": 9454}
 GATEWAY_DEFAULT_PORT = 3000
+# Where a server of the cluster profile listens unless its host is set: every
+# interface of its container; which ports are published is the manifests' job.
+CLUSTER_HOST = "0.0.0.0"
 
 
 def default_home() -> Path:
@@ -87,6 +90,16 @@ class OwnchatSettings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, _TomlTableSource(settings_cls, cls.toml_table))
 
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        """The environment variable one field is read from (its first, when several)."""
+        alias = cls.model_fields[field].validation_alias
+        if isinstance(alias, AliasChoices) and isinstance(alias.choices[0], str):
+            return alias.choices[0]
+        if isinstance(alias, str):
+            return alias
+        return f"{cls.model_config.get('env_prefix', '')}{field}".upper()
+
 
 class ServerSettings(OwnchatSettings):
     """What every gRPC server of ownchat is configured by."""
@@ -95,12 +108,12 @@ class ServerSettings(OwnchatSettings):
 
     home: Path = Field(
         default_factory=default_home,
-        validation_alias=AliasChoices("OWNCHAT_HOME", "home"),
+        validation_alias=AliasChoices("OWNCHAT_HOME"),
         description="State directory: stores, artifacts, the token.",
     )
     token: SecretStr | None = Field(
         default=None,
-        validation_alias=AliasChoices("OWNCHAT_TOKEN", "token"),
+        validation_alias=AliasChoices("OWNCHAT_TOKEN"),
         description="Bearer token every call must carry; generated into the home when unset.",
     )
     host: str = Field(default="127.0.0.1", description="Interface to listen on.")
@@ -120,8 +133,36 @@ class ServerSettings(OwnchatSettings):
     tls_client_ca_file: Path | None = Field(
         default=None, description="CA that client certificates must chain to (mTLS)."
     )
-    reflection: bool = Field(default=True, description="Serve gRPC server reflection.")
+    reflection: bool = Field(
+        default=True, description="Serve gRPC server reflection (off by default in a cluster)."
+    )
+    database_url: SecretStr | None = Field(
+        default=None,
+        description=(
+            "PostgreSQL URL (postgresql://USER:PASSWORD@HOST:PORT/DATABASE) of the service's"
+            " stores; unset keeps them in SQLite files under the home."
+        ),
+    )
     log_level: str = Field(default="INFO", description="Python logging level.")
+    profile: Literal["local", "cluster"] = Field(
+        default="local",
+        description=(
+            "Deployment profile. local: listens on 127.0.0.1, reflection on, TLS optional. "
+            "cluster: listens on 0.0.0.0 and serves no reflection unless host or reflection "
+            "is set, and a gRPC server refuses to start without mutual TLS on its port and "
+            "on its calls to other services."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _profile_defaults(self) -> Self:
+        # Only defaults change: a host or reflection set anywhere (argument, env, TOML) stays.
+        if self.profile == "cluster":
+            if "host" not in self.model_fields_set:
+                self.host = CLUSTER_HOST
+            if "reflection" not in self.model_fields_set:
+                self.reflection = False
+        return self
 
     @property
     def artifacts_dir(self) -> Path:
@@ -131,6 +172,14 @@ class ServerSettings(OwnchatSettings):
     def state_dir(self, service: str) -> Path:
         """The directory a service keeps its own store in."""
         return self.home / service
+
+    def store_location(self, service: str, store: str) -> Path | str:
+        """Where one of a service's stores lives: its database when ``database_url``
+        is set (all the service's stores share it, each with its own tables), else
+        the SQLite file ``<home>/<service>/<store>.db``."""
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return self.state_dir(service) / f"{store}.db"
 
 
 class ClientSettings(OwnchatSettings):

@@ -5,6 +5,11 @@ until its store or model is ready), reflection, message size limits, optional
 TLS or mTLS, Prometheus metrics, JSON logs, and a graceful drain on SIGTERM or
 SIGINT: health turns NOT_SERVING, new calls are refused, calls in flight get
 ``grace_seconds`` to finish.
+
+Before it binds, a server checks its TLS settings (:func:`check_security`):
+half a TLS configuration is an error in any profile, and the ``cluster``
+profile refuses to start without mutual TLS both on its own port and on the
+calls it makes to other services.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ownchat.auth import load_or_create_token
-from ownchat.config import ServerSettings
+from ownchat.config import ClientSettings, ServerSettings
 from ownchat.interceptors import AsyncServerInterceptor, ServerInterceptor
 from ownchat.logs import configure_logging
 from ownchat.metrics import serve_metrics
@@ -40,6 +45,49 @@ class ServiceSpec:
     short_name: str
     full_names: Sequence[str]
     add_servicers: Callable[[grpc.Server], None]
+
+
+class SecuritySettingsError(RuntimeError):
+    """TLS settings a server will not start with; the message names the settings to set."""
+
+
+# What the cluster profile requires: the server's certificate and key, the CA its
+# clients' certificates must chain to, and the same three for its own calls out.
+CLUSTER_SERVER_TLS = ("tls_cert_file", "tls_key_file", "tls_client_ca_file")
+CLUSTER_CLIENT_TLS = ("tls_ca_file", "tls_cert_file", "tls_key_file")
+
+
+def check_security(settings: ServerSettings, client: ClientSettings | None = None) -> None:
+    """Refuses TLS settings that would leave a port less protected than configured.
+
+    Any profile: a certificate without its key (or the reverse), or a client CA
+    without a server certificate, would silently serve plaintext. The cluster
+    profile: all of :data:`CLUSTER_SERVER_TLS` on the server and, since every
+    service also calls others, :data:`CLUSTER_CLIENT_TLS` in ``client`` (the
+    ``OWNCHAT_TLS_*`` client settings when not given).
+    """
+    kind = type(settings)
+    if (settings.tls_cert_file is None) != (settings.tls_key_file is None) or (
+        settings.tls_client_ca_file is not None and settings.tls_cert_file is None
+    ):
+        raise SecuritySettingsError(
+            "incomplete TLS settings: set both "
+            f"{kind.env_name('tls_cert_file')} and {kind.env_name('tls_key_file')}"
+            f" (and {kind.env_name('tls_client_ca_file')} for mutual TLS), or none of them"
+        )
+    if settings.profile != "cluster":
+        return
+    client = client if client is not None else ClientSettings(home=settings.home)
+    missing = [kind.env_name(f) for f in CLUSTER_SERVER_TLS if getattr(settings, f) is None]
+    missing += [type(client).env_name(f) for f in CLUSTER_CLIENT_TLS if getattr(client, f) is None]
+    if missing:
+        table = f"[{kind.toml_table}] table" if kind.toml_table else "top level"
+        raise SecuritySettingsError(
+            f"the cluster profile ({kind.env_name('profile')}) needs mutual TLS; not set: "
+            f"{', '.join(missing)} (environment variables; or the same keys without the "
+            f"prefix in the config file: server ones in its {table}, client ones at its "
+            "top level)"
+        )
 
 
 def _options(settings: ServerSettings) -> list[tuple[str, int]]:
@@ -107,6 +155,8 @@ def announce(settings: ServerSettings, port: int) -> None:
             "port": port,
             "metrics_port": metrics_port,
             "tls": bool(settings.tls_cert_file),
+            "mtls": bool(settings.tls_client_ca_file),
+            "profile": settings.profile,
         },
     )
 
@@ -122,6 +172,7 @@ class RunningServer:
 
 def start_threaded_server(spec: ServiceSpec, settings: ServerSettings) -> RunningServer:
     """Builds, binds and starts a threaded server; health turns SERVING."""
+    check_security(settings)
     token = load_or_create_token(settings.home, settings.token)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers),
@@ -171,6 +222,7 @@ class RunningAsyncServer:
 
 async def start_async_server(spec: ServiceSpec, settings: ServerSettings) -> RunningAsyncServer:
     """Builds, binds and starts a ``grpc.aio`` server; health stays NOT_SERVING."""
+    check_security(settings)
     token = load_or_create_token(settings.home, settings.token)
     server = aio.server(interceptors=[AsyncServerInterceptor(token)], options=_options(settings))
     health_servicer = health.aio.HealthServicer()

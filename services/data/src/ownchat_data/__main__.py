@@ -16,7 +16,7 @@ from ownchat_data.store import DataStore
 
 def main() -> None:
     settings = DataSettings()
-    store = DataStore(settings.state_dir("data") / "data.db")
+    store = DataStore(settings.store_location("data", "data"))
     artifacts = ArtifactStore(settings.artifacts_dir)
     token = load_or_create_token(settings.home, settings.token)
     client_settings = ClientSettings(home=settings.home)

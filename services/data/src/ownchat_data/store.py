@@ -1,73 +1,17 @@
-"""The data service's own store: datasets and their versions, in SQLite."""
+"""The data service's own store: datasets and their versions (SQLite or PostgreSQL)."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ownchat.artifacts import Artifact
+from ownchat.database import Database, Migrations, Row
 from ownchat.errors import NotFoundError
-from ownchat.sqlite import Database
 
-MIGRATIONS = [
-    """
-    CREATE TABLE datasets (
-        name TEXT PRIMARY KEY,
-        create_time REAL NOT NULL
-    );
-    CREATE TABLE dataset_versions (
-        id TEXT PRIMARY KEY,
-        dataset_name TEXT NOT NULL REFERENCES datasets(name),
-        content_digest TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        samples INTEGER NOT NULL,
-        train_samples INTEGER NOT NULL,
-        validation_samples INTEGER NOT NULL,
-        messages INTEGER NOT NULL,
-        skipped_records INTEGER NOT NULL,
-        train_digest TEXT NOT NULL,
-        train_bytes INTEGER NOT NULL,
-        validation_digest TEXT NOT NULL,
-        validation_bytes INTEGER NOT NULL,
-        source_digest TEXT NOT NULL,
-        source_bytes INTEGER NOT NULL,
-        source_file_name TEXT NOT NULL,
-        create_time REAL NOT NULL
-    );
-    CREATE INDEX dataset_versions_by_dataset ON dataset_versions(dataset_name, create_time)
-    """,
-    """
-    ALTER TABLE dataset_versions ADD COLUMN skipped TEXT NOT NULL DEFAULT '[]'
-    """,
-    """
-    ALTER TABLE dataset_versions ADD COLUMN sanitization TEXT NOT NULL DEFAULT '{}'
-    """,
-    """
-    ALTER TABLE dataset_versions ADD COLUMN erased_by TEXT NOT NULL DEFAULT '';
-    CREATE TABLE erasures (
-        id TEXT PRIMARY KEY,
-        dataset_name TEXT NOT NULL,
-        create_time REAL NOT NULL,
-        value_sha256 TEXT NOT NULL,
-        source_records TEXT NOT NULL,
-        removed_samples INTEGER NOT NULL,
-        new_version_id TEXT NOT NULL,
-        erased_version_ids TEXT NOT NULL,
-        deleted_artifacts TEXT NOT NULL
-    )
-    """,
-    """
-    ALTER TABLE erasures ADD COLUMN blocked_model_ids TEXT
-    """,
-    """
-    ALTER TABLE dataset_versions ADD COLUMN tokens INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE dataset_versions ADD COLUMN tokenizer TEXT NOT NULL DEFAULT '';
-    ALTER TABLE dataset_versions ADD COLUMN length_histogram TEXT NOT NULL DEFAULT '[]'
-    """,
-]
+MIGRATIONS = Migrations("data", Path(__file__).with_name("migrations"))
 
 
 @dataclass(frozen=True)
@@ -141,7 +85,7 @@ class Dataset:
     create_time: float
 
 
-def _version(row: sqlite3.Row) -> DatasetVersion:
+def _version(row: Row) -> DatasetVersion:
     return DatasetVersion(
         id=row["id"],
         dataset_name=row["dataset_name"],
@@ -171,8 +115,9 @@ def _version(row: sqlite3.Row) -> DatasetVersion:
 class DataStore:
     """Reads and writes the data service's tables."""
 
-    def __init__(self, path: Path) -> None:
-        self._db = Database(path, MIGRATIONS)
+    def __init__(self, location: Path | str) -> None:
+        """``location``: a SQLite file, or a ``postgresql://`` URL."""
+        self._db = Database(location, MIGRATIONS)
 
     def add_version(self, version: DatasetVersion) -> DatasetVersion:
         """Records a version; an identical one already stored is returned instead."""
@@ -183,7 +128,7 @@ class DataStore:
             if existing is not None:
                 return _version(existing)
             connection.execute(
-                "INSERT OR IGNORE INTO datasets (name, create_time) VALUES (?, ?)",
+                "INSERT INTO datasets (name, create_time) VALUES (?, ?) ON CONFLICT DO NOTHING",
                 (version.dataset_name, time.time()),
             )
             connection.execute(
@@ -262,10 +207,11 @@ class DataStore:
                     json.dumps(erasure.deleted_artifacts),
                 ),
             )
-            connection.executemany(
-                "UPDATE dataset_versions SET erased_by = ? WHERE id = ?",
-                [(erasure.id, version_id) for version_id in erasure.erased_version_ids],
-            )
+            for version_id in erasure.erased_version_ids:
+                connection.execute(
+                    "UPDATE dataset_versions SET erased_by = ? WHERE id = ?",
+                    (erasure.id, version_id),
+                )
 
     def set_blocked_models(self, erasure_id: str, model_ids: list[str]) -> None:
         """Records that the trainer blocked the models of an erasure."""

@@ -28,7 +28,7 @@ def main() -> None:
     token = load_or_create_token(settings.home, settings.token)
     client_settings = ClientSettings(home=settings.home)
     artifacts = ArtifactStore(settings.artifacts_dir)
-    store = EvalStore(settings.state_dir("evaluator") / "evaluator.db")
+    store = EvalStore(settings.store_location("evaluator", "evaluator"))
     core = EvaluatorCore(
         store,
         models=ModelDirectories(client_settings, token, artifacts),
@@ -37,9 +37,9 @@ def main() -> None:
         gate=settings.gate,
         curves=TrainingCurves(client_settings, token),
     )
-    # The review queue keeps its own file, so its migrations never interleave
-    # with those of evaluation runs.
-    review_store = ReviewStore(settings.state_dir("evaluator") / "reviews.db")
+    # The review queue keeps its own file (reviews.db), or its own tables and
+    # migration history in the evaluator's PostgreSQL database.
+    review_store = ReviewStore(settings.store_location("evaluator", "reviews"))
     reviews = ReviewQueue(
         review_store,
         data=DataServiceFeedback(client_settings, token, artifacts),

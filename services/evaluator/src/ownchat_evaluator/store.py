@@ -1,4 +1,5 @@
-"""The evaluator's own store: evaluation runs and their per-sample outputs, in SQLite.
+"""The evaluator's own store: evaluation runs and their per-sample outputs (SQLite or
+PostgreSQL).
 
 Migrations are only ever appended: runs stored by an older evaluator (no
 configuration, no samples) still load, with the defaults of that time.
@@ -7,56 +8,20 @@ configuration, no samples) still load, with the defaults of that time.
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
+from ownchat.database import Database, Migrations, Row
 from ownchat.errors import NotFoundError
-from ownchat.sqlite import Database
 from ownchat_evaluator.run_config import RunConfig
 
-MIGRATIONS = [
-    """
-    CREATE TABLE eval_runs (
-        id TEXT PRIMARY KEY,
-        model_id TEXT NOT NULL,
-        dataset_version_id TEXT NOT NULL,
-        metrics TEXT NOT NULL,
-        max_samples INTEGER NOT NULL,
-        state TEXT NOT NULL,
-        completed INTEGER NOT NULL DEFAULT 0,
-        total INTEGER NOT NULL DEFAULT 0,
-        results TEXT NOT NULL DEFAULT '[]',
-        error TEXT NOT NULL DEFAULT '',
-        create_time REAL NOT NULL
-    );
-    CREATE INDEX eval_runs_by_time ON eval_runs(create_time)
-    """,
-    """
-    ALTER TABLE eval_runs ADD COLUMN config TEXT NOT NULL DEFAULT '';
-    ALTER TABLE eval_runs ADD COLUMN repeated_from TEXT NOT NULL DEFAULT '';
-    ALTER TABLE eval_runs ADD COLUMN start_time REAL;
-    ALTER TABLE eval_runs ADD COLUMN end_time REAL;
-    ALTER TABLE eval_runs ADD COLUMN device TEXT NOT NULL DEFAULT '';
-    ALTER TABLE eval_runs ADD COLUMN timings TEXT NOT NULL DEFAULT '{}';
-    CREATE INDEX eval_runs_by_model ON eval_runs(model_id, create_time);
-    CREATE TABLE eval_samples (
-        run_id TEXT NOT NULL REFERENCES eval_runs(id) ON DELETE CASCADE,
-        idx INTEGER NOT NULL,
-        context TEXT NOT NULL,
-        reference TEXT NOT NULL,
-        reply TEXT,
-        reply_tokens INTEGER NOT NULL,
-        nll REAL NOT NULL,
-        scored_tokens INTEGER NOT NULL,
-        refused INTEGER,
-        check_passed INTEGER,
-        expected TEXT NOT NULL,
-        PRIMARY KEY (run_id, idx)
-    )
-    """,
-]
+MIGRATIONS = Migrations("evaluator", Path(__file__).with_name("migrations"))
+
+# Rows per INSERT of samples: 11 parameters each, well under SQLite's 32766.
+_SAMPLES_PER_INSERT = 500
+# A LIMIT no run reaches, for "all rows" on both engines.
+_NO_LIMIT = 2**62
 
 
 class RunState(Enum):
@@ -135,7 +100,7 @@ class EvalRun:
         return next((r for r in self.results if r.metric == metric), None)
 
 
-def _run(row: sqlite3.Row) -> EvalRun:
+def _run(row: Row) -> EvalRun:
     metrics = json.loads(row["metrics"])
     return EvalRun(
         id=row["id"],
@@ -160,7 +125,12 @@ def _flag(value: int | None) -> bool | None:
     return None if value is None else bool(value)
 
 
-def _sample(row: sqlite3.Row) -> SampleOutput:
+def _stored_flag(value: bool | None) -> int | None:
+    """Flags are stored as 0/1 (or NULL) on both engines."""
+    return None if value is None else int(value)
+
+
+def _sample(row: Row) -> SampleOutput:
     return SampleOutput(
         index=row["idx"],
         context=json.loads(row["context"]),
@@ -178,8 +148,9 @@ def _sample(row: sqlite3.Row) -> SampleOutput:
 class EvalStore:
     """Reads and writes evaluation runs."""
 
-    def __init__(self, path: Path) -> None:
-        self._db = Database(path, MIGRATIONS)
+    def __init__(self, location: Path | str) -> None:
+        """``location``: a SQLite file, or a ``postgresql://`` URL."""
+        self._db = Database(location, MIGRATIONS)
 
     def add(self, run: EvalRun) -> None:
         with self._db.transaction() as connection:
@@ -228,35 +199,40 @@ class EvalStore:
 
     def put_samples(self, run_id: str, samples: list[SampleOutput]) -> None:
         """Stores a run's per-sample outputs, replacing any earlier ones."""
+        rows = [
+            (
+                run_id,
+                s.index,
+                json.dumps(s.context, ensure_ascii=False),
+                s.reference,
+                s.reply,
+                s.reply_tokens,
+                s.nll,
+                s.scored_tokens,
+                _stored_flag(s.refused),
+                _stored_flag(s.check_passed),
+                s.expected,
+            )
+            for s in samples
+        ]
         with self._db.transaction() as connection:
             connection.execute("DELETE FROM eval_samples WHERE run_id = ?", (run_id,))
-            connection.executemany(
-                "INSERT INTO eval_samples (run_id, idx, context, reference, reply, reply_tokens, "
-                "nll, scored_tokens, refused, check_passed, expected) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        run_id,
-                        s.index,
-                        json.dumps(s.context, ensure_ascii=False),
-                        s.reference,
-                        s.reply,
-                        s.reply_tokens,
-                        s.nll,
-                        s.scored_tokens,
-                        s.refused,
-                        s.check_passed,
-                        s.expected,
-                    )
-                    for s in samples
-                ],
-            )
+            # Many rows per statement: one round trip per batch, not per sample.
+            for start in range(0, len(rows), _SAMPLES_PER_INSERT):
+                batch = rows[start : start + _SAMPLES_PER_INSERT]
+                connection.execute(
+                    "INSERT INTO eval_samples (run_id, idx, context, reference, reply, "
+                    "reply_tokens, nll, scored_tokens, refused, check_passed, expected) VALUES "
+                    + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(batch)),
+                    [value for row in batch for value in row],
+                )
 
     def samples(self, run_id: str, limit: int = -1, offset: int = 0) -> list[SampleOutput]:
         """A run's per-sample outputs in split order (all of them when ``limit`` is -1)."""
+        # PostgreSQL refuses a negative LIMIT, which SQLite reads as none.
         rows = self._db.query(
             "SELECT * FROM eval_samples WHERE run_id = ? ORDER BY idx LIMIT ? OFFSET ?",
-            (run_id, limit, offset),
+            (run_id, limit if limit >= 0 else _NO_LIMIT, offset),
         )
         return [_sample(row) for row in rows]
 

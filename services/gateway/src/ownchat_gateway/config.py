@@ -6,7 +6,9 @@ The gateway is an HTTP server, so of the shared server settings it uses ``home``
 HTTP port) are ignored. Where serving and the evaluator are comes from
 :class:`ownchat.config.ClientSettings` (``OWNCHAT_SERVING_ADDRESS``,
 ``OWNCHAT_EVALUATOR_ADDRESS``). API keys and their usage counters live in
-``<home>/gateway/gateway.db``.
+``<home>/gateway/gateway.db``, captured chats and feedback in
+``<home>/gateway/captured.db``; with ``database_url`` (``OWNCHAT_GATEWAY_DATABASE_URL``)
+all of them live in that PostgreSQL database instead, shared by every replica.
 
 List settings (``cors_allowed_origins``) take a JSON list or comma-separated
 values from the environment, and a TOML array from the file.

@@ -6,8 +6,9 @@ SHA-256 of the whole secret is kept (a fast hash is enough for a secret of that
 entropy; passwords would need a slow one), and it is compared in constant time.
 Nothing here logs a secret.
 
-Keys live in ``$OWNCHAT_HOME/gateway/gateway.db``. Every check reads the store,
-so a revocation holds at once in every gateway worker sharing the file.
+Keys live in ``$OWNCHAT_HOME/gateway/gateway.db``, or in the gateway's
+PostgreSQL database when ``database_url`` is set. Every check reads the store,
+so a revocation holds at once in every gateway worker (and replica) sharing it.
 
 A key may carry its own limits (requests and tokens per minute, tokens per UTC
 day): 0 takes the gateway's default, :data:`UNLIMITED` (-1) lifts the limit for
@@ -24,35 +25,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from sqlite3 import Row
 
+from ownchat.database import Database, Migrations, Row
 from ownchat.errors import FieldViolation, InvalidArgumentError, NotFoundError
-from ownchat.sqlite import Database
 
 SECRET_PREFIX = "oc-"
 MAX_NAME_CHARS = 128
 MAX_KEYS_LISTED = 10_000
 
-_MIGRATIONS = [
-    """
-    CREATE TABLE api_keys (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        secret_sha256 TEXT NOT NULL,
-        scopes TEXT NOT NULL,
-        requests_per_minute INTEGER NOT NULL DEFAULT 0,
-        tokens_per_day INTEGER NOT NULL DEFAULT 0,
-        create_time REAL NOT NULL,
-        revoke_time REAL
-    );
-    CREATE INDEX api_keys_by_create_time ON api_keys (create_time, id)
-    """,
-    # Limits became enforced; existing keys keep 0, which now means "the
-    # gateway's default" (itself 0, no limit, unless configured).
-    """
-    ALTER TABLE api_keys ADD COLUMN tokens_per_minute INTEGER NOT NULL DEFAULT 0
-    """,
-]
+# The keys and the rate limits' counters (ownchat_gateway.limits): one schema,
+# one file (gateway.db).
+MIGRATIONS = Migrations("keys", Path(__file__).with_name("migrations"))
 
 # A key's limit value that means "no limit for this key", whatever the default.
 UNLIMITED = -1
@@ -184,10 +167,11 @@ def _key(row: Row) -> ApiKey:
 
 
 class KeyStore:
-    """API keys in the gateway's SQLite file."""
+    """API keys in the gateway's database."""
 
-    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
-        self._db = Database(path, _MIGRATIONS)
+    def __init__(self, location: Path | str, clock: Callable[[], float] = time.time) -> None:
+        """``location``: a SQLite file, or a ``postgresql://`` URL."""
+        self._db = Database(location, MIGRATIONS)
         self._clock = clock
 
     def create(self, new: NewApiKey) -> CreatedApiKey:

@@ -1,4 +1,4 @@
-"""Per-key rate limits and token quotas, counted in the gateway's SQLite file.
+"""Per-key rate limits and token quotas, counted in the gateway's database.
 
 An API key has three limits, each its own value or the gateway's default
 (``default_*`` settings; 0 there means none):
@@ -15,22 +15,24 @@ An API key has three limits, each its own value or the gateway's default
 
 BentoML runs several worker processes, and buckets in each worker's memory
 would each let the whole limit through, so the counters live in
-``gateway.db`` beside the keys: one short write transaction admits a request,
-one more records its tokens (about 25 us each). Their connection commits with
-``synchronous=NORMAL``: in WAL mode that is still atomic and crash-safe for
-the process, and a power cut loses at most the last few counter updates, while
-an fsync per commit (``FULL``, as the key store uses) costs 0.2 to 0.9 ms on
-these disks. The counters table is created here rather than by the key store's
-migrations: it holds nothing that cannot be lost, and dropping it resets every
-bucket to full.
+``gateway.db`` beside the keys (table ``key_usage``, in the keys' schema), or
+in the gateway's PostgreSQL database when ``database_url`` is set: one short
+write transaction admits a request, one more records its tokens (about 25 us
+each on SQLite). Their commits skip the fsync: ``synchronous=NORMAL`` on
+SQLite, where WAL keeps them atomic and crash-safe for the process and a power
+cut loses at most the last few counter updates, and ``synchronous_commit=off``
+on PostgreSQL, likewise; an fsync per commit (as the key store does) costs 0.2
+to 0.9 ms on these disks. The counters hold nothing that cannot be lost:
+emptying the table resets every bucket to full.
 
-Workers contend for SQLite's one write lock. SQLite's own busy handler would
-sleep a millisecond or more at once, blocking the worker's event loop
-meanwhile, so the store never waits (:class:`CountersBusyError`) and
-:class:`RateLimiter` tries again after waits that start at 0.05 ms and double
-up to 5 ms, yielding the event loop from 0.4 ms on. If the counters stay locked
-for ``busy_seconds`` the request is let through uncounted, with a warning: the
-limits must not take the gateway down.
+Workers contend for the database's one write lock (SQLite's, or the store's
+advisory lock on PostgreSQL). SQLite's own busy handler would sleep a
+millisecond or more at once, blocking the worker's event loop meanwhile, so the
+store never waits (:class:`CountersBusyError`) and :class:`RateLimiter` tries
+again after waits that start at 0.05 ms and double up to 5 ms, yielding the
+event loop from 0.4 ms on. If the counters stay locked for ``busy_seconds`` the
+request is let through uncounted, with a warning: the limits must not take the
+gateway down.
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ import logging
 import math
 import random
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -49,7 +50,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
 
-from ownchat_gateway.keys import DEFAULT_LIMIT, UNLIMITED, KeyLimits
+from ownchat.database import Connection, Database, DatabaseBusyError
+from ownchat_gateway.keys import DEFAULT_LIMIT, MIGRATIONS, UNLIMITED, KeyLimits
 
 logger = logging.getLogger("ownchat.gateway")
 
@@ -61,17 +63,6 @@ _LONGEST_RETRY_SECONDS = 0.005
 _YIELD_FROM_SECONDS = 0.0004
 
 T = TypeVar("T")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS key_usage (
-    key_id TEXT PRIMARY KEY,
-    requests REAL NOT NULL,
-    tokens REAL NOT NULL,
-    updated REAL NOT NULL,
-    day INTEGER NOT NULL,
-    day_tokens INTEGER NOT NULL
-)
-"""
 
 
 @dataclass(frozen=True)
@@ -214,48 +205,37 @@ def rate_limit_headers(usage: Usage, limits: Limits) -> dict[str, str]:
 
 
 class UsageStore:
-    """Every key's counters in the gateway's SQLite file, shared by its worker processes."""
+    """Every key's counters in the gateway's database, shared by its worker processes."""
 
-    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, location: Path | str, clock: Callable[[], float] = time.time) -> None:
+        """``location``: the key store's SQLite file, or its ``postgresql://`` URL."""
         self._clock = clock
-        self._lock = threading.Lock()
-        # Never wait inside SQLite (see the module's docstring): a locked file
-        # raises at once and the caller decides.
-        self._connection = sqlite3.connect(
-            path, check_same_thread=False, isolation_level=None, timeout=0.0
-        )
-        # Opening is not on a request's path: wait for other workers as long as needed.
-        self._connection.execute("PRAGMA busy_timeout=5000")
-        self._connection.execute("PRAGMA journal_mode=WAL")
-        self._connection.execute("PRAGMA synchronous=NORMAL")
-        self._connection.execute(_SCHEMA)
-        self._connection.execute("PRAGMA busy_timeout=0")
+        # Opening (and migrating) is not on a request's path: it waits for
+        # other workers as long as needed.
+        self._db = Database(location, MIGRATIONS)
+        if self._db.dialect == "sqlite":
+            # This connection is the counters' own: no fsync per commit, and reads
+            # never wait either (see the module's docstring).
+            self._db.query("PRAGMA synchronous=NORMAL")
+            self._db.query("PRAGMA busy_timeout=0")
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self._connection.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as error:
-                raise _busy_or(error) from None
-            try:
-                yield self._connection
-                self._connection.execute("COMMIT")
-            except BaseException as error:
-                self._connection.execute("ROLLBACK")
-                if isinstance(error, sqlite3.OperationalError):
-                    raise _busy_or(error) from None
-                raise
+    def _transaction(self) -> Iterator[Connection]:
+        try:
+            with self._db.transaction(wait=False) as connection:
+                if self._db.dialect == "postgresql":
+                    connection.execute("SET LOCAL synchronous_commit = off")
+                yield connection
+        except DatabaseBusyError as error:
+            raise CountersBusyError(str(error)) from None
+        except sqlite3.OperationalError as error:
+            raise _busy_or(error) from None
 
-    def _load(self, connection: sqlite3.Connection, key_id: str) -> Usage:
-        row = connection.execute(
-            "SELECT requests, tokens, updated, day, day_tokens FROM key_usage WHERE key_id = ?",
-            (key_id,),
-        ).fetchone()
+    def _load(self, connection: Connection, key_id: str) -> Usage:
+        row = connection.execute(_LOAD, (key_id,)).fetchone()
         return Usage() if row is None else Usage(*row)
 
-    def _save(self, connection: sqlite3.Connection, key_id: str, usage: Usage) -> None:
+    def _save(self, connection: Connection, key_id: str, usage: Usage) -> None:
         connection.execute(
             "INSERT INTO key_usage (key_id, requests, tokens, updated, day, day_tokens) "
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key_id) DO UPDATE SET "
@@ -274,11 +254,11 @@ class UsageStore:
         now = self._clock()
         if not limits.requests_per_minute:
             # Nothing to take: a read suffices.
-            with self._lock:
-                try:
-                    usage = self._load(self._connection, key_id).at(now, limits)
-                except sqlite3.OperationalError as error:
-                    raise _busy_or(error) from None
+            try:
+                rows = self._db.query(_LOAD, (key_id,))
+            except sqlite3.OperationalError as error:
+                raise _busy_or(error) from None
+            usage = (Usage(*rows[0]) if rows else Usage()).at(now, limits)
             refusal = _refusal(usage, limits, now, spends_tokens)
             return Admission(refusal, rate_limit_headers(usage, limits))
         with self._transaction() as connection:
@@ -308,8 +288,10 @@ class UsageStore:
 
     def close(self) -> None:
         """Closes the connection."""
-        with self._lock:
-            self._connection.close()
+        self._db.close()
+
+
+_LOAD = "SELECT requests, tokens, updated, day, day_tokens FROM key_usage WHERE key_id = ?"
 
 
 def _busy_or(error: sqlite3.OperationalError) -> Exception:
@@ -321,7 +303,7 @@ def _busy_or(error: sqlite3.OperationalError) -> Exception:
 class RateLimiter:
     """The gateway's defaults and the shared counters: what the edge middleware asks.
 
-    Its calls wait for a busy counters file without blocking the event loop.
+    Its calls wait for busy counters without blocking the event loop.
     """
 
     def __init__(self, store: UsageStore, defaults: Limits, busy_seconds: float = 2.0) -> None:

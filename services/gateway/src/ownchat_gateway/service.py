@@ -97,7 +97,8 @@ class Gateway:
         ).start()
         client = ClientSettings()
         token = load_or_create_token(SETTINGS.home, SETTINGS.token)
-        database = SETTINGS.state_dir("gateway") / "gateway.db"
+        # gateway.db (or the database_url's database): the keys and the counters.
+        database = SETTINGS.store_location("gateway", "gateway")
         data = DataUpstream(client, token)
         evaluator = EvaluatorUpstream(client, token)
         self.context = GatewayContext(
@@ -105,15 +106,15 @@ class Gateway:
             token=token,
             upstream=ServingUpstream(client, token, SETTINGS.request_timeout_seconds),
             evaluator=evaluator,
-            # Every worker opens the one file; SQLite's WAL lets them share it,
-            # and the rate limits' counters with it.
+            # Every worker opens the one database; SQLite's WAL lets them share
+            # the file, and the rate limits' counters with it.
             keys=KeyStore(database),
             usage=UsageStore(database),
             data=data,
             trainer=TrainerUpstream(client, token),
             # Captured chats, scrubbed, in a file of their own (see feedback.store).
             feedback=FeedbackLoop(
-                CaptureStore(SETTINGS.state_dir("gateway") / "captured.db"), data, evaluator
+                CaptureStore(SETTINGS.store_location("gateway", "captured")), data, evaluator
             ),
         )
         for app in (openai_app, admin_app, review_app, webhooks_app):

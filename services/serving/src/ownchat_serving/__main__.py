@@ -64,7 +64,7 @@ async def serve(settings: ServingSettings) -> None:
     configure_logging("serving", settings.log_level)
     client_settings = ClientSettings()
     token = load_or_create_token(settings.home, settings.token)
-    store = DeploymentStore(settings.state_dir("serving") / "serving.db")
+    store = DeploymentStore(settings.store_location("serving", "serving"))
     resolver = TrainerResolver(client_settings, token, settings.resolve_timeout_seconds)
     core = ServingCore(
         store,

@@ -152,10 +152,15 @@ class ServingCore:
         limits: ServingLimits | None = None,
     ) -> None:
         """``export_root``: where ONNX exports of model versions are kept (the
-        service's own folder; beside the database when not given).
+        service's own folder; beside the database file when not given, and
+        needed when the store is in PostgreSQL).
         ``drain_seconds``, when given, overrides the limits' own."""
+        if export_root is None:
+            if store.path is None:
+                raise ValueError("export_root is needed when the store is not a SQLite file")
+            export_root = store.path.parent / "onnx"
         self._store = store
-        self._loader = Loader(artifacts, options, export_root or store.path.parent / "onnx")
+        self._loader = Loader(artifacts, options, export_root)
         self._resolver = resolver
         limits = limits or ServingLimits()
         if drain_seconds is not None:

@@ -1,4 +1,4 @@
-"""The serving service's own store: the history of deployments, in SQLite.
+"""The serving service's own store: the history of deployments (SQLite or PostgreSQL).
 
 A deployment moves LOADING -> LIVE -> RETIRED, or LOADING -> FAILED. At most
 two are LIVE: the main one and, beside it, a canary (a deployment made with a
@@ -15,38 +15,15 @@ traffic, even though its engine is already running.
 from __future__ import annotations
 
 import secrets
-import sqlite3
 import time
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from ownchat.database import Connection, Database, Migrations, Row, is_url
 from ownchat.errors import NotFoundError
-from ownchat.sqlite import Database
 
-MIGRATIONS = [
-    """
-    CREATE TABLE deployments (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        id TEXT NOT NULL UNIQUE,
-        model_id TEXT NOT NULL,
-        engine TEXT NOT NULL,
-        state TEXT NOT NULL,
-        deployed_by TEXT NOT NULL,
-        create_time REAL NOT NULL,
-        artifact_digest TEXT NOT NULL DEFAULT '',
-        live_time REAL,
-        end_time REAL,
-        error TEXT NOT NULL DEFAULT ''
-    );
-    CREATE INDEX deployments_by_state ON deployments(state, live_time)
-    """,
-    """
-    ALTER TABLE deployments ADD COLUMN canary_percent INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE deployments ADD COLUMN restarts INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE deployments ADD COLUMN base_digest TEXT NOT NULL DEFAULT ''
-    """,
-]
+MIGRATIONS = Migrations("serving", Path(__file__).with_name("migrations"))
 
 MAX_ERROR_CHARS = 2000
 
@@ -113,7 +90,7 @@ class Deployment:
         return self.canary_percent > 0
 
 
-def _deployment(row: sqlite3.Row, canary_share: int) -> Deployment:
+def _deployment(row: Row, canary_share: int) -> Deployment:
     state = DeploymentState(row["state"])
     canary_percent = row["canary_percent"]
     if state is not DeploymentState.LIVE:
@@ -148,9 +125,12 @@ def new_deployment_id() -> str:
 class DeploymentStore:
     """Reads and writes the deployment history."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._db = Database(path, MIGRATIONS)
+    def __init__(self, location: Path | str) -> None:
+        """``location``: a SQLite file, or a ``postgresql://`` URL."""
+        self.location = location
+        # The SQLite file, None when the history is in PostgreSQL.
+        self.path: Path | None = None if is_url(location) else Path(location)
+        self._db = Database(location, MIGRATIONS)
 
     def create(
         self, model_id: str, engine: EngineKind, deployed_by: str, canary_percent: int = 0
@@ -183,9 +163,7 @@ class DeploymentStore:
             )
         return deployment
 
-    def _move(
-        self, connection: sqlite3.Connection, deployment_id: str, target: DeploymentState
-    ) -> sqlite3.Row:
+    def _move(self, connection: Connection, deployment_id: str, target: DeploymentState) -> Row:
         row = connection.execute(
             "SELECT state, canary_percent FROM deployments WHERE id = ?", (deployment_id,)
         ).fetchone()

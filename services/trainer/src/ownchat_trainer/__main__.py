@@ -26,7 +26,7 @@ from ownchat_trainer.store import TrainerStore
 def build_core(settings: TrainerSettings) -> TrainerCore:
     """The core wired to its store, the artifact store and the data service."""
     state = settings.state_dir("trainer")
-    store = TrainerStore(state / "trainer.db")
+    store = TrainerStore(settings.store_location("trainer", "trainer"))
     artifacts = ArtifactStore(settings.artifacts_dir)
     registry = ModelRegistry(
         store,

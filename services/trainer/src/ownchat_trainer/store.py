@@ -1,17 +1,17 @@
-"""The trainer's own store: jobs, job events, checkpoints and the model registry, in SQLite."""
+"""The trainer's own store: jobs, job events, checkpoints and the model registry
+(SQLite or PostgreSQL)."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
 from ownchat.artifacts import Artifact
+from ownchat.database import Connection, Database, Migrations, Row
 from ownchat.errors import NotFoundError
-from ownchat.sqlite import Database
 from ownchat_trainer.hyperparameters import ResolvedHyperparameters
 from ownchat_trainer.records import (
     Checkpoint,
@@ -25,83 +25,10 @@ from ownchat_trainer.records import (
     TrainingMethod,
 )
 
-MIGRATIONS = [
-    """
-    CREATE TABLE models (
-        id TEXT PRIMARY KEY,
-        kind TEXT NOT NULL,
-        base_model TEXT NOT NULL,
-        suffix TEXT NOT NULL,
-        artifact_digest TEXT NOT NULL,
-        artifact_bytes INTEGER NOT NULL,
-        job_id TEXT NOT NULL,
-        dataset_version_id TEXT NOT NULL,
-        metrics TEXT NOT NULL,
-        blocked_reason TEXT NOT NULL,
-        create_time REAL NOT NULL
-    );
-    CREATE INDEX models_by_lineage ON models(base_model, suffix);
-    CREATE TABLE jobs (
-        id TEXT PRIMARY KEY,
-        idempotency_key TEXT UNIQUE,
-        base_model TEXT NOT NULL,
-        dataset_version_id TEXT NOT NULL,
-        method TEXT NOT NULL,
-        hyperparameters TEXT NOT NULL,
-        seed INTEGER NOT NULL,
-        suffix TEXT NOT NULL,
-        state TEXT NOT NULL,
-        steps_done INTEGER NOT NULL,
-        steps_total INTEGER NOT NULL,
-        error TEXT NOT NULL,
-        model_version TEXT NOT NULL,
-        device TEXT NOT NULL,
-        train_digest TEXT NOT NULL,
-        train_bytes INTEGER NOT NULL,
-        validation_digest TEXT NOT NULL,
-        validation_bytes INTEGER NOT NULL,
-        create_time REAL NOT NULL,
-        update_time REAL NOT NULL
-    );
-    CREATE INDEX jobs_by_time ON jobs(create_time);
-    CREATE INDEX jobs_by_state ON jobs(state, create_time);
-    CREATE TABLE job_events (
-        job_id TEXT NOT NULL REFERENCES jobs(id),
-        sequence INTEGER NOT NULL,
-        create_time REAL NOT NULL,
-        kind TEXT NOT NULL,
-        message TEXT NOT NULL,
-        state TEXT NOT NULL,
-        step INTEGER NOT NULL,
-        total_steps INTEGER NOT NULL,
-        loss REAL,
-        validation_loss REAL,
-        learning_rate REAL,
-        tokens_per_second REAL,
-        eta_seconds REAL,
-        PRIMARY KEY (job_id, sequence)
-    );
-    CREATE TABLE checkpoints (
-        job_id TEXT NOT NULL REFERENCES jobs(id),
-        step INTEGER NOT NULL,
-        loss REAL,
-        validation_loss REAL,
-        artifact_digest TEXT NOT NULL,
-        artifact_bytes INTEGER NOT NULL,
-        create_time REAL NOT NULL,
-        PRIMARY KEY (job_id, step)
-    )
-    """,
-    # Resume after a worker died: consecutive restarts without progress, and
-    # the checkpoint step of the last one.
-    """
-    ALTER TABLE jobs ADD COLUMN restarts INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE jobs ADD COLUMN restart_step INTEGER NOT NULL DEFAULT -1
-    """,
-]
+MIGRATIONS = Migrations("trainer", Path(__file__).with_name("migrations"))
 
 
-def _job(row: sqlite3.Row) -> Job:
+def _job(row: Row) -> Job:
     return Job(
         id=row["id"],
         base_model=row["base_model"],
@@ -125,7 +52,7 @@ def _job(row: sqlite3.Row) -> Job:
     )
 
 
-def _event(row: sqlite3.Row) -> JobEvent:
+def _event(row: Row) -> JobEvent:
     return JobEvent(
         sequence=row["sequence"],
         create_time=row["create_time"],
@@ -142,7 +69,7 @@ def _event(row: sqlite3.Row) -> JobEvent:
     )
 
 
-def _model(row: sqlite3.Row) -> Model:
+def _model(row: Row) -> Model:
     return Model(
         id=row["id"],
         kind=ModelKind(row["kind"]),
@@ -157,7 +84,7 @@ def _model(row: sqlite3.Row) -> Model:
     )
 
 
-def _checkpoint(row: sqlite3.Row) -> Checkpoint:
+def _checkpoint(row: Row) -> Checkpoint:
     return Checkpoint(
         job_id=row["job_id"],
         step=row["step"],
@@ -178,7 +105,7 @@ def merged_name(adapter_id: str) -> str:
     return f"{adapter_id}:merged"
 
 
-def _insert(connection: sqlite3.Connection, table: str, values: dict[str, object]) -> None:
+def _insert(connection: Connection, table: str, values: dict[str, object]) -> None:
     names = ", ".join(values)
     marks = ", ".join("?" for _ in values)
     connection.execute(f"INSERT INTO {table} ({names}) VALUES ({marks})", tuple(values.values()))
@@ -203,8 +130,9 @@ def _model_values(model: Model) -> dict[str, object]:
 class TrainerStore:
     """Reads and writes the trainer's tables."""
 
-    def __init__(self, path: Path) -> None:
-        self._db = Database(path, MIGRATIONS)
+    def __init__(self, location: Path | str) -> None:
+        """``location``: a SQLite file, or a ``postgresql://`` URL."""
+        self._db = Database(location, MIGRATIONS)
         # Readers of a job's events wait on this instead of polling the database.
         self._changed = threading.Condition()
         self._changes = 0
@@ -277,7 +205,7 @@ class TrainerStore:
 
     def list_jobs(self, limit: int, offset: int) -> list[Job]:
         rows = self._db.query(
-            "SELECT * FROM jobs ORDER BY create_time DESC, rowid DESC LIMIT ? OFFSET ?",
+            "SELECT * FROM jobs ORDER BY create_time DESC, id DESC LIMIT ? OFFSET ?",
             (limit, offset),
         )
         return [_job(row) for row in rows]
@@ -287,7 +215,7 @@ class TrainerStore:
         values = [s.value for s in states]
         marks = ", ".join("?" for _ in values)
         rows = self._db.query(
-            f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY create_time, rowid", values
+            f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY create_time, id", values
         )
         return [_job(row) for row in rows]
 
@@ -336,7 +264,7 @@ class TrainerStore:
     # Events.
 
     @staticmethod
-    def _append(connection: sqlite3.Connection, job_id: str, event: NewEvent) -> JobEvent:
+    def _append(connection: Connection, job_id: str, event: NewEvent) -> JobEvent:
         job = connection.execute(
             "SELECT state, steps_done, steps_total FROM jobs WHERE id = ?", (job_id,)
         ).fetchone()
@@ -402,7 +330,11 @@ class TrainerStore:
         """Records a checkpoint and its CHECKPOINT event."""
         with self._db.transaction() as connection:
             connection.execute(
-                "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (job_id, step) DO UPDATE SET loss = excluded.loss, "
+                "validation_loss = excluded.validation_loss, "
+                "artifact_digest = excluded.artifact_digest, "
+                "artifact_bytes = excluded.artifact_bytes, create_time = excluded.create_time",
                 (
                     checkpoint.job_id,
                     checkpoint.step,
@@ -438,7 +370,7 @@ class TrainerStore:
 
     def list_models(self, limit: int, offset: int) -> list[Model]:
         rows = self._db.query(
-            "SELECT * FROM models ORDER BY create_time DESC, rowid DESC LIMIT ? OFFSET ?",
+            "SELECT * FROM models ORDER BY create_time DESC, id DESC LIMIT ? OFFSET ?",
             (limit, offset),
         )
         return [_model(row) for row in rows]
@@ -457,7 +389,7 @@ class TrainerStore:
             connection.execute(
                 f"INSERT INTO models ({', '.join(values)}) "
                 f"VALUES ({', '.join('?' for _ in values)}) "
-                "ON CONFLICT(id) DO UPDATE SET artifact_digest = excluded.artifact_digest, "
+                "ON CONFLICT (id) DO UPDATE SET artifact_digest = excluded.artifact_digest, "
                 "artifact_bytes = excluded.artifact_bytes",
                 tuple(values.values()),
             )

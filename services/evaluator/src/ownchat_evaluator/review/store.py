@@ -1,26 +1,27 @@
-"""The review queue's SQLite store (``reviews.db`` beside the evaluator's own).
+"""The review queue's store: ``reviews.db`` beside the evaluator's own SQLite file,
+or its own tables in the evaluator's PostgreSQL database.
 
-Each state change is one ``BEGIN IMMEDIATE`` transaction that reads what it
-decides on and writes the outcome, committed with ``synchronous=FULL`` before
-the call returns: an acknowledged enqueue or review survives a killed process,
-and concurrent callers see the queue one change at a time. An item's state is
-derived, never stored: *done* when its reviews reach the number wanted,
-*leased* while a lease on it is live, *open* otherwise. The schema's checks
-(one review per reviewer and item, never more reviews than wanted) hold even
-against a bug above it.
+Each state change is one write transaction that reads what it decides on and
+writes the outcome (``BEGIN IMMEDIATE`` with ``synchronous=FULL`` on SQLite, a
+transaction advisory lock on PostgreSQL: see :mod:`ownchat.database`),
+committed before the call returns: an acknowledged enqueue or review survives
+a killed process, and concurrent callers see the queue one change at a time.
+An item's state is derived, never stored: *done* when its reviews reach the
+number wanted, *leased* while a lease on it is live, *open* otherwise. The
+schema's checks (one review per reviewer and item, never more reviews than
+wanted) hold even against a bug above it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ownchat.database import Database, Migrations, Row
 from ownchat.errors import FailedPreconditionError, NotFoundError, PreconditionViolation
-from ownchat.sqlite import Database
 from ownchat_evaluator.review.model import (
     Item,
     LeasedItem,
@@ -31,87 +32,32 @@ from ownchat_evaluator.review.model import (
     Turn,
 )
 
-MIGRATIONS = [
-    """
-    CREATE TABLE review_items (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        id TEXT NOT NULL UNIQUE,
-        fingerprint TEXT NOT NULL UNIQUE,
-        kind TEXT NOT NULL,
-        context TEXT NOT NULL,
-        reply_a TEXT NOT NULL,
-        reply_b TEXT NOT NULL,
-        model_id_a TEXT NOT NULL,
-        model_id_b TEXT NOT NULL,
-        source TEXT NOT NULL,
-        priority INTEGER NOT NULL,
-        reviews_wanted INTEGER NOT NULL CHECK (reviews_wanted >= 1),
-        reviews_done INTEGER NOT NULL DEFAULT 0,
-        create_time REAL NOT NULL,
-        CHECK (reviews_done >= 0 AND reviews_done <= reviews_wanted)
-    );
-    CREATE INDEX review_items_waiting ON review_items(priority DESC, seq)
-        WHERE reviews_done < reviews_wanted;
-    CREATE TABLE review_leases (
-        item_id TEXT NOT NULL REFERENCES review_items(id),
-        reviewer TEXT NOT NULL,
-        expire_time REAL NOT NULL,
-        swapped INTEGER NOT NULL,
-        PRIMARY KEY (item_id, reviewer)
-    );
-    CREATE INDEX review_leases_by_reviewer ON review_leases(reviewer, expire_time);
-    CREATE TABLE review_skips (
-        item_id TEXT NOT NULL REFERENCES review_items(id),
-        reviewer TEXT NOT NULL,
-        PRIMARY KEY (item_id, reviewer)
-    );
-    CREATE TABLE reviews (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        id TEXT NOT NULL UNIQUE,
-        item_id TEXT NOT NULL REFERENCES review_items(id),
-        reviewer TEXT NOT NULL,
-        rating INTEGER NOT NULL DEFAULT 0,
-        tags TEXT NOT NULL DEFAULT '[]',
-        preferred_model_id TEXT NOT NULL DEFAULT '',
-        tie INTEGER NOT NULL DEFAULT 0,
-        correction TEXT NOT NULL DEFAULT '',
-        swapped INTEGER NOT NULL DEFAULT 0,
-        create_time REAL NOT NULL,
-        UNIQUE (item_id, reviewer)
-    );
-    CREATE INDEX reviews_by_reviewer ON reviews(reviewer, seq);
-    CREATE TABLE review_exports (
-        review_id TEXT NOT NULL REFERENCES reviews(id),
-        dataset_version_id TEXT NOT NULL,
-        record INTEGER NOT NULL,
-        export_time REAL NOT NULL,
-        PRIMARY KEY (review_id, dataset_version_id)
-    )
-    """,
-]
+MIGRATIONS = Migrations("reviews", Path(__file__).with_name("migrations"))
 
 # Items a reviewer may be offered: reviews still wanted, not reviewed or
 # skipped by them, and a free place once the live leases of others count.
+# Parameters: reviewer, reviewer, now, reviewer, then the kind when one is asked for.
 _OFFERABLE = """
     SELECT i.* FROM review_items i
     WHERE i.reviews_done < i.reviews_wanted
-      AND (:kind IS NULL OR i.kind = :kind)
-      AND NOT EXISTS (SELECT 1 FROM reviews r WHERE r.item_id = i.id AND r.reviewer = :reviewer)
+      AND NOT EXISTS (SELECT 1 FROM reviews r WHERE r.item_id = i.id AND r.reviewer = ?)
       AND NOT EXISTS (
-          SELECT 1 FROM review_skips s WHERE s.item_id = i.id AND s.reviewer = :reviewer)
+          SELECT 1 FROM review_skips s WHERE s.item_id = i.id AND s.reviewer = ?)
       AND i.reviews_done + (
           SELECT COUNT(*) FROM review_leases l
-          WHERE l.item_id = i.id AND l.expire_time > :now AND l.reviewer != :reviewer
+          WHERE l.item_id = i.id AND l.expire_time > ? AND l.reviewer != ?
       ) < i.reviews_wanted
+      {kind}
     ORDER BY i.priority DESC, i.seq
     LIMIT 1
 """
 
+# The reviewer's live lease. Parameters: reviewer, now, then the kind when asked for.
 _HELD = """
     SELECT i.*, l.expire_time AS lease_expire_time, l.swapped AS lease_swapped
     FROM review_leases l JOIN review_items i ON i.id = l.item_id
-    WHERE l.reviewer = :reviewer AND l.expire_time > :now
-      AND (:kind IS NULL OR i.kind = :kind)
+    WHERE l.reviewer = ? AND l.expire_time > ?
+      {kind}
     ORDER BY i.priority DESC, i.seq
     LIMIT 1
 """
@@ -132,7 +78,7 @@ def fingerprint(item: NewItem) -> str:
     return hashlib.sha256(json.dumps(content, ensure_ascii=False).encode()).hexdigest()
 
 
-def _item(row: sqlite3.Row) -> Item:
+def _item(row: Row) -> Item:
     return Item(
         id=row["id"],
         kind=ReviewKind(row["kind"]),
@@ -149,7 +95,7 @@ def _item(row: sqlite3.Row) -> Item:
     )
 
 
-def _review(row: sqlite3.Row, exported_to: tuple[str, ...] = ()) -> Review:
+def _review(row: Row, exported_to: tuple[str, ...] = ()) -> Review:
     return Review(
         id=row["id"],
         item_id=row["item_id"],
@@ -203,8 +149,9 @@ class ExportedRecord:
 class ReviewStore:
     """Reads and changes the review queue."""
 
-    def __init__(self, path: Path) -> None:
-        self._db = Database(path, MIGRATIONS)
+    def __init__(self, location: Path | str) -> None:
+        """``location``: a SQLite file, or a ``postgresql://`` URL."""
+        self._db = Database(location, MIGRATIONS)
 
     def enqueue(
         self, items: Sequence[NewItem], ids: Sequence[str], default_wanted: int, now: float
@@ -217,13 +164,14 @@ class ReviewStore:
                 assert item.kind is not None
                 key = fingerprint(item)
                 row = connection.execute(
-                    "SELECT id FROM review_items WHERE fingerprint = ?", (key,)
+                    "SELECT id, priority FROM review_items WHERE fingerprint = ?", (key,)
                 ).fetchone()
                 if row is not None:
-                    connection.execute(
-                        "UPDATE review_items SET priority = MAX(priority, ?) WHERE id = ?",
-                        (item.priority, row["id"]),
-                    )
+                    if item.priority > row["priority"]:
+                        connection.execute(
+                            "UPDATE review_items SET priority = ? WHERE id = ?",
+                            (item.priority, row["id"]),
+                        )
                     result.append(row["id"])
                     continue
                 connection.execute(
@@ -263,14 +211,20 @@ class ReviewStore:
         draw_swap: Callable[[], bool],
     ) -> LeasedItem | None:
         """The reviewer's live lease, else a new lease on the best offerable item."""
-        names = {"reviewer": reviewer, "kind": kind.value if kind else None, "now": now}
+        # The kind is a condition only when asked for: PostgreSQL cannot type a
+        # parameter that is only ever compared with NULL.
+        of_kind, kinds = ("AND i.kind = ?", [kind.value]) if kind else ("", [])
         with self._db.transaction() as connection:
-            held = connection.execute(_HELD, names).fetchone()
+            held = connection.execute(
+                _HELD.format(kind=of_kind), [reviewer, now, *kinds]
+            ).fetchone()
             if held is not None:
                 return LeasedItem(
                     _item(held), reviewer, held["lease_expire_time"], bool(held["lease_swapped"])
                 )
-            row = connection.execute(_OFFERABLE, names).fetchone()
+            row = connection.execute(
+                _OFFERABLE.format(kind=of_kind), [reviewer, reviewer, now, reviewer, *kinds]
+            ).fetchone()
             if row is None:
                 return None
             item = _item(row)
@@ -278,8 +232,9 @@ class ReviewStore:
             expire_time = now + lease_seconds
             # Replaces this reviewer's own expired lease on the item, if any.
             connection.execute(
-                "INSERT OR REPLACE INTO review_leases (item_id, reviewer, expire_time, swapped) "
-                "VALUES (?, ?, ?, ?)",
+                "INSERT INTO review_leases (item_id, reviewer, expire_time, swapped) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (item_id, reviewer) DO UPDATE SET "
+                "expire_time = excluded.expire_time, swapped = excluded.swapped",
                 (item.id, reviewer, expire_time, int(swapped)),
             )
             return LeasedItem(item, reviewer, expire_time, swapped)
@@ -298,7 +253,8 @@ class ReviewStore:
             if not deleted:
                 raise _not_leased(item_id, reviewer)
             connection.execute(
-                "INSERT OR IGNORE INTO review_skips (item_id, reviewer) VALUES (?, ?)",
+                "INSERT INTO review_skips (item_id, reviewer) VALUES (?, ?) "
+                "ON CONFLICT (item_id, reviewer) DO NOTHING",
                 (item_id, reviewer),
             )
 
@@ -429,16 +385,19 @@ class ReviewStore:
             """
             SELECT kind,
                    SUM(done) AS done_items,
-                   SUM(NOT done AND leased) AS leased_items,
-                   SUM(NOT done AND NOT leased) AS open_items,
+                   SUM(CASE WHEN done = 0 AND leased = 1 THEN 1 ELSE 0 END) AS leased_items,
+                   SUM(CASE WHEN done = 0 AND leased = 0 THEN 1 ELSE 0 END) AS open_items,
                    SUM(reviews_done) AS reviews
             FROM (
-                SELECT i.kind, i.reviews_done, i.reviews_done >= i.reviews_wanted AS done,
-                       EXISTS (SELECT 1 FROM review_leases l
-                               WHERE l.item_id = i.id AND l.expire_time > ?) AS leased
+                SELECT i.kind, i.reviews_done,
+                       CASE WHEN i.reviews_done >= i.reviews_wanted THEN 1 ELSE 0 END AS done,
+                       CASE WHEN EXISTS (SELECT 1 FROM review_leases l
+                                         WHERE l.item_id = i.id AND l.expire_time > ?)
+                            THEN 1 ELSE 0 END AS leased
                 FROM review_items i
-            )
+            ) AS item_states
             GROUP BY kind
+            ORDER BY kind
             """,
             (now,),
         )
@@ -497,7 +456,7 @@ class ReviewStore:
         """Correction reviews (not exported yet, unless included), with their items."""
         rows = self._db.query(
             "SELECT r.*, i.kind FROM reviews r JOIN review_items i ON i.id = r.item_id "
-            "WHERE i.kind = 'correction' AND (? OR NOT EXISTS ("
+            "WHERE i.kind = 'correction' AND (? = 1 OR NOT EXISTS ("
             "    SELECT 1 FROM review_exports e WHERE e.review_id = r.id)) "
             "ORDER BY r.seq",
             (int(include_exported),),
@@ -515,7 +474,7 @@ class ReviewStore:
     ) -> list[tuple[Item, list[Review]]]:
         items = self._db.query(
             "SELECT * FROM review_items i WHERE i.kind = ? AND i.reviews_done >= i.reviews_wanted "
-            "AND (? OR NOT EXISTS (SELECT 1 FROM reviews r JOIN review_exports e "
+            "AND (? = 1 OR NOT EXISTS (SELECT 1 FROM reviews r JOIN review_exports e "
             "    ON e.review_id = r.id WHERE r.item_id = i.id)) ORDER BY i.seq",
             (kind.value, int(include_exported)),
         )
@@ -536,8 +495,10 @@ class ReviewStore:
             for record in records:
                 for review_id in record.review_ids:
                     connection.execute(
-                        "INSERT OR REPLACE INTO review_exports "
-                        "(review_id, dataset_version_id, record, export_time) VALUES (?, ?, ?, ?)",
+                        "INSERT INTO review_exports "
+                        "(review_id, dataset_version_id, record, export_time) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (review_id, dataset_version_id) DO UPDATE SET "
+                        "record = excluded.record, export_time = excluded.export_time",
                         (review_id, dataset_version_id, record.record, now),
                     )
 

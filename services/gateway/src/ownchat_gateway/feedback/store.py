@@ -1,4 +1,5 @@
-"""Captured chats and the feedback on them, in ``$OWNCHAT_HOME/gateway/captured.db``.
+"""Captured chats and the feedback on them, in ``$OWNCHAT_HOME/gateway/captured.db``
+(or in the gateway's PostgreSQL database when ``database_url`` is set).
 
 Only scrubbed text is ever written here: the capture scrubs through the data
 service first and stores nothing when it cannot. A file of its own, apart from the
@@ -14,31 +15,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from ownchat.sqlite import Database
+from ownchat.database import Database, Migrations
 
-_MIGRATIONS = [
-    """
-    CREATE TABLE captured_chats (
-        response_id TEXT PRIMARY KEY,
-        model_id TEXT NOT NULL,
-        key_id TEXT NOT NULL,
-        messages TEXT NOT NULL,
-        reply TEXT NOT NULL,
-        review_item_id TEXT NOT NULL DEFAULT '',
-        create_time REAL NOT NULL
-    );
-    CREATE TABLE feedback (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        response_id TEXT NOT NULL,
-        rating TEXT NOT NULL,
-        comment TEXT NOT NULL,
-        key_id TEXT NOT NULL,
-        review_item_id TEXT NOT NULL DEFAULT '',
-        create_time REAL NOT NULL
-    );
-    CREATE INDEX feedback_by_response ON feedback (response_id)
-    """,
-]
+MIGRATIONS = Migrations("captured", Path(__file__).with_name("migrations"))
 
 
 class Rating(StrEnum):
@@ -76,18 +55,20 @@ class Feedback:
 
 
 class CaptureStore:
-    """The captured chats and the feedback, shared by the gateway's workers (WAL)."""
+    """The captured chats and the feedback, shared by the gateway's workers."""
 
-    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
-        self._database = Database(path, _MIGRATIONS)
+    def __init__(self, location: Path | str, clock: Callable[[], float] = time.time) -> None:
+        """``location``: a SQLite file, or a ``postgresql://`` URL."""
+        self._database = Database(location, MIGRATIONS)
         self._clock = clock
 
     def add_chat(self, chat: CapturedChat) -> None:
         """Keeps a captured chat; a response id is captured once."""
         with self._database.transaction() as connection:
             connection.execute(
-                "INSERT OR IGNORE INTO captured_chats (response_id, model_id, key_id, messages,"
-                " reply, review_item_id, create_time) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO captured_chats (response_id, model_id, key_id, messages, reply,"
+                " review_item_id, create_time) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (response_id) DO NOTHING",
                 (
                     chat.response_id,
                     chat.model_id,
@@ -128,13 +109,11 @@ class CaptureStore:
         """Keeps a thumb; every thumb is kept, the latest counts."""
         now = self._clock()
         with self._database.transaction() as connection:
-            cursor = connection.execute(
+            (feedback_id,) = connection.execute(
                 "INSERT INTO feedback (response_id, rating, comment, key_id, review_item_id,"
-                " create_time) VALUES (?, ?, ?, ?, ?, ?)",
+                " create_time) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
                 (response_id, rating.value, comment, key_id, review_item_id, now),
-            )
-            feedback_id = cursor.lastrowid
-        assert feedback_id is not None
+            ).fetchone()
         return Feedback(feedback_id, response_id, rating, comment, key_id, now, review_item_id)
 
     def feedback(self, response_id: str) -> list[Feedback]:
@@ -156,5 +135,5 @@ class CaptureStore:
         ]
 
     def close(self) -> None:
-        """Closes the file."""
+        """Closes the database."""
         self._database.close()
