@@ -13,6 +13,7 @@ answer them, volumes against where the services keep their files.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import math
 import os
@@ -33,12 +34,19 @@ from urllib.parse import urlsplit
 import kubernetes_validate
 import pytest
 import yaml
+from cryptography import x509
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings
 
 from ownchat.auth import token_path
+from ownchat.certificates import (
+    CA_CERT,
+    TLS_CERT,
+    TLS_KEY,
+    create_service_certificates,
+)
 from ownchat.config import (
     DEFAULT_METRICS_PORTS,
     DEFAULT_PORTS,
@@ -46,6 +54,8 @@ from ownchat.config import (
     ClientSettings,
     ServerSettings,
 )
+from ownchat.healthcheck import argument_parser as healthcheck_arguments
+from ownchat.server import check_security
 from ownchat_data.config import DataSettings
 from ownchat_evaluator.config import EvaluatorSettings
 from ownchat_gateway.config import GatewaySettings
@@ -241,6 +251,14 @@ def only_container(workload: dict[str, Any]) -> dict[str, Any]:
     return container
 
 
+def probe_arguments(probe: dict[str, Any], where: str) -> argparse.Namespace:
+    """The arguments of a probe that runs ``python -m ownchat.healthcheck``."""
+    assert set(probe) & {"grpc", "httpGet", "tcpSocket"} == set(), f"{where}: not an exec probe"
+    command = probe["exec"]["command"]
+    assert command[:3] == ["python", "-m", "ownchat.healthcheck"], f"{where}: {command}"
+    return healthcheck_arguments().parse_args(command[3:])
+
+
 def image_name(image: str) -> str:
     """``registry/ownchat/serving-cpu:0.1.0`` -> ``serving-cpu``."""
     return image.rsplit("/", 1)[-1].split("@")[0].split(":")[0]
@@ -426,9 +444,17 @@ def test_each_service_has_one_deployment_with_its_ports_probes_and_image(name: s
         if service.grpc:
             assert ports == {"grpc": service.port, "metrics": service.metrics_port}, where
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-                assert container[probe]["grpc"]["port"] == service.port, f"{where}: {probe}"
+                # The kubelet's own grpc probe cannot present a client certificate;
+                # the health check runs in the container, over mTLS.
+                args = probe_arguments(container[probe], f"{where}: {probe}")
+                host, _, port = args.address.rpartition(":")
+                assert (host, int(port)) == ("127.0.0.1", service.port), f"{where}: {probe}"
                 # The whole server's health, which the services keep.
-                assert container[probe]["grpc"].get("service", "") == "", f"{where}: {probe}"
+                assert args.service == "", f"{where}: {probe}"
+                # The name its certificate carries: its Service's.
+                assert args.server_name == service.name, f"{where}: {probe}"
+                # The call's deadline ends before the kubelet gives up on the probe.
+                assert args.timeout < container[probe].get("timeoutSeconds", 1), where
             assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(service.metrics_port)
         else:
             assert ports == {"http": service.port}, where
@@ -495,6 +521,104 @@ def test_configmap_addresses_point_at_each_grpc_service(name: str) -> None:
         assert container_ports.get(target, target) == wanted.port, f"{key}={address}"
 
 
+def image_env(image: str) -> dict[str, str]:
+    """The ``OWNCHAT_*`` variables an image sets, under what a manifest or compose adds."""
+    return {k: v for k, v in dockerfiles()[image].env.items() if k.startswith("OWNCHAT_")}
+
+
+def assert_cluster_profile(
+    env: Mapping[str, str], service: Service, config: Path, where: str
+) -> dict[str, Path]:
+    """The environment puts the service in the cluster profile with every TLS file
+    it needs (``check_security`` passes); returns those files by setting."""
+    environ = {**env, "OWNCHAT_CONFIG": str(config)}
+    with mock.patch.dict(os.environ, environ, clear=True):
+        settings = service.settings()
+        client = ClientSettings()
+    assert settings.profile == "cluster", f"{where}: not in the cluster profile"
+    # Nothing but the gateway is published: the others listen inside the pod network.
+    assert settings.host == "0.0.0.0", where
+    if service.grpc:
+        assert settings.reflection is False, where
+    check_security(settings, client, serves_grpc=service.grpc)
+    files = {
+        f"ClientSettings.{field}": getattr(client, field)
+        for field in ("tls_ca_file", "tls_cert_file", "tls_key_file")
+    }
+    if service.grpc:
+        files.update(
+            {
+                f"{service.settings.__name__}.{field}": getattr(settings, field)
+                for field in ("tls_cert_file", "tls_key_file", "tls_client_ca_file")
+            }
+        )
+    # The files of one identity, as ownchat certs create names them.
+    assert {path.name for path in files.values()} == {CA_CERT, TLS_CERT, TLS_KEY}, files
+    assert files["ClientSettings.tls_ca_file"].name == CA_CERT, where
+    return files
+
+
+@pytest.mark.parametrize("name", ["base", "gpu"])
+def test_every_service_runs_the_cluster_profile_with_mutual_tls(
+    name: str, empty_config: Path
+) -> None:
+    docs = render(name)
+    for component, deployment in deployments(docs).items():
+        service = SERVICES[component]
+        container = only_container(deployment)
+        pod = deployment["spec"]["template"]["spec"]
+        where = f"{name}: {component}"
+        env = {**image_env(image_name(container["image"])), **container_env(container, docs)}
+        files = assert_cluster_profile(env, service, empty_config, where)
+        # Every file lies in the read-only mount of the Secret ownchat-tls, under its key.
+        volumes = {volume["name"]: volume for volume in pod["volumes"]}
+        mounts = {
+            Path(mount["mountPath"]): mount
+            for mount in container["volumeMounts"]
+            if "secret" in volumes[mount["name"]]
+        }
+        for setting, path in files.items():
+            assert path.parent in mounts, f"{where}: {setting}={path} is in no Secret's mount"
+            mount = mounts[path.parent]
+            assert mount.get("readOnly") is True, where
+            secret = volumes[mount["name"]]["secret"]
+            assert secret["secretName"] == "ownchat-tls", where
+            # Readable by the service's group (fsGroup), by no one else.
+            assert secret.get("defaultMode", 0o644) & 0o007 == 0, where
+            assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+
+
+def test_the_certificate_of_ownchat_certs_names_every_address_and_probe(tmp_path: Path) -> None:
+    """``ownchat certs create`` (for the namespace of the base) issues the identity the
+    manifests mount: it must carry each name a service is dialled by."""
+    docs = render("base")
+    namespace = one(docs, "Namespace", "ownchat")["metadata"]["name"]
+    identity = create_service_certificates(tmp_path / "tls", namespace=namespace)
+    certificate = x509.load_pem_x509_certificate(identity.cert.read_bytes())
+    names = set(
+        certificate.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName
+        ).value.get_values_for_type(x509.DNSName)
+    )
+    addresses = one(docs, "ConfigMap", "ownchat-addresses")["data"]
+    for key, address in addresses.items():
+        host = address.rpartition(":")[0]
+        assert host in names, f"{key}={address}: the certificate does not name {host}"
+        assert f"{host}.{namespace}.svc" in names, host
+    for component, deployment in deployments(docs).items():
+        container = only_container(deployment)
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            if "exec" in container.get(probe, {}):
+                server_name = probe_arguments(container[probe], component).server_name
+                assert server_name in names, f"{component}: {probe} checks {server_name}"
+    compose_hosts = {
+        address.rpartition(":")[0]
+        for key, address in compose_env(compose()["services"]["gateway"]).items()
+        if key.endswith("_ADDRESS")
+    }
+    assert compose_hosts <= names, compose_hosts - names
+
+
 @pytest.mark.parametrize("name", ["base", "gpu"])
 def test_every_variable_the_manifests_set_is_read_by_the_service(
     name: str, empty_config: Path
@@ -515,6 +639,7 @@ def test_every_variable_the_manifests_set_is_read_by_the_service(
 def test_secret_holds_only_marked_placeholders_and_one_database_per_service() -> None:
     docs = render("base")
     secrets = objects(docs, "Secret")
+    # ownchat-tls is made outside the kustomization (ownchat certs create, cert-manager).
     assert set(secrets) == {"ownchat-secrets"}
     data = secret_data(secrets["ownchat-secrets"])
     for key, value in data.items():
@@ -686,6 +811,8 @@ def test_dockerfile_installs_its_service_and_runs_it(image: str, empty_config: P
     assert settings.port == service.port, image
     if service.grpc:
         assert settings.reflection is False, image
+    # Secure unless told otherwise: without certificates the image refuses to start.
+    assert settings.profile == "cluster", image
 
 
 @pytest.mark.parametrize("image", sorted(IMAGE_SERVICE))
@@ -696,6 +823,11 @@ def test_dockerfile_healthcheck_asks_the_service(image: str, empty_config: Path)
     command = healthcheck.split(" CMD ", 1)[1]
     if service.grpc:
         assert command.startswith("python -m ownchat.healthcheck "), command
+        arguments = healthcheck_arguments().parse_args(
+            shlex.split(command.removeprefix("python -m ownchat.healthcheck "))
+        )
+        # Over mTLS in the cluster profile: the certificate names the service.
+        assert arguments.server_name == service.name, f"{image}: {command}"
         match = re.search(r'"127\.0\.0\.1:\$\{(\w+):-(\d+)\}"', command)
     else:
         assert "/readyz" in command, command
@@ -828,8 +960,9 @@ def test_compose_token_volumes_and_gpus() -> None:
         image = image_name(definition["image"])
         home = Path(dockerfiles()[image].env["OWNCHAT_HOME"])
         settings = ServerSettings.model_construct(home=home)
-        [secret] = definition["secrets"]
-        assert secret == {"source": "ownchat_token", "target": str(token_path(home))}, name
+        assert {"source": "ownchat_token", "target": str(token_path(home))} in definition[
+            "secrets"
+        ], name
         volumes = dict(volume.split(":", 1) for volume in definition["volumes"])
         if name != "gateway":
             assert volumes["artifacts"] == str(settings.artifacts_dir), name
@@ -841,3 +974,24 @@ def test_compose_token_volumes_and_gpus() -> None:
             assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"], name
         else:
             assert not devices, f"{name} reserves GPUs"
+
+
+def test_compose_runs_the_cluster_profile_with_the_certificates_of_ownchat_certs(
+    empty_config: Path,
+) -> None:
+    document = compose()
+    ignored = (DEPLOY / ".gitignore").read_text().split()
+    for name, service in SERVICES.items():
+        definition = document["services"][name]
+        env = {**image_env(image_name(definition["image"])), **compose_env(definition)}
+        files = assert_cluster_profile(env, service, empty_config, f"compose: {name}")
+        targets = {
+            Path(secret["target"]): document["secrets"][secret["source"]]["file"]
+            for secret in definition["secrets"]
+        }
+        for setting, path in files.items():
+            assert path in targets, f"compose: {name}: {setting}={path} is no secret's target"
+            source = DEPLOY / targets[path]
+            # The file of that name in the folder ownchat certs create wrote.
+            assert source.name == path.name, f"compose: {name}: {source} -> {path}"
+            assert f"/{source.relative_to(DEPLOY).parts[0]}/" in ignored, f"{source} is tracked"

@@ -6,8 +6,6 @@ as does the trainer's own call; no certificate, another CA's and plaintext do no
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import os
 import subprocess
@@ -16,16 +14,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ownchat.certificates import CertificateAuthority, Identity
 from ownchat.client import open_channel
 from ownchat.config import ClientSettings
 from ownchat.testing import free_port
@@ -36,90 +30,6 @@ pytestmark = pytest.mark.integration
 SERVICES = ("data", "trainer")
 START_TIMEOUT_SECONDS = 45.0
 TOKEN = "mtls-test-token"
-
-
-@dataclass(frozen=True)
-class Identity:
-    """A certificate, its key and the CA it chains to, as PEM files."""
-
-    cert: Path
-    key: Path
-    ca: Path
-
-
-class Authority:
-    """A throwaway certificate authority writing PEM files into one folder."""
-
-    def __init__(self, name: str, folder: Path) -> None:
-        self.folder = folder
-        self._now = datetime.datetime.now(datetime.UTC)
-        self._key = ec.generate_private_key(ec.SECP256R1())
-        self._name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        certificate = (
-            self._builder(self._name, self._key.public_key())
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .sign(self._key, hashes.SHA256())
-        )
-        self.ca = folder / f"{name}.pem"
-        self.ca.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-
-    def _builder(self, subject: x509.Name, public_key: ec.EllipticCurvePublicKey) -> Any:
-        return (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(self._name)
-            .public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(self._now - datetime.timedelta(minutes=5))
-            .not_valid_after(self._now + datetime.timedelta(hours=1))
-        )
-
-    def issue(self, name: str, server: bool) -> Identity:
-        """A certificate for client use, and for server use on 127.0.0.1/localhost."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
-        builder = self._builder(subject, key.public_key())
-        if server:
-            usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName(
-                    [
-                        x509.DNSName("localhost"),
-                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                    ]
-                ),
-                critical=False,
-            )
-        certificate = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False).sign(
-            self._key, hashes.SHA256()
-        )
-        cert_path = self.folder / f"{name}.crt"
-        key_path = self.folder / f"{name}.key"
-        cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-        key_path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        key_path.chmod(0o600)
-        return Identity(cert_path, key_path, self.ca)
 
 
 def credentials(ca: Path, identity: Identity | None = None) -> grpc.ChannelCredentials:
@@ -169,8 +79,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     tmp_path = tmp_path_factory.mktemp("mtls")
     pki = tmp_path / "pki"
     pki.mkdir()
-    authority = Authority("ownchat-ca", pki)
-    other = Authority("other-ca", pki)
+    authority = CertificateAuthority.create(pki / "ownchat-ca")
+    other = CertificateAuthority.create(pki / "other-ca", name="other-ca")
     env = {k: v for k, v in os.environ.items() if not k.startswith("OWNCHAT_")}
     env.update(
         OWNCHAT_HOME=str(tmp_path / "home"),
@@ -191,7 +101,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     logs = {service: tmp_path / f"{service}.log" for service in SERVICES}
     try:
         for service in SERVICES:
-            identity = authority.issue(service, server=True)
+            # Server and client use, for loopback by name and by address.
+            identity = authority.issue(pki, service, ["localhost"], ["127.0.0.1"])
             with logs[service].open("wb") as log:
                 processes.append(
                     subprocess.Popen(
@@ -203,9 +114,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 )
         result = Cluster(
             env=env,
-            ca=authority.ca,
-            client=authority.issue("operator", server=False),
-            stranger=other.issue("stranger", server=False),
+            ca=authority.cert_path,
+            client=authority.issue(pki, "operator", server=False),
+            stranger=other.issue(pki, "stranger", server=False),
             logs=logs,
         )
         _wait_until_serving(result, processes)
@@ -316,3 +227,41 @@ def test_the_health_probe_passes_with_the_client_certificate_only(
     assert check(address, credentials=credentials(cluster.ca, cluster.client)) is None
     refused = check(address, timeout=3.0)
     assert refused is not None and "UNAVAILABLE" in refused
+
+    # As the manifests run it: 127.0.0.1 inside the pod, the certificate's name given,
+    # the client certificate from the OWNCHAT_TLS_* settings.
+    port = address.rpartition(":")[2]
+    probe = [sys.executable, "-m", "ownchat.healthcheck", f"127.0.0.1:{port}", "--timeout", "5"]
+    environment = {
+        **{k: v for k, v in cluster.env.items() if not k.startswith("OWNCHAT_TLS_")},
+        "OWNCHAT_TLS_CA_FILE": str(cluster.ca),
+        "OWNCHAT_TLS_CERT_FILE": str(cluster.client.cert),
+        "OWNCHAT_TLS_KEY_FILE": str(cluster.client.key),
+    }
+    for server_name, status in (("localhost", 0), ("data.elsewhere", 1)):
+        result = subprocess.run(
+            [*probe, "--server-name", server_name],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == status, (server_name, result.stderr)
+
+
+def test_ownchat_status_sees_the_services_with_the_client_certificate(cluster: Cluster) -> None:
+    from ownchat.cli.supervisor import service_status
+
+    with_certificate = ClientSettings(
+        data_address=cluster.address("data"),
+        trainer_address=cluster.address("trainer"),
+        tls_ca_file=cluster.ca,
+        tls_cert_file=cluster.client.cert,
+        tls_key_file=cluster.client.key,
+    )
+    plaintext = ClientSettings(
+        data_address=cluster.address("data"), trainer_address=cluster.address("trainer")
+    )
+    for service in SERVICES:
+        assert service_status(service, with_certificate) == "SERVING"
+        assert service_status(service, plaintext) == "UNREACHABLE"

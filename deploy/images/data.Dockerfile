@@ -6,6 +6,9 @@
 # if any dependency brings torch in).
 FROM python:3.11-slim-bookworm
 
+# The cluster profile: listens on 0.0.0.0, no reflection, and refuses to start
+# without mutual TLS (OWNCHAT_DATA_TLS_* for its port, OWNCHAT_TLS_* for its calls;
+# ownchat certs create makes them). OWNCHAT_DATA_PROFILE=local runs it without.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -14,8 +17,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HOME=/var/lib/ownchat \
     HF_HUB_OFFLINE=1 \
     OWNCHAT_HOME=/var/lib/ownchat \
-    OWNCHAT_DATA_HOST=0.0.0.0 \
-    OWNCHAT_DATA_REFLECTION=false
+    OWNCHAT_DATA_PROFILE=cluster
 
 # A non-root user owning the state directory and the mount points under it, so
 # that volumes mounted there start out writable by it.
@@ -38,5 +40,5 @@ USER 10001:10001
 WORKDIR /var/lib/ownchat
 EXPOSE 50051 9451
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
-    CMD python -m ownchat.healthcheck "127.0.0.1:${OWNCHAT_DATA_PORT:-50051}" --timeout 5
+    CMD python -m ownchat.healthcheck "127.0.0.1:${OWNCHAT_DATA_PORT:-50051}" --server-name data --timeout 5
 CMD ["python", "-m", "ownchat_data"]

@@ -9,6 +9,9 @@ FROM python:3.11-slim-bookworm
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://pypi.org/simple
 
+# The cluster profile: listens on 0.0.0.0, no reflection, and refuses to start
+# without mutual TLS (OWNCHAT_EVALUATOR_TLS_* for its port, OWNCHAT_TLS_* for its calls;
+# ownchat certs create makes them). OWNCHAT_EVALUATOR_PROFILE=local runs it without.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -18,8 +21,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HF_HUB_OFFLINE=1 \
     MPLBACKEND=Agg \
     OWNCHAT_HOME=/var/lib/ownchat \
-    OWNCHAT_EVALUATOR_HOST=0.0.0.0 \
-    OWNCHAT_EVALUATOR_REFLECTION=false
+    OWNCHAT_EVALUATOR_PROFILE=cluster
 
 RUN groupadd --system --gid 10001 ownchat \
     && useradd --system --uid 10001 --gid ownchat --home-dir /var/lib/ownchat \
@@ -45,5 +47,5 @@ USER 10001:10001
 WORKDIR /var/lib/ownchat
 EXPOSE 50053 9453
 HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
-    CMD python -m ownchat.healthcheck "127.0.0.1:${OWNCHAT_EVALUATOR_PORT:-50053}" --timeout 5
+    CMD python -m ownchat.healthcheck "127.0.0.1:${OWNCHAT_EVALUATOR_PORT:-50053}" --server-name evaluator --timeout 5
 CMD ["python", "-m", "ownchat_evaluator"]

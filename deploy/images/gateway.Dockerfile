@@ -6,6 +6,9 @@
 # No torch (the build fails if any dependency brings it in).
 FROM python:3.11-slim-bookworm
 
+# The cluster profile: listens on 0.0.0.0 and refuses to start without the
+# client certificate of its calls to the gRPC services (OWNCHAT_TLS_*).
+# OWNCHAT_GATEWAY_PROFILE=local runs it without.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -13,7 +16,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/ownchat/bin:$PATH \
     HOME=/var/lib/ownchat \
     OWNCHAT_HOME=/var/lib/ownchat \
-    OWNCHAT_GATEWAY_HOST=0.0.0.0
+    OWNCHAT_GATEWAY_PROFILE=cluster
 
 RUN groupadd --system --gid 10001 ownchat \
     && useradd --system --uid 10001 --gid ownchat --home-dir /var/lib/ownchat \

@@ -12,6 +12,9 @@ FROM ${CUDA_IMAGE}
 
 ARG VLLM_VERSION=0.32.0
 
+# The cluster profile: listens on 0.0.0.0, no reflection, and refuses to start
+# without mutual TLS (OWNCHAT_SERVING_TLS_* for its port, OWNCHAT_TLS_* for its
+# calls; ownchat certs create makes them). OWNCHAT_SERVING_PROFILE=local runs it without.
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -22,8 +25,7 @@ ENV DEBIAN_FRONTEND=noninteractive \
     HF_HUB_OFFLINE=1 \
     VLLM_NO_USAGE_STATS=1 \
     OWNCHAT_HOME=/var/lib/ownchat \
-    OWNCHAT_SERVING_HOST=0.0.0.0 \
-    OWNCHAT_SERVING_REFLECTION=false
+    OWNCHAT_SERVING_PROFILE=cluster
 
 # Ubuntu 24.04's Python (3.12) in a virtual environment. tini reaps the engines'
 # processes.
@@ -53,6 +55,6 @@ WORKDIR /var/lib/ownchat
 EXPOSE 50054 9454
 # Health stays NOT_SERVING until the deployments live at the last stop are loaded again.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=600s --retries=3 \
-    CMD python -m ownchat.healthcheck "127.0.0.1:${OWNCHAT_SERVING_PORT:-50054}" --timeout 5
+    CMD python -m ownchat.healthcheck "127.0.0.1:${OWNCHAT_SERVING_PORT:-50054}" --server-name serving --timeout 5
 ENTRYPOINT ["tini", "--"]
 CMD ["python", "-m", "ownchat_serving"]

@@ -12,6 +12,9 @@ FROM python:3.11-slim-bookworm
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://pypi.org/simple
 
+# The cluster profile: listens on 0.0.0.0, no reflection, and refuses to start
+# without mutual TLS (OWNCHAT_TRAINER_TLS_* for its port, OWNCHAT_TLS_* for its calls;
+# ownchat certs create makes them). OWNCHAT_TRAINER_PROFILE=local runs it without.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -20,8 +23,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HOME=/var/lib/ownchat \
     HF_HUB_OFFLINE=1 \
     OWNCHAT_HOME=/var/lib/ownchat \
-    OWNCHAT_TRAINER_HOST=0.0.0.0 \
-    OWNCHAT_TRAINER_REFLECTION=false
+    OWNCHAT_TRAINER_PROFILE=cluster
 
 # tini reaps what a worker's process tree leaves behind (torchrun's ranks).
 RUN apt-get update \
@@ -54,6 +56,6 @@ USER 10001:10001
 WORKDIR /var/lib/ownchat
 EXPOSE 50052 9452
 HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
-    CMD python -m ownchat.healthcheck "127.0.0.1:${OWNCHAT_TRAINER_PORT:-50052}" --timeout 5
+    CMD python -m ownchat.healthcheck "127.0.0.1:${OWNCHAT_TRAINER_PORT:-50052}" --server-name trainer --timeout 5
 ENTRYPOINT ["tini", "--"]
 CMD ["python", "-m", "ownchat_trainer"]

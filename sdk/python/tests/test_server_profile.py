@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import ClassVar
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from pydantic_settings import SettingsConfigDict
 
 from ownchat.auth import bearer, load_or_create_token
+from ownchat.certificates import CertificateAuthority
 from ownchat.config import ClientSettings, ServerSettings
 from ownchat.data.v1 import data_pb2, data_pb2_grpc
 from ownchat.server import SecuritySettingsError, ServiceSpec, check_security, start_threaded_server
@@ -172,49 +170,50 @@ def test_a_cluster_server_with_mutual_tls_serves_health_but_no_reflection(
 @pytest.fixture
 def certificates(tmp_path: Path) -> dict[str, Path]:
     """A CA and one certificate (127.0.0.1, server and client use) signed by it."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "example CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
+    authority = CertificateAuthority.create(tmp_path / "ca")
+    identity = authority.issue(tmp_path, "example", ip_addresses=["127.0.0.1"])
+    return {"ca": identity.ca, "cert": identity.cert, "key": identity.key}
+
+
+def test_a_service_with_half_a_tls_configuration_exits_with_one_line(tmp_path: Path) -> None:
+    """The services' first step: no traceback, the settings to set, exit status 2."""
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("OWNCHAT_") and key != "PYTHONPATH"
+    }
+    (tmp_path / "empty.toml").write_text("")
+    environment.update(
+        OWNCHAT_HOME=str(tmp_path / "home"),
+        OWNCHAT_DATA_PROFILE="cluster",
+        OWNCHAT_CONFIG=str(tmp_path / "empty.toml"),
     )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "example")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
+    result = subprocess.run(
+        [sys.executable, "-m", "ownchat_data"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    paths = {"ca": tmp_path / "ca.pem", "cert": tmp_path / "cert.pem", "key": tmp_path / "key.pem"}
-    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths["key"].write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: the cluster profile"), result.stderr
+    assert "Traceback" not in result.stderr
+    assert "OWNCHAT_DATA_TLS_CERT_FILE" in result.stderr
+    # Refused before the service touched its state: no store was created.
+    assert not (tmp_path / "home" / "data").exists()
+
+
+def test_the_gateway_in_the_cluster_profile_needs_only_client_certificates(
+    certificates: dict[str, Path],
+) -> None:
+    settings = ExampleSettings(profile="cluster")
+    with pytest.raises(SecuritySettingsError) as error:
+        check_security(settings, ClientSettings(), serves_grpc=False)
+    message = str(error.value).split("not set:")[1]
+    assert "OWNCHAT_TLS_CA_FILE" in message and "OWNCHAT_EXAMPLE" not in message
+    client = ClientSettings(
+        tls_ca_file=certificates["ca"],
+        tls_cert_file=certificates["cert"],
+        tls_key_file=certificates["key"],
     )
-    return paths
+    check_security(settings, client, serves_grpc=False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from ownchat.artifacts import ArtifactStore
@@ -33,10 +34,24 @@ def every_stored_byte(root: Path) -> bytes:
     return b"".join(p.read_bytes() for p in root.rglob("*") if p.is_file())
 
 
+def every_stored_row(location: str) -> bytes:
+    """Every value in every table of a PostgreSQL store (a SQLite store is a file
+    under the test's folder, which ``every_stored_byte`` reads)."""
+    with psycopg.connect(location) as connection:
+        tables = connection.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+        ).fetchall()
+        return b"".join(
+            repr(connection.execute(f'SELECT * FROM "{table}"').fetchall()).encode()
+            for (table,) in tables
+        )
+
+
 @pytest.fixture
-def core(tmp_path: Path) -> DataCore:
+def core(tmp_path: Path, store_location: Path | str) -> DataCore:
+    # On both engines: the store holds the audit record and lineage, not the data.
     return DataCore(
-        DataStore(tmp_path / "state" / "data.db"),
+        DataStore(store_location),
         ArtifactStore(tmp_path / "artifacts"),
         1 << 20,
         1 << 16,
@@ -52,7 +67,9 @@ def upload(core: DataCore, lines: list[str]) -> str:
     return core.upload(spec, iter(["\n".join(lines).encode()])).id
 
 
-def test_erasing_a_value_leaves_it_nowhere_in_storage(core: DataCore, tmp_path: Path) -> None:
+def test_erasing_a_value_leaves_it_nowhere_in_storage(
+    core: DataCore, tmp_path: Path, store_location: Path | str
+) -> None:
     lines = [conversation(i) for i in range(20)]
     lines[4] = conversation(4, f"Hi, I am {SECRET_NAME} and my router is broken.")
     first = upload(core, lines)
@@ -65,6 +82,10 @@ def test_erasing_a_value_leaves_it_nowhere_in_storage(core: DataCore, tmp_path: 
     assert set(result.erasure.erased_version_ids) == {first, second}
     assert SECRET_NAME.encode() not in every_stored_byte(tmp_path)
     assert SECRET_NAME.lower().encode() not in every_stored_byte(tmp_path).lower()
+    if not isinstance(store_location, Path):
+        rows = every_stored_row(store_location)
+        assert result.erasure.id.encode() in rows  # the audit record is there...
+        assert SECRET_NAME.lower().encode() not in rows.lower()  # ...without the value
 
     assert core.get_version(first).erased_by == result.erasure.id
     assert core.get_version(result.version.id).erased_by == ""

@@ -158,10 +158,13 @@ class ServerSettings(OwnchatSettings):
     def _profile_defaults(self) -> Self:
         # Only defaults change: a host or reflection set anywhere (argument, env, TOML) stays.
         if self.profile == "cluster":
-            if "host" not in self.model_fields_set:
+            explicit = set(self.model_fields_set)
+            if "host" not in explicit:
                 self.host = CLUSTER_HOST
-            if "reflection" not in self.model_fields_set:
+            if "reflection" not in explicit:
                 self.reflection = False
+            # The profile's defaults are still defaults: assignment would count them as set.
+            self.model_fields_set.intersection_update(explicit)
         return self
 
     @property

@@ -5,7 +5,10 @@ with a deadline. Plaintext, as Kubernetes' own ``grpc`` probe, unless the client
 settings name a CA (``OWNCHAT_TLS_CA_FILE``, with ``OWNCHAT_TLS_CERT_FILE`` and
 ``OWNCHAT_TLS_KEY_FILE`` for mTLS): then over TLS, which is how a probe reaches
 a server in the cluster profile (an exec probe; the kubelet's ``grpc`` probe
-cannot present a client certificate). Health needs no token. Exit status 0
+cannot present a client certificate). ``--server-name`` is the name the
+server's certificate must carry when that is not the address's host: a probe
+dials 127.0.0.1 inside the pod, the certificate names the Service (``data``).
+Health needs no token. Exit status 0
 when the answer is SERVING, 1 for any other answer, an unknown service name,
 an unreachable server or a missed
 deadline; each failure prints one line on stderr. ``--service`` names the
@@ -32,13 +35,18 @@ def check(
     service: str = "",
     timeout: float = DEFAULT_TIMEOUT_SECONDS,
     credentials: grpc.ChannelCredentials | None = None,
+    server_name: str | None = None,
 ) -> str | None:
-    """None when ``address`` reports ``service`` SERVING, else why not, in words."""
-    channel = (
-        grpc.secure_channel(address, credentials)
-        if credentials is not None
-        else grpc.insecure_channel(address)
-    )
+    """None when ``address`` reports ``service`` SERVING, else why not, in words.
+
+    ``server_name``: over TLS, the name checked against the server's certificate
+    instead of the address's host; ignored in plaintext.
+    """
+    if credentials is None:
+        channel = grpc.insecure_channel(address)
+    else:
+        options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+        channel = grpc.secure_channel(address, credentials, options=options)
     with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
@@ -67,7 +75,8 @@ def _positive(text: str) -> float:
     return value
 
 
-def main(argv: list[str] | None = None) -> int:
+def argument_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m ownchat.healthcheck``."""
     parser = argparse.ArgumentParser(
         prog="python -m ownchat.healthcheck",
         description="Exit 0 when a gRPC server's health (grpc.health.v1) is SERVING, else 1.",
@@ -82,9 +91,18 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_TIMEOUT_SECONDS,
         help=f"deadline of the call in seconds (default {DEFAULT_TIMEOUT_SECONDS:g})",
     )
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--server-name",
+        default=None,
+        help="over TLS, the name the server's certificate must carry (default: the host)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argument_parser().parse_args(argv)
     credentials = channel_credentials(ClientSettings())
-    problem = check(args.address, args.service, args.timeout, credentials)
+    problem = check(args.address, args.service, args.timeout, credentials, args.server_name)
     if problem is not None:
         print(f"unhealthy: {problem}", file=sys.stderr)
         return 1

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from concurrent import futures
@@ -57,18 +58,23 @@ CLUSTER_SERVER_TLS = ("tls_cert_file", "tls_key_file", "tls_client_ca_file")
 CLUSTER_CLIENT_TLS = ("tls_ca_file", "tls_cert_file", "tls_key_file")
 
 
-def check_security(settings: ServerSettings, client: ClientSettings | None = None) -> None:
+def check_security(
+    settings: ServerSettings, client: ClientSettings | None = None, *, serves_grpc: bool = True
+) -> None:
     """Refuses TLS settings that would leave a port less protected than configured.
 
     Any profile: a certificate without its key (or the reverse), or a client CA
     without a server certificate, would silently serve plaintext. The cluster
     profile: all of :data:`CLUSTER_SERVER_TLS` on the server and, since every
     service also calls others, :data:`CLUSTER_CLIENT_TLS` in ``client`` (the
-    ``OWNCHAT_TLS_*`` client settings when not given).
+    ``OWNCHAT_TLS_*`` client settings when not given). ``serves_grpc=False`` is
+    the gateway: its HTTP port is behind the ingress, which terminates TLS, so
+    only its calls to the gRPC services are checked.
     """
     kind = type(settings)
-    if (settings.tls_cert_file is None) != (settings.tls_key_file is None) or (
-        settings.tls_client_ca_file is not None and settings.tls_cert_file is None
+    if serves_grpc and (
+        (settings.tls_cert_file is None) != (settings.tls_key_file is None)
+        or (settings.tls_client_ca_file is not None and settings.tls_cert_file is None)
     ):
         raise SecuritySettingsError(
             "incomplete TLS settings: set both "
@@ -78,7 +84,8 @@ def check_security(settings: ServerSettings, client: ClientSettings | None = Non
     if settings.profile != "cluster":
         return
     client = client if client is not None else ClientSettings(home=settings.home)
-    missing = [kind.env_name(f) for f in CLUSTER_SERVER_TLS if getattr(settings, f) is None]
+    server_fields = CLUSTER_SERVER_TLS if serves_grpc else ()
+    missing = [kind.env_name(f) for f in server_fields if getattr(settings, f) is None]
     missing += [type(client).env_name(f) for f in CLUSTER_CLIENT_TLS if getattr(client, f) is None]
     if missing:
         table = f"[{kind.toml_table}] table" if kind.toml_table else "top level"
@@ -88,6 +95,16 @@ def check_security(settings: ServerSettings, client: ClientSettings | None = Non
             f"prefix in the config file: server ones in its {table}, client ones at its "
             "top level)"
         )
+
+
+def exit_if_insecure(settings: ServerSettings, *, serves_grpc: bool = True) -> None:
+    """:func:`check_security` as a service's first step: a refusal is one line on
+    stderr and exit status 2, before the service opens its store or resumes work."""
+    try:
+        check_security(settings, serves_grpc=serves_grpc)
+    except SecuritySettingsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _options(settings: ServerSettings) -> list[tuple[str, int]]:

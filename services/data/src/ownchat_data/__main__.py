@@ -7,7 +7,7 @@ from ownchat.auth import load_or_create_secret, load_or_create_token
 from ownchat.config import ClientSettings
 from ownchat.data.v1 import data_pb2, data_pb2_grpc
 from ownchat.registry import ModelBlocker, ModelDirectories
-from ownchat.server import ServiceSpec, run_threaded_server
+from ownchat.server import ServiceSpec, exit_if_insecure, run_threaded_server
 from ownchat_data.config import DataSettings
 from ownchat_data.core import DataCore
 from ownchat_data.servicer import DataServicer
@@ -16,6 +16,7 @@ from ownchat_data.store import DataStore
 
 def main() -> None:
     settings = DataSettings()
+    exit_if_insecure(settings)
     store = DataStore(settings.store_location("data", "data"))
     artifacts = ArtifactStore(settings.artifacts_dir)
     token = load_or_create_token(settings.home, settings.token)

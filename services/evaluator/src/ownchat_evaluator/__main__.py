@@ -9,7 +9,7 @@ from ownchat.auth import load_or_create_token
 from ownchat.config import ClientSettings
 from ownchat.evaluator.v1 import evaluator_pb2, evaluator_pb2_grpc
 from ownchat.registry import ModelDirectories
-from ownchat.server import ServiceSpec, run_threaded_server
+from ownchat.server import ServiceSpec, exit_if_insecure, run_threaded_server
 from ownchat_evaluator.config import EvaluatorSettings
 from ownchat_evaluator.core import EvaluatorCore
 from ownchat_evaluator.lookups import TrainingCurves, ValidationSplits
@@ -23,6 +23,7 @@ from ownchat_evaluator.store import EvalStore
 
 def main() -> None:
     settings = EvaluatorSettings()
+    exit_if_insecure(settings)
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     token = load_or_create_token(settings.home, settings.token)

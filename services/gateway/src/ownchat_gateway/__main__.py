@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from ownchat.server import exit_if_insecure
 from ownchat_gateway.config import GatewaySettings
 
 SERVICE_IMPORT = "ownchat_gateway.service:Gateway"
@@ -51,6 +52,8 @@ def serve_environment(settings: GatewaySettings) -> dict[str, str]:
 
 def main() -> None:
     settings = GatewaySettings()  # fails here, before BentoML starts, on a bad setting
+    # In the cluster profile its calls to the gRPC services need mutual TLS.
+    exit_if_insecure(settings, serves_grpc=False)
     command = serve_command(settings)
     os.execve(command[0], command, serve_environment(settings))
 

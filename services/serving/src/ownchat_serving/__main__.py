@@ -19,7 +19,7 @@ from ownchat.artifacts import ArtifactStore
 from ownchat.auth import load_or_create_token
 from ownchat.config import ClientSettings
 from ownchat.logs import configure_logging
-from ownchat.server import ServiceSpec, announce, start_async_server
+from ownchat.server import ServiceSpec, announce, exit_if_insecure, start_async_server
 from ownchat.serving.v1 import serving_pb2, serving_pb2_grpc
 from ownchat_serving.config import ServingSettings
 from ownchat_serving.core import ServingCore
@@ -111,7 +111,9 @@ async def serve(settings: ServingSettings) -> None:
 
 
 def main() -> None:
-    asyncio.run(serve(ServingSettings()))
+    settings = ServingSettings()
+    exit_if_insecure(settings)
+    asyncio.run(serve(settings))
 
 
 if __name__ == "__main__":

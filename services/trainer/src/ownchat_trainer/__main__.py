@@ -12,7 +12,7 @@ from __future__ import annotations
 from ownchat.artifacts import ArtifactStore
 from ownchat.auth import load_or_create_token
 from ownchat.config import ClientSettings
-from ownchat.server import ServiceSpec, run_threaded_server
+from ownchat.server import ServiceSpec, exit_if_insecure, run_threaded_server
 from ownchat.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from ownchat_trainer.config import TrainerSettings
 from ownchat_trainer.core import TrainerCore
@@ -54,6 +54,7 @@ def build_core(settings: TrainerSettings) -> TrainerCore:
 
 def main() -> None:
     settings = TrainerSettings()
+    exit_if_insecure(settings)
     core = build_core(settings)
     core.start()
     spec = ServiceSpec(

@@ -27,6 +27,7 @@ import typer
 from rich.table import Table
 
 from ownchat.cli.archive import CHAT_SOURCE_SUFFIXES, pack_sources
+from ownchat.cli.certs import certs_app
 from ownchat.cli.common import (
     client,
     console,
@@ -55,6 +56,7 @@ app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
 app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
+app.add_typer(certs_app, name="certs")
 
 
 def _where(name: str, settings: ClientSettings) -> str:

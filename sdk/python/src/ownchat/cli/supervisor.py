@@ -21,6 +21,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ownchat.client import channel_credentials
 from ownchat.config import ClientSettings
 
 SERVICE_MODULES = {
@@ -52,9 +53,18 @@ class ServiceProcess:
             return ""
 
 
-def grpc_health(address: str, timeout: float = 1.0) -> str:
-    """The status of a gRPC server's health check: SERVING, NOT_SERVING, or UNREACHABLE."""
-    with grpc.insecure_channel(address) as channel:
+def grpc_health(
+    address: str, timeout: float = 1.0, credentials: grpc.ChannelCredentials | None = None
+) -> str:
+    """The status of a gRPC server's health check: SERVING, NOT_SERVING, or UNREACHABLE.
+
+    Over TLS when ``credentials`` are given (``OWNCHAT_TLS_*``: a cluster's services)."""
+    channel = (
+        grpc.insecure_channel(address)
+        if credentials is None
+        else grpc.secure_channel(address, credentials)
+    )
+    with channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=timeout
@@ -77,7 +87,7 @@ def service_status(name: str, settings: ClientSettings) -> str:
     """The health of one service by its short name."""
     if name == "gateway":
         return http_ready(settings.gateway_url)
-    return grpc_health(settings.address(name))
+    return grpc_health(settings.address(name), credentials=channel_credentials(settings))
 
 
 class Supervisor:
