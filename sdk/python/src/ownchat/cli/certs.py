@@ -9,6 +9,7 @@ The folder then holds ca.crt, ca.key, tls.crt and tls.key (see
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -54,12 +55,7 @@ def create(
     days: DaysOption = DEFAULT_VALID_DAYS,
 ) -> None:
     """A new CA and one certificate every service presents, as server and as client."""
-    try:
-        identity = create_service_certificates(folder, namespace, name or (), days)
-    except CertificateError as error:
-        error_console.print(f"[red]error[/red] {error}")
-        raise typer.Exit(1) from None
-    _report(identity, "created", namespace)
+    _write(create_service_certificates, "created", folder, namespace, name or [], days)
 
 
 @certs_app.command("renew")
@@ -70,16 +66,22 @@ def renew(
     days: DaysOption = DEFAULT_VALID_DAYS,
 ) -> None:
     """A new key and certificate for the services, signed by the CA already in FOLDER."""
+    _write(renew_service_certificates, "renewed", folder, namespace, name or [], days)
+
+
+def _write(
+    issue: Callable[[Path, str, Sequence[str], int], Identity],
+    what: str,
+    folder: Path,
+    namespace: str,
+    extra_names: list[str],
+    days: int,
+) -> None:
     try:
-        identity = renew_service_certificates(folder, namespace, name or (), days)
+        identity = issue(folder, namespace, extra_names, days)
     except CertificateError as error:
         error_console.print(f"[red]error[/red] {error}")
         raise typer.Exit(1) from None
-    _report(identity, "renewed", namespace)
-
-
-def _report(identity: Identity, what: str, namespace: str) -> None:
-    folder = identity.cert.parent
     console.print(f"{what}: {identity.ca}, {identity.cert}, {identity.key}")
     console.print(
         f"Keep {folder / CA_KEY} out of the cluster. For Kubernetes:\n"
