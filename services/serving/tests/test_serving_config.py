@@ -43,3 +43,22 @@ def test_limits_and_adapters(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     monkeypatch.setenv("OWNCHAT_SERVING_MAX_RUNNING_REPLIES", "0")
     with pytest.raises(ValueError):
         ServingSettings()
+
+
+def test_tensor_parallelism_reaches_vllm(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, servable_models: dict[int, Path]
+) -> None:
+    """The setting becomes vLLM's parallel config (built, not started: one engine
+    over two workers)."""
+    from ownchat_serving.engine import engine_config
+
+    monkeypatch.setenv("OWNCHAT_HOME", str(tmp_path))
+    monkeypatch.setenv("OWNCHAT_SERVING_TENSOR_PARALLEL_SIZE", "2")
+    options = ServingSettings().engine_options()
+    assert options.tensor_parallel_size == 2
+    config = engine_config(servable_models[0], options)
+    assert config.parallel_config.tensor_parallel_size == 2
+    assert config.parallel_config.world_size == 2
+    monkeypatch.setenv("OWNCHAT_SERVING_TENSOR_PARALLEL_SIZE", "0")
+    with pytest.raises(ValueError):
+        ServingSettings()

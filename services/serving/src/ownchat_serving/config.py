@@ -61,6 +61,12 @@ class ServingSettings(ServerSettings):
         description="Largest LoRA rank an engine accepts; an adapter of a higher rank fails "
         "its deployment. vLLM takes 8, 16, 32, 64, 128, 256, 320 or 512.",
     )
+    tensor_parallel_size: int = Field(
+        default=1,
+        ge=1,
+        description="GPUs one engine's weights are split over (vLLM's tensor parallelism); "
+        "the service's GPUs must number at least this.",
+    )
     resolve_timeout_seconds: float = Field(
         default=300.0,
         gt=0,
@@ -115,4 +121,5 @@ class ServingSettings(ServerSettings):
             seed=self.seed,
             max_loras=self.max_loras,
             max_lora_rank=self.max_lora_rank,
+            tensor_parallel_size=self.tensor_parallel_size,
         )

@@ -54,6 +54,8 @@ class EngineOptions:
     # For engines that serve LoRA adapters: how many at once, and their largest rank.
     max_loras: int = 4
     max_lora_rank: int = 16
+    # vLLM's tensor parallelism: one engine's weights split over this many GPUs.
+    tensor_parallel_size: int = 1
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,7 @@ def engine_config(model_dir: Path, options: EngineOptions, adapters: bool = Fals
         enable_lora=adapters,
         max_loras=options.max_loras,
         max_lora_rank=options.max_lora_rank,  # type: ignore[arg-type]
+        tensor_parallel_size=options.tensor_parallel_size,
     )
     config = args.create_engine_config()
     # The configured length is a ceiling; a model with a shorter context keeps its own.
