@@ -18,7 +18,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -565,6 +565,39 @@ def service_environment(gpu: bool) -> dict[str, str]:
     return env
 
 
+def run_with_services(supervisor: Supervisor, heading: str, work: Callable[[], int]) -> int:
+    """Starts every service, runs ``work`` once all are healthy and stops them after.
+
+    Returns ``work``'s exit code; a failure is one line on stderr and 1, Ctrl-C 130.
+    """
+    try:
+        console.rule(heading)
+        supervisor.start(list(SERVICE_MODULES))
+        with console.status("waiting for health"):
+            supervisor.wait_healthy(
+                300, on_ready=lambda name: console.print(f"[green]ready[/green] {name}")
+            )
+        return work()
+    except grpc.RpcError as error:
+        error_console.print(f"[red]error[/red] {escape(str(describe_rpc_error(error)))}")
+        return 1
+    except (StartupError, RuntimeError, ValueError, urllib.error.URLError) as error:
+        error_console.print(f"[red]error[/red] {escape(str(error))}")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        with console.status("stopping the services"):
+            supervisor.stop()
+
+
+def keep_serving() -> None:
+    """Leaves the services up until Ctrl-C (which ``run_with_services`` turns into 130)."""
+    console.print("services keep running; Ctrl-C stops them")
+    while True:
+        time.sleep(1)
+
+
 def run_demo(options: DemoOptions) -> int:
     """Runs the demo; returns the process exit code."""
     started = time.monotonic()
@@ -575,13 +608,8 @@ def run_demo(options: DemoOptions) -> int:
     except RuntimeError as error:
         error_console.print(f"[red]error[/red] {escape(str(error))}")
         return 2
-    try:
-        console.rule("1/8 start the services")
-        supervisor.start(list(SERVICE_MODULES))
-        with console.status("waiting for health"):
-            supervisor.wait_healthy(
-                300, on_ready=lambda name: console.print(f"[green]ready[/green] {name}")
-            )
+
+    def work() -> int:
         with OwnchatClient.from_settings(settings) as ownchat:
             report = _loop(ownchat, settings, options, started)
         path = page.write(report, Path(settings.home) / "demo")
@@ -597,21 +625,7 @@ def run_demo(options: DemoOptions) -> int:
         if report.leaked:
             return 1
         if options.keep_running:
-            console.print("services keep running; Ctrl-C stops them")
-            while True:
-                time.sleep(1)
+            keep_serving()
         return 0
-    except StartupError as error:
-        error_console.print(f"[red]error[/red] {escape(str(error))}")
-        return 1
-    except grpc.RpcError as error:
-        error_console.print(f"[red]error[/red] {escape(str(describe_rpc_error(error)))}")
-        return 1
-    except (RuntimeError, ValueError, urllib.error.URLError) as error:
-        error_console.print(f"[red]error[/red] {escape(str(error))}")
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        with console.status("stopping the services"):
-            supervisor.stop()
+
+    return run_with_services(supervisor, "1/8 start the services", work)

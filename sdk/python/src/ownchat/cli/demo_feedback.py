@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 from rich.markup import escape
 
 from ownchat.cli.common import console, error_console, follow_job
@@ -25,16 +23,17 @@ from ownchat.cli.demo import (
     DemoState,
     RunPair,
     gate,
+    keep_serving,
     metric_rows,
     print_metrics,
+    run_with_services,
     service_environment,
 )
 from ownchat.cli.evaluate import MetricName, run_evaluation
-from ownchat.cli.supervisor import SERVICE_MODULES, StartupError, Supervisor
+from ownchat.cli.supervisor import Supervisor
 from ownchat.client import OwnchatClient
 from ownchat.common.v1 import common_pb2
 from ownchat.config import ClientSettings
-from ownchat.errors import describe_rpc_error
 from ownchat.evaluator.v1 import evaluator_pb2
 from ownchat.trainer.v1 import trainer_pb2
 
@@ -259,32 +258,13 @@ def run_feedback(feedback_path: Path, keep_running: bool) -> int:
         error_console.print(f"[red]error[/red] {escape(str(error))}")
         return 2
     started = time.monotonic()
-    try:
-        console.rule("1/6 start the services")
-        supervisor.start(list(SERVICE_MODULES))
-        with console.status("waiting for health"):
-            supervisor.wait_healthy(
-                300, on_ready=lambda name: console.print(f"[green]ready[/green] {name}")
-            )
+
+    def work() -> int:
         with OwnchatClient.from_settings(settings) as ownchat:
             _loop(ownchat, state, feedback)
         console.print(f"finished in {time.monotonic() - started:.0f} s")
         if keep_running:
-            console.print("services keep running; Ctrl-C stops them")
-            while True:
-                time.sleep(1)
+            keep_serving()
         return 0
-    except StartupError as error:
-        error_console.print(f"[red]error[/red] {escape(str(error))}")
-        return 1
-    except grpc.RpcError as error:
-        error_console.print(f"[red]error[/red] {escape(str(describe_rpc_error(error)))}")
-        return 1
-    except (RuntimeError, urllib.error.URLError) as error:
-        error_console.print(f"[red]error[/red] {escape(str(error))}")
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        with console.status("stopping the services"):
-            supervisor.stop()
+
+    return run_with_services(supervisor, "1/6 start the services", work)
