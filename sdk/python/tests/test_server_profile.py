@@ -217,3 +217,26 @@ def test_the_gateway_in_the_cluster_profile_needs_only_client_certificates(
         tls_key_file=certificates["key"],
     )
     check_security(settings, client, serves_grpc=False)
+
+
+def test_cluster_tls_files_that_cannot_be_read_are_named(
+    certificates: dict[str, Path], tmp_path: Path
+) -> None:
+    missing = tmp_path / "not-mounted" / "tls.key"
+    settings = ExampleSettings(
+        profile="cluster",
+        tls_cert_file=certificates["cert"],
+        tls_key_file=missing,
+        tls_client_ca_file=certificates["ca"],
+    )
+    client = ClientSettings(
+        tls_ca_file=certificates["ca"],
+        tls_cert_file=certificates["cert"],
+        tls_key_file=tmp_path,  # a directory
+    )
+    with pytest.raises(SecuritySettingsError) as error:
+        check_security(settings, client)
+    message = str(error.value)
+    assert f"OWNCHAT_EXAMPLE_TLS_KEY_FILE={missing} (No such file or directory)" in message
+    assert f"OWNCHAT_TLS_KEY_FILE={tmp_path} (Is a directory)" in message
+    assert "TLS_CERT_FILE" not in message

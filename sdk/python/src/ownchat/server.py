@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc import aio
@@ -59,7 +60,11 @@ CLUSTER_CLIENT_TLS = ("tls_ca_file", "tls_cert_file", "tls_key_file")
 
 
 def check_security(
-    settings: ServerSettings, client: ClientSettings | None = None, *, serves_grpc: bool = True
+    settings: ServerSettings,
+    client: ClientSettings | None = None,
+    *,
+    serves_grpc: bool = True,
+    check_files: bool = True,
 ) -> None:
     """Refuses TLS settings that would leave a port less protected than configured.
 
@@ -69,7 +74,8 @@ def check_security(
     service also calls others, :data:`CLUSTER_CLIENT_TLS` in ``client`` (the
     ``OWNCHAT_TLS_*`` client settings when not given). ``serves_grpc=False`` is
     the gateway: its HTTP port is behind the ingress, which terminates TLS, so
-    only its calls to the gRPC services are checked.
+    only its calls to the gRPC services are checked. With ``check_files`` (the
+    default) the cluster profile's files must also be readable files here.
     """
     kind = type(settings)
     if serves_grpc and (
@@ -95,6 +101,28 @@ def check_security(
             f"prefix in the config file: server ones in its {table}, client ones at its "
             "top level)"
         )
+    if not check_files:
+        return
+    # A Secret that is not mounted, or mounted unreadable, is named here rather than
+    # surfacing as a traceback from the TLS library.
+    unreadable = [
+        f"{type(owner).env_name(field)}={path} ({_unreadable(path)})"
+        for owner, fields in ((settings, server_fields), (client, CLUSTER_CLIENT_TLS))
+        for field in fields
+        if (path := getattr(owner, field)) is not None and _unreadable(path)
+    ]
+    if unreadable:
+        raise SecuritySettingsError(f"TLS files that cannot be read: {'; '.join(unreadable)}")
+
+
+def _unreadable(path: Path) -> str:
+    """Why ``path`` cannot be read, or "" when it can."""
+    try:
+        with path.open("rb") as handle:
+            handle.read(1)
+    except OSError as error:
+        return error.strerror or type(error).__name__
+    return ""
 
 
 def exit_if_insecure(settings: ServerSettings, *, serves_grpc: bool = True) -> None:
