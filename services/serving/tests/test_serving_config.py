@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -62,3 +65,34 @@ def test_tensor_parallelism_reaches_vllm(
     monkeypatch.setenv("OWNCHAT_SERVING_TENSOR_PARALLEL_SIZE", "0")
     with pytest.raises(ValueError):
         ServingSettings()
+
+
+@pytest.mark.parametrize(("native_bf16", "expected"), [(False, "float32"), (True, "bfloat16")])
+def test_auto_dtype_on_a_cpu_follows_its_bfloat16_support(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    servable_models: dict[int, Path],
+    native_bf16: bool,
+    expected: str,
+) -> None:
+    """``auto`` keeps a bfloat16 checkpoint in bfloat16 only where the CPU computes
+    in it; elsewhere float32, which is several times faster there. An explicit
+    dtype is always kept."""
+    import torch
+
+    from ownchat_serving import engine
+
+    monkeypatch.setenv("OWNCHAT_HOME", str(tmp_path))
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: native_bf16)
+    model = tmp_path / "bf16"
+    shutil.copytree(servable_models[0], model)
+    config_file = model / "config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**config, "torch_dtype": "bfloat16", "dtype": "bfloat16"}))
+    options = ServingSettings().engine_options()
+    built = engine.engine_config(model, options)
+    assert built.model_config.dtype == getattr(torch, expected)
+    explicit = dataclasses.replace(options, dtype="bfloat16")
+    assert engine.engine_config(model, explicit).model_config.dtype == torch.bfloat16
+    assert engine.engine_dtype("float16", on_cpu=True) == "float16"
+    assert engine.engine_dtype("auto", on_cpu=False) == "auto"

@@ -44,7 +44,11 @@ class ServingSettings(ServerSettings):
         description="Reuse the KV cache of prompt prefixes seen before (a shared system "
         "prompt, a conversation's earlier turns) instead of computing them again.",
     )
-    dtype: str = Field(default="auto", description="Weights' dtype: auto, bfloat16, float32...")
+    dtype: str = Field(
+        default="auto",
+        description="Weights' dtype: auto, bfloat16, float32... auto is the checkpoint's, "
+        "except float32 on a CPU without native bfloat16 (no AVX512-BF16 or AMX).",
+    )
     max_num_seqs: int | None = Field(
         default=None, gt=0, description="Most sequences in one engine step; the engine's default."
     )

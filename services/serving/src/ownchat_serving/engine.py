@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import gc
 import os
+import platform
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,18 +96,44 @@ def _configure_environment() -> None:
         os.environ.setdefault(key, value)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (x86 with AVX512-BF16 or AMX).
+
+    Other architectures are left to vLLM's own choice.
+    """
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return True
+    import torch
+
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def engine_dtype(requested: str, on_cpu: bool) -> str:
+    """The dtype to give vLLM.
+
+    ``auto`` takes the checkpoint's dtype (bfloat16 for most chat models). On a
+    CPU without native bfloat16 every product is converted in software; there
+    float32 is the faster choice by far (SmolLM2-135M on 2 AVX2 cores: prefill of
+    400 tokens 1.7 s in float32 against 10 s in bfloat16, decode steps alike).
+    """
+    if requested == "auto" and on_cpu and not cpu_has_native_bf16():
+        return "float32"
+    return requested
+
+
 def engine_config(model_dir: Path, options: EngineOptions, adapters: bool = False) -> VllmConfig:
     """vLLM's configuration of an engine on a model directory: safetensors only, no
     remote code. The serving benchmark starts its offline baseline from it too."""
     _configure_environment()
     from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.platforms import current_platform
 
     args = AsyncEngineArgs(
         model=str(model_dir),
         tokenizer=str(model_dir),
         trust_remote_code=False,
         load_format="safetensors",
-        dtype=options.dtype,  # type: ignore[arg-type]
+        dtype=engine_dtype(options.dtype, current_platform.is_cpu()),  # type: ignore[arg-type]
         kv_cache_memory_bytes=options.kv_cache_bytes,
         enforce_eager=options.enforce_eager,
         enable_prefix_caching=options.prefix_caching,
