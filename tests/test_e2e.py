@@ -77,6 +77,25 @@ def unauthenticated_calls(env: dict[str, str]) -> dict[str, grpc.StatusCode]:
     return codes
 
 
+def review_items(env: dict[str, str], token: str) -> int:
+    """How many items the review queue holds, in any state."""
+    with grpc.insecure_channel(env["OWNCHAT_EVALUATOR_ADDRESS"]) as channel:
+        stats = evaluator_pb2_grpc.EvaluatorServiceStub(channel).GetReviewStats(
+            evaluator_pb2.GetReviewStatsRequest(),
+            metadata=(("authorization", f"Bearer {token}"),),
+            timeout=10,
+        )
+    return sum(row.open_items + row.leased_items + row.done_items for row in stats.counts)
+
+
+def wait_for_review_items(env: dict[str, str], token: str, timeout: float = 60) -> int:
+    """The queue's item count once it is not zero: the gateway captures after the reply."""
+    deadline = time.monotonic() + timeout
+    while (count := review_items(env, token)) == 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return count
+
+
 def stored_artifacts(env: dict[str, str]) -> set[str]:
     objects = Path(env["OWNCHAT_HOME"]) / "artifacts" / "sha256"
     return {p.name for p in objects.iterdir()} if objects.exists() else set()
@@ -188,12 +207,26 @@ def test_the_whole_path_through_every_service(
         assert completion.choices[0].message.content
         assert completion.usage is not None and completion.usage.completion_tokens > 0
 
+        # A chat the gateway captures (scrubbed, then queued for review) that names
+        # what will be erased: the erasure must reach it too.
+        client.chat.completions.create(
+            model=model.group(),
+            messages=[{"role": "user", "content": "Does care plus cover the Zephyr X2?"}],
+            max_tokens=8,
+            temperature=0,
+            store=True,
+        )
+        assert wait_for_review_items(env, token) == 1
+
         # Right to erasure follows lineage: the model trained on the erased data
         # is blocked in the trainer's registry and refused by deploy.
         erased = cli(env, "data", "erase", "--dataset", "support", "--value", "Care Plus")
         assert erased.returncode == 0, erased.stdout + erased.stderr
         assert version.group() in erased.stdout
         assert model.group() in erased.stdout
+        assert "removed 1 captured chat(s)" in erased.stdout
+        assert "removed 1 review item(s)" in erased.stdout
+        assert review_items(env, token) == 0
         redeployed = cli(env, "deploy", model.group())
         assert redeployed.returncode == 1
         assert "FAILED_PRECONDITION" in redeployed.stderr

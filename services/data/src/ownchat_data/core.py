@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ownchat.artifacts import Artifact, ArtifactStore, HashingWriter
+from ownchat.erasure import MIN_VALUE_CHARS, too_short
 from ownchat.errors import (
     FailedPreconditionError,
     FieldViolation,
@@ -39,7 +40,6 @@ from ownchat_data.csv_transcript import CsvColumns, parse_csv_transcript
 from ownchat_data.dedup import Deduplicator, Split, assign_splits
 from ownchat_data.documents import TextSample, parse_document
 from ownchat_data.erasure import (
-    MIN_VALUE_CHARS,
     ErasureRequest,
     file_contains,
     sample_is_erased,
@@ -569,8 +569,7 @@ class DataCore:
                 "nothing to erase",
                 [FieldViolation("source_records", "give source records or values")],
             )
-        short = [v for v in request.values if len(v.strip()) < MIN_VALUE_CHARS]
-        if short:
+        if too_short(request.values):
             raise InvalidArgumentError(
                 "values too short to erase safely",
                 [

@@ -24,6 +24,7 @@ from typing import IO, Any
 
 import regex
 
+from ownchat.erasure import folded_values, holds_any
 from ownchat_data.archive import archive_members
 from ownchat_data.pattern_text import literal_readings
 from ownchat_data.records import MalformedSource
@@ -31,7 +32,6 @@ from ownchat_data.records import MalformedSource
 _SCAN_CHUNK = 1024 * 1024
 # What a pattern's author must escape to write a value literally (not "-" or " ").
 _REGEX_SPECIAL = regex.compile(r"[.^$*+?()\[\]{}|\\]")
-MIN_VALUE_CHARS = 3
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,7 @@ def sample_texts(sample: dict[str, Any]) -> list[str]:
 def sample_is_erased(sample: dict[str, Any], source_digest: str, request: ErasureRequest) -> bool:
     if (source_digest, int(sample["record"])) in request.source_records:
         return True
-    folded = [text.casefold() for text in sample_texts(sample)]
-    return any(value.casefold() in text for value in request.values for text in folded)
+    return holds_any(sample_texts(sample), folded_values(request.values))
 
 
 def _needles(values: Iterable[str]) -> list[bytes]:

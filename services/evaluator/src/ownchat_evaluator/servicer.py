@@ -141,3 +141,8 @@ class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
         self, request: evaluator_pb2.GetReviewStatsRequest, context: grpc.ServicerContext
     ) -> evaluator_pb2.GetReviewStatsResponse:
         return self._review_rpcs().get_review_stats(request)
+
+    def EraseReviewData(
+        self, request: evaluator_pb2.EraseReviewDataRequest, context: grpc.ServicerContext
+    ) -> evaluator_pb2.EraseReviewDataResponse:
+        return self._review_rpcs().erase_review_data(request)

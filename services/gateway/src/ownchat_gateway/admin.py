@@ -1,4 +1,5 @@
-"""The admin API, mounted by the BentoML service at ``/admin/v1``: API keys.
+"""The admin API, mounted by the BentoML service at ``/admin/v1``: API keys, and
+the right to erasure in the captured chats.
 
 ``POST /admin/v1/api-keys`` with ``CreateApiKeyRequest``
     ``CreateApiKeyResponse``: the key and its secret, shown this once.
@@ -6,6 +7,9 @@
     ``ListApiKeysResponse``: every key, revoked ones included, without secrets.
 ``POST /admin/v1/api-keys/{id}:revoke`` with no body or ``RevokeApiKeyRequest``
     ``RevokeApiKeyResponse``: the key, revoked from the next request on.
+``POST /admin/v1/captured-chats:erase`` with ``EraseCapturedChatsRequest``
+    ``EraseCapturedChatsResponse``: the captured chats and feedback deleted because
+    they held one of the values (``ownchat data erase`` calls it).
 
 Bodies are the ``ownchat.gateway.v1`` messages in protobuf's JSON mapping
 (``{"name": "alice", "scopes": ["SCOPE_REVIEW"]}``; answers use lowerCamelCase
@@ -17,6 +21,7 @@ are 0 for the gateway's default and -1 for none.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any, TypeVar
@@ -26,6 +31,7 @@ from fastapi.responses import JSONResponse
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from ownchat.erasure import MIN_VALUE_CHARS, too_short
 from ownchat.errors import FieldViolation, InvalidArgumentError
 from ownchat.gateway.v1 import gateway_pb2
 from ownchat.timestamps import to_timestamp
@@ -33,6 +39,7 @@ from ownchat_gateway.config import GatewaySettings
 from ownchat_gateway.context import context_of
 from ownchat_gateway.edge import add_not_found_route, new_app
 from ownchat_gateway.errors import invalid_request
+from ownchat_gateway.feedback.store import ErasedCaptures
 from ownchat_gateway.keys import ApiKey, NewApiKey, Scope
 from ownchat_gateway.middleware import principal_of, request_id_of
 
@@ -47,6 +54,52 @@ SCOPE_TO_PROTO: dict[Scope, gateway_pb2.Scope.ValueType] = {
     Scope.ADMIN: gateway_pb2.SCOPE_ADMIN,
 }
 SCOPE_FROM_PROTO = {number: scope for scope, number in SCOPE_TO_PROTO.items()}
+
+# What the erase route takes and answers, for the OpenAPI document (its body is
+# read by hand, as protobuf JSON). int64 is a JSON string in that mapping.
+_ERASE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "title": "EraseCapturedChatsRequest",
+                    "type": "object",
+                    "required": ["values"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "values": {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": {"type": "string", "minLength": MIN_VALUE_CHARS},
+                            "description": "Matched case-insensitively anywhere in a text; "
+                            f"each needs {MIN_VALUE_CHARS} characters or more, spaces around "
+                            "it not counted.",
+                        }
+                    },
+                }
+            }
+        },
+    }
+}
+_ERASE_ANSWER: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "What was erased.",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "title": "EraseCapturedChatsResponse",
+                    "type": "object",
+                    "properties": {
+                        "erasedResponseIds": {"type": "array", "items": {"type": "string"}},
+                        "erasedFeedback": {"type": "string", "format": "int64"},
+                        "reviewItemIds": {"type": "array", "items": {"type": "string"}},
+                    },
+                }
+            }
+        },
+    }
+}
 
 
 def required_scope(path: str) -> Scope:
@@ -93,6 +146,28 @@ def new_key_from_proto(request: gateway_pb2.CreateApiKeyRequest) -> NewApiKey:
         requests_per_minute=request.requests_per_minute,
         tokens_per_day=request.tokens_per_day,
         tokens_per_minute=request.tokens_per_minute,
+    )
+
+
+def erase_values_from_proto(request: gateway_pb2.EraseCapturedChatsRequest) -> list[str]:
+    """The values to erase; none, or a short one (which would match far more than
+    the person's data), is refused."""
+    values = list(request.values)
+    if not values:
+        raise invalid_request("values: give at least one value to erase", param="values")
+    if too_short(values):
+        raise invalid_request(
+            f"values: each value needs {MIN_VALUE_CHARS} characters or more", param="values"
+        )
+    return values
+
+
+def erased_to_proto(erased: ErasedCaptures) -> gateway_pb2.EraseCapturedChatsResponse:
+    """What the store deleted, as the contract's message."""
+    return gateway_pb2.EraseCapturedChatsResponse(
+        erased_response_ids=erased.response_ids,
+        erased_feedback=erased.feedback,
+        review_item_ids=erased.review_item_ids,
     )
 
 
@@ -176,6 +251,36 @@ def create_admin_app(settings: GatewaySettings) -> FastAPI:
             },
         )
         return _answer(gateway_pb2.RevokeApiKeyResponse(api_key=api_key_to_proto(key)))
+
+    @app.post(
+        "/captured-chats:erase",
+        response_model=None,
+        openapi_extra=_ERASE_BODY,
+        responses=_ERASE_ANSWER,
+    )
+    async def erase_captured_chats(request: Request) -> JSONResponse:
+        """Deletes the captured chats and feedback holding any of the values."""
+        context = context_of(request)
+        values = erase_values_from_proto(
+            await _parse(request, gateway_pb2.EraseCapturedChatsRequest())
+        )
+        if context.feedback is None:
+            # No capture store: nothing was ever captured, so nothing holds the values.
+            return _answer(gateway_pb2.EraseCapturedChatsResponse())
+        # A scan of every chat: off the event loop, which keeps answering chats meanwhile.
+        erased = await asyncio.to_thread(context.feedback.store.erase, values)
+        caller = principal_of(request.scope)
+        # Counts only: the values are the very data being erased.
+        logger.info(
+            "captured chats erased",
+            extra={
+                "request_id": request_id_of(request.scope),
+                "chats": len(erased.response_ids),
+                "feedback": erased.feedback,
+                "by": caller.id if caller else None,
+            },
+        )
+        return _answer(erased_to_proto(erased))
 
     add_not_found_route(app, "/admin/v1")
     return app

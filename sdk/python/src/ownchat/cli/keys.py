@@ -13,7 +13,6 @@ only its hash. A limit left out, or ``default``, is the gateway's default
 
 from __future__ import annotations
 
-import json
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -25,9 +24,8 @@ import typer
 from rich.markup import escape
 from rich.table import Column, Table
 
-from ownchat.auth import bearer, load_or_create_token
 from ownchat.cli.common import console, error_console
-from ownchat.config import ClientSettings
+from ownchat.cli.gateway_admin import GatewayCallError, admin_call
 
 keys_app = typer.Typer(
     help="API keys of the gateway, for chat clients and reviewers.", no_args_is_help=True
@@ -87,35 +85,6 @@ def limits_text(key: dict[str, Any]) -> str:
         if number != DEFAULT_LIMIT:
             parts.append(f"{'unlimited' if number == UNLIMITED else number} {unit}")
     return ", ".join(parts) or "default"
-
-
-class GatewayCallError(Exception):
-    """An admin call the gateway refused or that could not reach it."""
-
-
-def admin_call(method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One call to ``/admin/v1/<path>`` with the ownchat token; returns the JSON answer."""
-    settings = ClientSettings()
-    token = load_or_create_token(settings.home, settings.token)
-    url = f"{settings.gateway_url.rstrip('/')}/admin/v1/{path}"
-    request = urllib.request.Request(
-        url,
-        data=None if body is None else json.dumps(body).encode(),
-        method=method,
-        headers={"Authorization": bearer(token), "Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=settings.timeout_seconds) as response:
-            answer: dict[str, Any] = json.loads(response.read() or b"{}")
-            return answer
-    except urllib.error.HTTPError as error:
-        try:
-            message = json.loads(error.read())["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = error.reason
-        raise GatewayCallError(f"the gateway answered {error.code}: {message}") from None
-    except urllib.error.URLError as error:
-        raise GatewayCallError(f"cannot reach the gateway at {url}: {error.reason}") from None
 
 
 def _when(stamp: str | None) -> str:

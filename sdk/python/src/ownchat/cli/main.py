@@ -37,6 +37,7 @@ from ownchat.cli.common import (
     upload_progress,
     upload_requests,
 )
+from ownchat.cli.erasure import erase_captured_and_reviews
 from ownchat.cli.evaluate import consult_promotion_gate, eval_app
 from ownchat.cli.keys import keys_app
 from ownchat.cli.supervisor import SERVICE_MODULES, StartupError, Supervisor, service_status
@@ -381,7 +382,11 @@ def data_erase(
         ),
     ] = None,
 ) -> None:
-    """Right to erasure: a new version without the data, and every file holding it deleted."""
+    """Right to erasure: a new version without the data, and every file holding it deleted.
+
+    Values are also erased from the gateway's captured chats and the evaluator's
+    review queue; the command fails when one of them could not be reached.
+    """
     with client() as ownchat:
         response = ownchat.data.EraseRecords(
             data_pb2.EraseRecordsRequest(
@@ -389,19 +394,22 @@ def data_erase(
             ),
             timeout=3600,
         )
-    console.print(
-        f"removed {response.removed_samples} sample(s); new version "
-        f"[bold]{response.dataset_version.id}[/bold]; audit record {response.audit_id}"
-    )
-    if response.erased_version_ids:
         console.print(
-            f"versions whose files were deleted: {', '.join(response.erased_version_ids)}"
+            f"removed {response.removed_samples} sample(s); new version "
+            f"[bold]{response.dataset_version.id}[/bold]; audit record {response.audit_id}"
         )
-    if response.blocked_model_ids:
-        console.print(
-            "models trained on them, now refused by deploy until retrained: "
-            + ", ".join(response.blocked_model_ids)
-        )
+        if response.erased_version_ids:
+            console.print(
+                f"versions whose files were deleted: {', '.join(response.erased_version_ids)}"
+            )
+        if response.blocked_model_ids:
+            console.print(
+                "models trained on them, now refused by deploy until retrained: "
+                + ", ".join(response.blocked_model_ids)
+            )
+        # Source records name dataset files only; values can be anywhere.
+        if value and not erase_captured_and_reviews(ownchat, value).complete:
+            raise typer.Exit(1)
 
 
 @data_app.command("list")

@@ -16,6 +16,7 @@ from ownchat_evaluator.review.core import (
     QueueStats,
 )
 from ownchat_evaluator.review.model import (
+    ErasedReviewData,
     LeasedItem,
     NewItem,
     Review,
@@ -188,3 +189,9 @@ def stats_response(stats: QueueStats) -> evaluator_pb2.GetReviewStatsResponse:
     if stats.win_rate is not None:
         response.win_rate.CopyFrom(_win_rate(stats.win_rate))
     return response
+
+
+def erasure_response(erased: ErasedReviewData) -> evaluator_pb2.EraseReviewDataResponse:
+    return evaluator_pb2.EraseReviewDataResponse(
+        erased_item_ids=list(erased.item_ids), erased_reviews=erased.reviews
+    )

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
+from ownchat.erasure import folded_values, holds_any
 from ownchat.errors import (
     FieldViolation,
     InvalidArgumentError,
@@ -31,6 +32,7 @@ from ownchat.errors import (
 from ownchat_evaluator.review.agreement import Agreement, agreement
 from ownchat_evaluator.review.export import ExportFile, correction_file, preference_file
 from ownchat_evaluator.review.model import (
+    ErasedReviewData,
     Item,
     LeasedItem,
     NewItem,
@@ -41,6 +43,7 @@ from ownchat_evaluator.review.model import (
 from ownchat_evaluator.review.sampling import item_from_conversation, sample_lines
 from ownchat_evaluator.review.store import KindCounts, ReviewStore
 from ownchat_evaluator.review.validation import (
+    check_erasure_values,
     check_new_items,
     check_priority,
     check_review,
@@ -277,6 +280,17 @@ class ReviewQueue:
             ],
             win_rate=win,
         )
+
+    def erase(self, values: Sequence[str]) -> ErasedReviewData:
+        """Right to erasure: deletes every item whose texts hold a value, with its
+        reviews, and every other review holding one, by the rule every service
+        shares (:mod:`ownchat.erasure`), so that a value erased from a dataset
+        survives nowhere in the queue. Nothing holding a value is not an error."""
+        violations = check_erasure_values(values)
+        if violations:
+            raise InvalidArgumentError("invalid erasure request", violations)
+        folded = folded_values(values)
+        return self._store.erase(lambda texts: holds_any(texts, folded))
 
     def _data_service(self) -> FeedbackData:
         if self._data is None:

@@ -123,3 +123,12 @@ class Review:
     swapped: bool = False
     create_time: float = 0.0
     exported_to: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class ErasedReviewData:
+    """What an erasure deleted from the queue."""
+
+    item_ids: tuple[str, ...]
+    # The reviews of those items, and the other reviews that held a value.
+    reviews: int

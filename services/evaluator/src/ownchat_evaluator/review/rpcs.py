@@ -68,3 +68,8 @@ class ReviewRpcs:
         return convert.stats_response(
             self._queue.stats(request.candidate_model_id, request.baseline_model_id)
         )
+
+    def erase_review_data(
+        self, request: evaluator_pb2.EraseReviewDataRequest
+    ) -> evaluator_pb2.EraseReviewDataResponse:
+        return convert.erasure_response(self._queue.erase(tuple(request.values)))

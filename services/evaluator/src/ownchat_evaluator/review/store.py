@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ownchat.database import Database, Migrations, Row
+from ownchat.database import Connection, Database, Migrations, Row
 from ownchat.errors import FailedPreconditionError, NotFoundError, PreconditionViolation
 from ownchat_evaluator.review.model import (
+    ErasedReviewData,
     Item,
     LeasedItem,
     NewItem,
@@ -60,6 +62,21 @@ _HELD = """
       {kind}
     ORDER BY i.priority DESC, i.seq
     LIMIT 1
+"""
+
+# An erasure reads the queue in pages of this many rows, so a large queue is
+# scanned in bounded memory, and deletes as many ids per statement, within
+# SQLite's limit on parameters.
+_ERASURE_BATCH = 500
+
+# The columns an erasure reads, a page after the last seq read. Parameters: seq, limit.
+_ITEMS_TO_SCAN = """
+    SELECT seq, id, context, reply_a, reply_b, model_id_a, model_id_b, source
+    FROM review_items WHERE seq > ? ORDER BY seq LIMIT ?
+"""
+_REVIEWS_TO_SCAN = """
+    SELECT seq, id, item_id, reviewer, tags, preferred_model_id, correction
+    FROM reviews WHERE seq > ? ORDER BY seq LIMIT ?
 """
 
 
@@ -112,6 +129,76 @@ def _review(row: Row, exported_to: tuple[str, ...] = ()) -> Review:
     )
 
 
+def _item_texts(row: Row) -> list[str]:
+    """Every text an item stores, any of which may hold someone's data. The kind and
+    the roles are the schema's own words, and the fingerprint a hash of these texts."""
+    return [
+        *(content for _, content in json.loads(row["context"])),
+        row["reply_a"],
+        row["reply_b"],
+        row["model_id_a"],
+        row["model_id_b"],
+        row["source"],
+    ]
+
+
+def _review_texts(row: Row) -> list[str]:
+    """Every text a review stores; the reviewer's name too, since a reviewer may be
+    the person whose data is erased."""
+    return [
+        *json.loads(row["tags"]),
+        row["correction"],
+        row["preferred_model_id"],
+        row["reviewer"],
+    ]
+
+
+def _scan(connection: Connection, sql: str) -> Iterator[Row]:
+    """Every row of a paged query (see ``_ITEMS_TO_SCAN``), in seq order."""
+    last = 0  # seq counts from 1
+    while rows := connection.execute(sql, (last, _ERASURE_BATCH)).fetchall():
+        yield from rows
+        last = rows[-1]["seq"]
+
+
+def _delete_where_in(connection: Connection, sql: str, values: Sequence[str]) -> None:
+    """Runs a ``DELETE ... IN ({marks})`` over the values, a batch at a time."""
+    for start in range(0, len(values), _ERASURE_BATCH):
+        batch = values[start : start + _ERASURE_BATCH]
+        connection.execute(sql.format(marks=",".join("?" * len(batch))), batch)
+
+
+def _delete_reviews(
+    connection: Connection, reviews: Sequence[tuple[str, str]], erased_items: set[str]
+) -> None:
+    """Deletes (review id, item id) reviews with their export marks."""
+    ids = [review_id for review_id, _ in reviews]
+    _delete_where_in(connection, "DELETE FROM review_exports WHERE review_id IN ({marks})", ids)
+    _delete_where_in(connection, "DELETE FROM reviews WHERE id IN ({marks})", ids)
+    # A kept item's erased review no longer counts: the item wants another in its place.
+    lost = Counter(item_id for _, item_id in reviews if item_id not in erased_items)
+    for item_id, count in lost.items():
+        connection.execute(
+            "UPDATE review_items SET reviews_done = reviews_done - ? WHERE id = ?",
+            (count, item_id),
+        )
+
+
+def _delete_items(connection: Connection, item_ids: Sequence[str]) -> None:
+    """Deletes items and their leases and skips; their reviews must be gone already."""
+    for table in ("review_leases", "review_skips"):
+        _delete_where_in(connection, f"DELETE FROM {table} WHERE item_id IN ({{marks}})", item_ids)
+    _delete_where_in(connection, "DELETE FROM review_items WHERE id IN ({marks})", item_ids)
+
+
+def _forget_reviewers(connection: Connection, reviewers: Sequence[str]) -> None:
+    """Deletes the leases and skips of reviewers, which keep only their names."""
+    for table in ("review_leases", "review_skips"):
+        _delete_where_in(
+            connection, f"DELETE FROM {table} WHERE reviewer IN ({{marks}})", reviewers
+        )
+
+
 def _subject(item_id: str) -> str:
     return f"review_items/{item_id}"
 
@@ -152,6 +239,11 @@ class ReviewStore:
     def __init__(self, location: Path | str) -> None:
         """``location``: a SQLite file, or a ``postgresql://`` URL."""
         self._db = Database(location, MIGRATIONS)
+        if self._db.dialect == "sqlite":
+            # Items and reviews hold people's data: whatever a change frees, an
+            # erasure's deletes or an update's old copy of a row, is zeroed
+            # rather than left in the file's free space.
+            self._db.query("PRAGMA secure_delete = ON")
 
     def enqueue(
         self, items: Sequence[NewItem], ids: Sequence[str], default_wanted: int, now: float
@@ -501,6 +593,47 @@ class ReviewStore:
                         "record = excluded.record, export_time = excluded.export_time",
                         (review_id, dataset_version_id, record.record, now),
                     )
+
+    def erase(self, holds: Callable[[Iterable[str]], bool]) -> ErasedReviewData:
+        """Deletes, in one transaction, every item ``holds`` is true of (of any of its
+        texts) with its reviews, their export marks, its leases and skips; every other
+        review ``holds`` is true of; and the leases and skips of reviewers whose name
+        it is true of.
+
+        On SQLite nothing of the deleted rows is left in the file, nor in its log
+        once no other connection is reading. On PostgreSQL their old versions stay
+        in the tables' free space, out of every query's reach, until vacuumed and
+        overwritten.
+        """
+        with self._db.transaction() as connection:
+            items = [
+                row["id"] for row in _scan(connection, _ITEMS_TO_SCAN) if holds(_item_texts(row))
+            ]
+            erased = set(items)
+            reviews = [
+                (row["id"], row["item_id"])
+                for row in _scan(connection, _REVIEWS_TO_SCAN)
+                if row["item_id"] in erased or holds(_review_texts(row))
+            ]
+            reviewers = [
+                row["reviewer"]
+                for row in connection.execute(
+                    "SELECT reviewer FROM review_leases UNION SELECT reviewer FROM review_skips"
+                ).fetchall()
+                if holds([row["reviewer"]])
+            ]
+            _delete_reviews(connection, reviews, erased)
+            _delete_items(connection, items)
+            _forget_reviewers(connection, reviewers)
+        self._empty_sqlite_log()
+        return ErasedReviewData(tuple(items), len(reviews))
+
+    def _empty_sqlite_log(self) -> None:
+        """On SQLite, copies the zeroed pages into the file and empties the write-ahead
+        log, whose older frames still hold the rows as they were. While another
+        connection reads, the log cannot be emptied and its frames wait to be reused."""
+        if self._db.dialect == "sqlite":
+            self._db.query("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def live_leases(self, now: float) -> list[tuple[str, str]]:
         """(item id, reviewer) of every live lease; for checks of the queue's invariants."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ownchat.erasure import MIN_VALUE_CHARS, too_short
 from ownchat.errors import FieldViolation, InvalidArgumentError
 from ownchat_evaluator.review.model import (
     MAX_REVIEWS_WANTED,
@@ -173,3 +174,13 @@ def check_review(review: ReviewInput, kind: ReviewKind) -> None:
         )
     if violations:
         raise InvalidArgumentError(f"invalid review of item {review.item_id!r}", violations)
+
+
+def check_erasure_values(values: Sequence[str]) -> list[FieldViolation]:
+    """At least one value, and none so short that it would erase far more than one
+    person's data. The values themselves are never echoed: they are what is erased."""
+    if not values:
+        return [FieldViolation("values", "name at least one value to erase")]
+    if too_short(values):
+        return [FieldViolation("values", f"each value needs {MIN_VALUE_CHARS} characters or more")]
+    return []

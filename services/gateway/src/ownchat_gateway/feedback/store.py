@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from ownchat.database import Database, Migrations
+from ownchat.database import Connection, Database, Migrations, Row
+from ownchat.erasure import MIN_VALUE_CHARS, folded_values, holds_any, too_short
 
 MIGRATIONS = Migrations("captured", Path(__file__).with_name("migrations"))
+
+# Rows read per query while erasing: memory stays bounded however many chats are
+# kept, and an IN list of this many keys is within every engine's parameter limit.
+ERASE_PAGE_ROWS = 500
 
 
 class Rating(StrEnum):
@@ -52,6 +57,19 @@ class Feedback:
     key_id: str
     create_time: float
     review_item_id: str = ""
+
+
+@dataclass(frozen=True)
+class ErasedCaptures:
+    """What an erasure deleted."""
+
+    # The captured chats', in response id order.
+    response_ids: tuple[str, ...]
+    # Feedback rows: those on the deleted chats and those whose comment held a value.
+    feedback: int
+    # The review items made from the deleted chats and feedback, each once: the
+    # evaluator holds copies of their text, which its own erasure deletes.
+    review_item_ids: tuple[str, ...]
 
 
 class CaptureStore:
@@ -134,6 +152,110 @@ class CaptureStore:
             for row in rows
         ]
 
+    def erase(self, values: Sequence[str]) -> ErasedCaptures:
+        """Right to erasure: deletes every chat whose messages or reply hold a value,
+        the feedback on it, and every other feedback whose comment holds one.
+
+        "Holds" is :mod:`ownchat.erasure`'s rule, the data service's, so a value
+        erased from the datasets is erased here too. It is applied in Python, not
+        SQL: ``LOWER`` folds case differently from ``casefold`` and differently on
+        each engine. One transaction, so no chat goes while its feedback stays.
+        """
+        if too_short(values):
+            # "" would hold in every text: refused here too, not only by the callers.
+            raise ValueError(f"each value to erase needs {MIN_VALUE_CHARS} characters or more")
+        folded = folded_values(values)
+        with self._database.transaction() as connection:
+            response_ids, chat_items = _erase_chats(connection, folded)
+            on_chats, chat_feedback_items = _erase_feedback_on(connection, response_ids)
+            by_comment, comment_items = _erase_feedback_by_comment(connection, folded)
+        return ErasedCaptures(
+            response_ids=tuple(response_ids),
+            feedback=on_chats + by_comment,
+            review_item_ids=_distinct_ids(chat_items, chat_feedback_items, comment_items),
+        )
+
     def close(self) -> None:
         """Closes the database."""
         self._database.close()
+
+
+def _distinct_ids(*groups: Iterable[str]) -> tuple[str, ...]:
+    """The non-empty ids (a chat or thumb the queue did not take has ""), each once, in order."""
+    return tuple(dict.fromkeys(item for group in groups for item in group if item))
+
+
+def _chat_texts(row: Row) -> list[str]:
+    # The contents decoded from the JSON: json.dumps escapes non-ASCII text
+    # ("\u00e9"), so the stored column would not hold "José" as typed. Roles are
+    # not matched: they are no one's data, and "user" would match every chat.
+    return [content for _, content in json.loads(row["messages"])] + [row["reply"]]
+
+
+def _erase_chats(connection: Connection, folded: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Deletes the chats holding a value; their response ids and review item ids."""
+    response_ids: list[str] = []
+    review_item_ids: list[str] = []
+    last = ""
+    while True:
+        # By key, not OFFSET: the rows deleted behind the cursor do not shift the pages.
+        rows = connection.execute(
+            "SELECT response_id, messages, reply FROM captured_chats"
+            " WHERE response_id > ? ORDER BY response_id LIMIT ?",
+            (last, ERASE_PAGE_ROWS),
+        ).fetchall()
+        if not rows:
+            return response_ids, review_item_ids
+        last = rows[-1]["response_id"]
+        held = [row["response_id"] for row in rows if holds_any(_chat_texts(row), folded)]
+        review_item_ids.extend(_delete(connection, "captured_chats", "response_id", held))
+        response_ids.extend(held)
+
+
+def _erase_feedback_on(
+    connection: Connection, response_ids: Sequence[str]
+) -> tuple[int, list[str]]:
+    """Deletes every feedback on these replies; how many, and their review item ids."""
+    review_item_ids: list[str] = []
+    for start in range(0, len(response_ids), ERASE_PAGE_ROWS):
+        review_item_ids.extend(
+            _delete(
+                connection,
+                "feedback",
+                "response_id",
+                response_ids[start : start + ERASE_PAGE_ROWS],
+            )
+        )
+    return len(review_item_ids), review_item_ids
+
+
+def _erase_feedback_by_comment(
+    connection: Connection, folded: Sequence[str]
+) -> tuple[int, list[str]]:
+    """Deletes the feedback whose comment holds a value; how many, and their review item ids."""
+    review_item_ids: list[str] = []
+    last = 0
+    while True:
+        rows = connection.execute(
+            "SELECT id, comment FROM feedback WHERE id > ? ORDER BY id LIMIT ?",
+            (last, ERASE_PAGE_ROWS),
+        ).fetchall()
+        if not rows:
+            return len(review_item_ids), review_item_ids
+        last = rows[-1]["id"]
+        held = [row["id"] for row in rows if holds_any([row["comment"]], folded)]
+        review_item_ids.extend(_delete(connection, "feedback", "id", held))
+
+
+def _delete(connection: Connection, table: str, column: str, keys: Sequence[object]) -> list[str]:
+    """Deletes the rows of ``table`` whose ``column`` is one of ``keys`` (at most a
+    page of them); the deleted rows' review item ids, one per row."""
+    if not keys:
+        return []
+    # table and column are this module's constants; the keys travel as parameters.
+    placeholders = ", ".join(["?"] * len(keys))
+    rows = connection.execute(
+        f"DELETE FROM {table} WHERE {column} IN ({placeholders}) RETURNING review_item_id",
+        keys,
+    ).fetchall()
+    return [row[0] for row in rows]

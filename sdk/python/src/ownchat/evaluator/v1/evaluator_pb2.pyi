@@ -1973,3 +1973,60 @@ class RenderEvalReportResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RenderEvalReportResponse: _TypeAlias = RenderEvalReportResponse  # noqa: Y015
+
+@_typing.final
+class EraseReviewDataRequest(_message.Message):
+    """Asks to erase values from the review queue."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The values, matched as the data service matches them: case-insensitive,
+        anywhere in a text, at least 3 characters each.
+        """
+
+    def __init__(
+        self,
+        *,
+        values: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseReviewDataRequest: _TypeAlias = EraseReviewDataRequest  # noqa: Y015
+
+@_typing.final
+class EraseReviewDataResponse(_message.Message):
+    """What was erased."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ERASED_ITEM_IDS_FIELD_NUMBER: _builtins.int
+    ERASED_REVIEWS_FIELD_NUMBER: _builtins.int
+    erased_reviews: _builtins.int
+    """The reviews deleted: those of the deleted items, and the others whose
+    correction, tags or reviewer name held a value (a reviewer asking to be
+    erased loses their reviews, leases and skips).
+    """
+    @_builtins.property
+    def erased_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The review items deleted, with their reviews."""
+
+    def __init__(
+        self,
+        *,
+        erased_item_ids: _abc.Iterable[_builtins.str] | None = ...,
+        erased_reviews: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["erased_item_ids", b"erased_item_ids", "erased_reviews", b"erased_reviews"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseReviewDataResponse: _TypeAlias = EraseReviewDataResponse  # noqa: Y015

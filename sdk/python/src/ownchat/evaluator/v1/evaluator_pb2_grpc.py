@@ -111,6 +111,11 @@ class EvaluatorServiceStub:
                 request_serializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.RenderEvalReportRequest.SerializeToString,
                 response_deserializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.RenderEvalReportResponse.FromString,
                 _registered_method=True)
+        self.EraseReviewData = channel.unary_unary(
+                '/ownchat.evaluator.v1.EvaluatorService/EraseReviewData',
+                request_serializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.EraseReviewDataRequest.SerializeToString,
+                response_deserializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.EraseReviewDataResponse.FromString,
+                _registered_method=True)
 
 
 class EvaluatorServiceServicer:
@@ -230,6 +235,15 @@ class EvaluatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EraseReviewData(self, request, context):
+        """Right to erasure in the review queue: deletes every review item whose
+        conversation, replies or reference hold one of the values (with its
+        reviews and leases), and every other review whose text or reviewer holds one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EvaluatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -307,6 +321,11 @@ def add_EvaluatorServiceServicer_to_server(servicer, server):
                     servicer.RenderEvalReport,
                     request_deserializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.RenderEvalReportRequest.FromString,
                     response_serializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.RenderEvalReportResponse.SerializeToString,
+            ),
+            'EraseReviewData': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseReviewData,
+                    request_deserializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.EraseReviewDataRequest.FromString,
+                    response_serializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.EraseReviewDataResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -716,6 +735,33 @@ class EvaluatorService:
             '/ownchat.evaluator.v1.EvaluatorService/RenderEvalReport',
             ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.RenderEvalReportRequest.SerializeToString,
             ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.RenderEvalReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseReviewData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ownchat.evaluator.v1.EvaluatorService/EraseReviewData',
+            ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.EraseReviewDataRequest.SerializeToString,
+            ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.EraseReviewDataResponse.FromString,
             options,
             channel_credentials,
             insecure,

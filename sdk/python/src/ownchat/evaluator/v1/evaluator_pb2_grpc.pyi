@@ -78,6 +78,11 @@ class EvaluatorServiceStub:
     finished runs on the same dataset version: metrics with their confidence
     intervals, the models' training loss curves and the worst examples.
     """
+    EraseReviewData: _grpc.UnaryUnaryMultiCallable[_evaluator_pb2.EraseReviewDataRequest, _evaluator_pb2.EraseReviewDataResponse]
+    """Right to erasure in the review queue: deletes every review item whose
+    conversation, replies or reference hold one of the values (with its
+    reviews and leases), and every other review whose text or reviewer holds one.
+    """
 
 @_typing.type_check_only
 class EvaluatorServiceAsyncStub(EvaluatorServiceStub):
@@ -128,6 +133,11 @@ class EvaluatorServiceAsyncStub(EvaluatorServiceStub):
     """Renders the HTML report of one finished run, or of a comparison of two
     finished runs on the same dataset version: metrics with their confidence
     intervals, the models' training loss curves and the worst examples.
+    """
+    EraseReviewData: _aio.UnaryUnaryMultiCallable[_evaluator_pb2.EraseReviewDataRequest, _evaluator_pb2.EraseReviewDataResponse]  # type: ignore[assignment]
+    """Right to erasure in the review queue: deletes every review item whose
+    conversation, replies or reference hold one of the values (with its
+    reviews and leases), and every other review whose text or reviewer holds one.
     """
 
 class EvaluatorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -266,6 +276,17 @@ class EvaluatorServiceServicer(metaclass=_abc_1.ABCMeta):
         """Renders the HTML report of one finished run, or of a comparison of two
         finished runs on the same dataset version: metrics with their confidence
         intervals, the models' training loss curves and the worst examples.
+        """
+
+    @_abc_1.abstractmethod
+    def EraseReviewData(
+        self,
+        request: _evaluator_pb2.EraseReviewDataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_evaluator_pb2.EraseReviewDataResponse, _abc.Awaitable[_evaluator_pb2.EraseReviewDataResponse]]:
+        """Right to erasure in the review queue: deletes every review item whose
+        conversation, replies or reference hold one of the values (with its
+        reviews and leases), and every other review whose text or reviewer holds one.
         """
 
 def add_EvaluatorServiceServicer_to_server(servicer: EvaluatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -389,3 +389,67 @@ class UpdateCaptureSettingsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpdateCaptureSettingsResponse: _TypeAlias = UpdateCaptureSettingsResponse  # noqa: Y015
+
+@_typing.final
+class EraseCapturedChatsRequest(_message.Message):
+    """Asks to erase values from the captured chats."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The values, matched as the data service matches them: case-insensitive,
+        anywhere in a text, at least 3 characters each.
+        """
+
+    def __init__(
+        self,
+        *,
+        values: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseCapturedChatsRequest: _TypeAlias = EraseCapturedChatsRequest  # noqa: Y015
+
+@_typing.final
+class EraseCapturedChatsResponse(_message.Message):
+    """What was erased."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ERASED_RESPONSE_IDS_FIELD_NUMBER: _builtins.int
+    ERASED_FEEDBACK_FIELD_NUMBER: _builtins.int
+    REVIEW_ITEM_IDS_FIELD_NUMBER: _builtins.int
+    erased_feedback: _builtins.int
+    """The feedback deleted: that on the deleted chats, and the other feedback
+    whose comment held a value.
+    """
+    @_builtins.property
+    def erased_response_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The response ids of the captured chats deleted."""
+
+    @_builtins.property
+    def review_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The review items made from the deleted chats or feedback; the evaluator's
+        own erasure deletes them.
+        """
+
+    def __init__(
+        self,
+        *,
+        erased_response_ids: _abc.Iterable[_builtins.str] | None = ...,
+        erased_feedback: _builtins.int = ...,
+        review_item_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["erased_feedback", b"erased_feedback", "erased_response_ids", b"erased_response_ids", "review_item_ids", b"review_item_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseCapturedChatsResponse: _TypeAlias = EraseCapturedChatsResponse  # noqa: Y015

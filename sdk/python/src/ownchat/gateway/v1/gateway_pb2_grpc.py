@@ -62,6 +62,11 @@ class GatewayAdminServiceStub:
                 request_serializer=ownchat_dot_gateway_dot_v1_dot_gateway__pb2.UpdateCaptureSettingsRequest.SerializeToString,
                 response_deserializer=ownchat_dot_gateway_dot_v1_dot_gateway__pb2.UpdateCaptureSettingsResponse.FromString,
                 _registered_method=True)
+        self.EraseCapturedChats = channel.unary_unary(
+                '/ownchat.gateway.v1.GatewayAdminService/EraseCapturedChats',
+                request_serializer=ownchat_dot_gateway_dot_v1_dot_gateway__pb2.EraseCapturedChatsRequest.SerializeToString,
+                response_deserializer=ownchat_dot_gateway_dot_v1_dot_gateway__pb2.EraseCapturedChatsResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayAdminServiceServicer:
@@ -105,6 +110,15 @@ class GatewayAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EraseCapturedChats(self, request, context):
+        """Right to erasure in the captured chats: deletes every captured chat whose
+        messages or reply hold one of the values, with the feedback on it, and
+        every other feedback whose comment holds one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -132,6 +146,11 @@ def add_GatewayAdminServiceServicer_to_server(servicer, server):
                     servicer.UpdateCaptureSettings,
                     request_deserializer=ownchat_dot_gateway_dot_v1_dot_gateway__pb2.UpdateCaptureSettingsRequest.FromString,
                     response_serializer=ownchat_dot_gateway_dot_v1_dot_gateway__pb2.UpdateCaptureSettingsResponse.SerializeToString,
+            ),
+            'EraseCapturedChats': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseCapturedChats,
+                    request_deserializer=ownchat_dot_gateway_dot_v1_dot_gateway__pb2.EraseCapturedChatsRequest.FromString,
+                    response_serializer=ownchat_dot_gateway_dot_v1_dot_gateway__pb2.EraseCapturedChatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -272,6 +291,33 @@ class GatewayAdminService:
             '/ownchat.gateway.v1.GatewayAdminService/UpdateCaptureSettings',
             ownchat_dot_gateway_dot_v1_dot_gateway__pb2.UpdateCaptureSettingsRequest.SerializeToString,
             ownchat_dot_gateway_dot_v1_dot_gateway__pb2.UpdateCaptureSettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseCapturedChats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ownchat.gateway.v1.GatewayAdminService/EraseCapturedChats',
+            ownchat_dot_gateway_dot_v1_dot_gateway__pb2.EraseCapturedChatsRequest.SerializeToString,
+            ownchat_dot_gateway_dot_v1_dot_gateway__pb2.EraseCapturedChatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,11 @@ class GatewayAdminServiceStub:
     """Returns the conversation capture settings."""
     UpdateCaptureSettings: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.UpdateCaptureSettingsRequest, _gateway_pb2.UpdateCaptureSettingsResponse]
     """Changes the conversation capture settings."""
+    EraseCapturedChats: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.EraseCapturedChatsRequest, _gateway_pb2.EraseCapturedChatsResponse]
+    """Right to erasure in the captured chats: deletes every captured chat whose
+    messages or reply hold one of the values, with the feedback on it, and
+    every other feedback whose comment holds one.
+    """
 
 @_typing.type_check_only
 class GatewayAdminServiceAsyncStub(GatewayAdminServiceStub):
@@ -65,6 +70,11 @@ class GatewayAdminServiceAsyncStub(GatewayAdminServiceStub):
     """Returns the conversation capture settings."""
     UpdateCaptureSettings: _aio.UnaryUnaryMultiCallable[_gateway_pb2.UpdateCaptureSettingsRequest, _gateway_pb2.UpdateCaptureSettingsResponse]  # type: ignore[assignment]
     """Changes the conversation capture settings."""
+    EraseCapturedChats: _aio.UnaryUnaryMultiCallable[_gateway_pb2.EraseCapturedChatsRequest, _gateway_pb2.EraseCapturedChatsResponse]  # type: ignore[assignment]
+    """Right to erasure in the captured chats: deletes every captured chat whose
+    messages or reply hold one of the values, with the feedback on it, and
+    every other feedback whose comment holds one.
+    """
 
 class GatewayAdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """GatewayAdminService owns API keys, their limits and the conversation
@@ -111,5 +121,16 @@ class GatewayAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.UpdateCaptureSettingsResponse, _abc.Awaitable[_gateway_pb2.UpdateCaptureSettingsResponse]]:
         """Changes the conversation capture settings."""
+
+    @_abc_1.abstractmethod
+    def EraseCapturedChats(
+        self,
+        request: _gateway_pb2.EraseCapturedChatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.EraseCapturedChatsResponse, _abc.Awaitable[_gateway_pb2.EraseCapturedChatsResponse]]:
+        """Right to erasure in the captured chats: deletes every captured chat whose
+        messages or reply hold one of the values, with the feedback on it, and
+        every other feedback whose comment holds one.
+        """
 
 def add_GatewayAdminServiceServicer_to_server(servicer: GatewayAdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,78 @@
+"""``ownchat data erase`` beyond the datasets: the gateway's captured chats and the
+evaluator's review queue.
+
+A value erased from a dataset could still sit in a live chat the gateway captured
+or in a review item (the scrubber misses what it cannot recognise), so the same
+values are erased there too, by the same rule (:mod:`ownchat.erasure`). The
+gateway goes first: review items made from its chats hold the chats' text, and the
+evaluator's erasure then finds them. A place that cannot be reached is named, and
+the command fails, so that the operator runs it again once it is up; erasing
+again is harmless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from ownchat.cli.common import console, error_console
+from ownchat.cli.gateway_admin import GatewayCallError, admin_call
+from ownchat.client import OwnchatClient
+from ownchat.errors import describe_rpc_error
+from ownchat.evaluator.v1 import evaluator_pb2
+
+CAPTURED_CHATS_ERASE_PATH = "captured-chats:erase"
+
+
+@dataclass(frozen=True)
+class ErasedElsewhere:
+    """What the erasure removed outside the datasets; None where it could not run."""
+
+    captured_chats: int | None
+    review_items: int | None
+
+    @property
+    def complete(self) -> bool:
+        return self.captured_chats is not None and self.review_items is not None
+
+
+def erase_captured_and_reviews(ownchat: OwnchatClient, values: Sequence[str]) -> ErasedElsewhere:
+    """Erases the values from captured chats and the review queue, and says so."""
+    captured = _erase_captured_chats(values)
+    reviews = _erase_review_data(ownchat, values)
+    return ErasedElsewhere(captured, reviews)
+
+
+def _erase_captured_chats(values: Sequence[str]) -> int | None:
+    try:
+        answer = admin_call("POST", CAPTURED_CHATS_ERASE_PATH, {"values": list(values)})
+    except GatewayCallError as error:
+        error_console.print(
+            f"[red]error[/red] captured chats not erased: {error}; "
+            "run the same erase again once the gateway is up"
+        )
+        return None
+    chats = len(answer.get("erasedResponseIds", []))
+    feedback = int(answer.get("erasedFeedback", 0))
+    console.print(f"removed {chats} captured chat(s) and {feedback} feedback entry(ies)")
+    return chats
+
+
+def _erase_review_data(ownchat: OwnchatClient, values: Sequence[str]) -> int | None:
+    try:
+        response = ownchat.evaluator.EraseReviewData(
+            evaluator_pb2.EraseReviewDataRequest(values=values), timeout=600
+        )
+    except grpc.RpcError as error:
+        error_console.print(
+            f"[red]error[/red] review queue not erased: {describe_rpc_error(error)}; "
+            "run the same erase again once the evaluator is up"
+        )
+        return None
+    console.print(
+        f"removed {len(response.erased_item_ids)} review item(s) and "
+        f"{response.erased_reviews} review(s)"
+    )
+    return len(response.erased_item_ids)
