@@ -2,14 +2,58 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 
+import grpc
 import pytest
 
+from ownchat.evaluator.v1 import evaluator_pb2_grpc
+from ownchat.interceptors import ServerInterceptor
 from ownchat.testing import build_tiny_chat_model
+from ownchat_evaluator.core import EvaluatorCore
+from ownchat_evaluator.review.core import ReviewQueue
+from ownchat_evaluator.review.rpcs import ReviewRpcs
+from ownchat_evaluator.review.store import ReviewStore
+from ownchat_evaluator.servicer import EvaluatorServicer
+from ownchat_evaluator.store import EvalStore
+
+# The token the review server below demands: the test modules send their own TOKEN of
+# the same value (a conftest cannot be imported by name here).
+REVIEW_TOKEN = "test-token"
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random chat model, built once per test module (read only)."""
     return build_tiny_chat_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def _no_lookups(name: str) -> Path:
+    raise AssertionError(f"the review queue looked up {name}")
+
+
+@pytest.fixture
+def stub(tmp_path: Path) -> Iterator[evaluator_pb2_grpc.EvaluatorServiceStub]:
+    """The evaluator's servicer with a fresh review queue (600 s leases) on a loopback
+    gRPC server behind the runtime's token check; it never looks up models or data."""
+    eval_store = EvalStore(tmp_path / "evaluator.db")
+    core = EvaluatorCore(eval_store, models=_no_lookups, datasets=_no_lookups)
+    review_store = ReviewStore(tmp_path / "reviews.db")
+    servicer = EvaluatorServicer(core, ReviewRpcs(ReviewQueue(review_store, lease_seconds=600)))
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=4), interceptors=[ServerInterceptor(REVIEW_TOKEN)]
+    )
+    evaluator_pb2_grpc.add_EvaluatorServiceServicer_to_server(servicer, server)  # type: ignore[arg-type]
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield evaluator_pb2_grpc.EvaluatorServiceStub(channel)
+    finally:
+        channel.close()
+        server.stop(None).wait()
+        core.close()
+        eval_store.close()
+        review_store.close()

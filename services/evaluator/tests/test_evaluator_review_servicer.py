@@ -4,55 +4,16 @@ their details, release, paging, stats, and an export with no data service."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from concurrent import futures
-from pathlib import Path
-
 import grpc
 import pytest
 
 from ownchat.common.v1 import common_pb2
 from ownchat.errors import describe_rpc_error
 from ownchat.evaluator.v1 import evaluator_pb2, evaluator_pb2_grpc
-from ownchat.interceptors import ServerInterceptor
-from ownchat_evaluator.core import EvaluatorCore
-from ownchat_evaluator.review.core import ReviewQueue
-from ownchat_evaluator.review.rpcs import ReviewRpcs
-from ownchat_evaluator.review.store import ReviewStore
-from ownchat_evaluator.servicer import EvaluatorServicer
-from ownchat_evaluator.store import EvalStore
 
 TOKEN = "test-token"
 AUTH = [("authorization", f"Bearer {TOKEN}")]
 USER = common_pb2.ROLE_USER
-
-
-def _no_lookups(name: str) -> Path:
-    raise AssertionError(f"the review queue looked up {name}")
-
-
-@pytest.fixture
-def stub(tmp_path: Path) -> Iterator[evaluator_pb2_grpc.EvaluatorServiceStub]:
-    eval_store = EvalStore(tmp_path / "evaluator.db")
-    core = EvaluatorCore(eval_store, models=_no_lookups, datasets=_no_lookups)
-    review_store = ReviewStore(tmp_path / "reviews.db")
-    queue = ReviewQueue(review_store, lease_seconds=600)
-    servicer = EvaluatorServicer(core, ReviewRpcs(queue))  # type: ignore[abstract]
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=4), interceptors=[ServerInterceptor(TOKEN)]
-    )
-    evaluator_pb2_grpc.add_EvaluatorServiceServicer_to_server(servicer, server)  # type: ignore[arg-type]
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        yield evaluator_pb2_grpc.EvaluatorServiceStub(channel)
-    finally:
-        channel.close()
-        server.stop(None).wait()
-        core.close()
-        eval_store.close()
-        review_store.close()
 
 
 def failure(call: object, request: object) -> tuple[grpc.StatusCode, str, set[str]]:

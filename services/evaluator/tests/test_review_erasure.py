@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
 
 import grpc
@@ -17,8 +16,6 @@ import pytest
 from ownchat.common.v1 import common_pb2
 from ownchat.errors import InvalidArgumentError, NotFoundError, describe_rpc_error
 from ownchat.evaluator.v1 import evaluator_pb2, evaluator_pb2_grpc
-from ownchat.interceptors import ServerInterceptor
-from ownchat_evaluator.core import EvaluatorCore
 from ownchat_evaluator.review import store as review_store
 from ownchat_evaluator.review.core import ReviewQueue
 from ownchat_evaluator.review.model import (
@@ -28,10 +25,7 @@ from ownchat_evaluator.review.model import (
     ReviewKind,
     Turn,
 )
-from ownchat_evaluator.review.rpcs import ReviewRpcs
 from ownchat_evaluator.review.store import ExportedRecord, ReviewStore
-from ownchat_evaluator.servicer import EvaluatorServicer
-from ownchat_evaluator.store import EvalStore
 
 SECRET = "Zanzibar Quillfeather"
 CLEAN_CONTEXT = (Turn("system", "Be brief."), Turn("user", "How do I reset my router?"))
@@ -277,33 +271,6 @@ def test_a_failure_midway_deletes_nothing(
         queue.erase([SECRET])
     assert every_stored_row(store) == before
     assert queue.get_item(item_id).reviews_done == 1
-
-
-@pytest.fixture
-def stub(tmp_path: Path) -> Iterator[evaluator_pb2_grpc.EvaluatorServiceStub]:
-    eval_store = EvalStore(tmp_path / "evaluator.db")
-    core = EvaluatorCore(eval_store, models=_no_lookups, datasets=_no_lookups)
-    review_store = ReviewStore(tmp_path / "reviews.db")
-    servicer = EvaluatorServicer(core, ReviewRpcs(ReviewQueue(review_store)))
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=2), interceptors=[ServerInterceptor(TOKEN)]
-    )
-    evaluator_pb2_grpc.add_EvaluatorServiceServicer_to_server(servicer, server)  # type: ignore[arg-type]
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        yield evaluator_pb2_grpc.EvaluatorServiceStub(channel)
-    finally:
-        channel.close()
-        server.stop(None).wait()
-        core.close()
-        eval_store.close()
-        review_store.close()
-
-
-def _no_lookups(name: str) -> Path:
-    raise AssertionError(f"the review queue looked up {name}")
 
 
 def rating_item(question: str, reply: str) -> evaluator_pb2.ReviewItem:
