@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
 
 import grpc
 import pytest
 
 from ownchat.evaluator.v1 import evaluator_pb2_grpc
-from ownchat.interceptors import ServerInterceptor
-from ownchat.testing import build_tiny_chat_model
+from ownchat.testing import build_tiny_chat_model, loopback_channel
 from ownchat_evaluator.core import EvaluatorCore
 from ownchat_evaluator.review.core import ReviewQueue
 from ownchat_evaluator.review.rpcs import ReviewRpcs
@@ -42,18 +40,16 @@ def stub(tmp_path: Path) -> Iterator[evaluator_pb2_grpc.EvaluatorServiceStub]:
     core = EvaluatorCore(eval_store, models=_no_lookups, datasets=_no_lookups)
     review_store = ReviewStore(tmp_path / "reviews.db")
     servicer = EvaluatorServicer(core, ReviewRpcs(ReviewQueue(review_store, lease_seconds=600)))
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=4), interceptors=[ServerInterceptor(REVIEW_TOKEN)]
-    )
-    evaluator_pb2_grpc.add_EvaluatorServiceServicer_to_server(servicer, server)  # type: ignore[arg-type]
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
-        yield evaluator_pb2_grpc.EvaluatorServiceStub(channel)
+        with loopback_channel(
+            lambda server: add_evaluator(servicer, server), REVIEW_TOKEN
+        ) as channel:
+            yield evaluator_pb2_grpc.EvaluatorServiceStub(channel)
     finally:
-        channel.close()
-        server.stop(None).wait()
         core.close()
         eval_store.close()
         review_store.close()
+
+
+def add_evaluator(servicer: EvaluatorServicer, server: grpc.Server) -> None:
+    evaluator_pb2_grpc.add_EvaluatorServiceServicer_to_server(servicer, server)  # type: ignore[arg-type]

@@ -17,7 +17,7 @@ import pytest
 from ownchat.config import ClientSettings
 from ownchat.errors import NotFoundError, OwnchatError, UnavailableError, describe_rpc_error
 from ownchat.evaluator.v1 import evaluator_pb2, evaluator_pb2_grpc
-from ownchat.interceptors import ServerInterceptor
+from ownchat.testing import loopback_channel
 from ownchat.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from ownchat_evaluator.compare import compare_runs
 from ownchat_evaluator.core import EvaluatorCore
@@ -287,21 +287,17 @@ def stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         raise NotFoundError("model", name)
 
     core = EvaluatorCore(store, nowhere, nowhere, curves=_curves)
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=2), interceptors=[ServerInterceptor(TOKEN)]
-    )
-    evaluator_pb2_grpc.add_EvaluatorServiceServicer_to_server(
-        EvaluatorServicer(core),  # type: ignore[abstract]
-        server,
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    servicer = EvaluatorServicer(core)  # type: ignore[abstract]
     try:
-        yield evaluator_pb2_grpc.EvaluatorServiceStub(channel)
+        with loopback_channel(
+            lambda server: evaluator_pb2_grpc.add_EvaluatorServiceServicer_to_server(
+                servicer,  # type: ignore[arg-type]
+                server,
+            ),
+            TOKEN,
+        ) as channel:
+            yield evaluator_pb2_grpc.EvaluatorServiceStub(channel)
     finally:
-        channel.close()
-        server.stop(None).wait()
         core.close()
         store.close()
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,7 @@ import pytest
 
 from ownchat.errors import NotFoundError, describe_rpc_error
 from ownchat.evaluator.v1 import evaluator_pb2, evaluator_pb2_grpc
-from ownchat.interceptors import ServerInterceptor
-from ownchat.testing import build_tiny_chat_model
+from ownchat.testing import build_tiny_chat_model, loopback_channel
 from ownchat_evaluator.core import EvaluatorCore, RunOptions
 from ownchat_evaluator.gate import GateThresholds
 from ownchat_evaluator.servicer import EvaluatorServicer
@@ -70,21 +68,17 @@ def stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         RunOptions(max_length=256, resamples=200),
         gate=GateThresholds(max_perplexity=50.0, min_bleu=0.0),
     )
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=4), interceptors=[ServerInterceptor(TOKEN)]
-    )
-    evaluator_pb2_grpc.add_EvaluatorServiceServicer_to_server(
-        EvaluatorServicer(core),  # type: ignore[abstract]
-        server,
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    servicer = EvaluatorServicer(core)  # type: ignore[abstract]
     try:
-        yield evaluator_pb2_grpc.EvaluatorServiceStub(channel)
+        with loopback_channel(
+            lambda server: evaluator_pb2_grpc.add_EvaluatorServiceServicer_to_server(
+                servicer,  # type: ignore[arg-type]
+                server,
+            ),
+            TOKEN,
+        ) as channel:
+            yield evaluator_pb2_grpc.EvaluatorServiceStub(channel)
     finally:
-        channel.close()
-        server.stop(None).wait()
         core.close()
         store.close()
 

@@ -1,5 +1,6 @@
-"""Test support: a tiny, randomly initialised chat model built in seconds, and free
-loopback ports for services started by tests and benchmarks.
+"""Test support: a tiny, randomly initialised chat model built in seconds, free
+loopback ports for services started by tests and benchmarks, and an in-process
+gRPC server behind the token check.
 
 Used by the unit tests of the trainer, evaluator and serving, which must run on
 a CPU in seconds and fetch nothing. The model needs ``transformers`` and ``tokenizers``.
@@ -9,7 +10,12 @@ from __future__ import annotations
 
 import random
 import socket
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from contextlib import contextmanager
 from pathlib import Path
+
+import grpc
 
 # Below this, ports are often reserved for well-known services.
 _LOWEST_PORT = 10000
@@ -119,3 +125,25 @@ def build_tiny_chat_model(directory: Path, seed: int = 0) -> Path:
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(directory, safe_serialization=True)
     return directory
+
+
+@contextmanager
+def loopback_channel(
+    register: Callable[[grpc.Server], None], token: str, workers: int = 4
+) -> Iterator[grpc.Channel]:
+    """A gRPC server on a free loopback port, behind ownchat's token check, serving
+    what ``register`` adds to it; yields a channel to it and stops both after."""
+    from ownchat.interceptors import ServerInterceptor
+
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers), interceptors=[ServerInterceptor(token)]
+    )
+    register(server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield channel
+    finally:
+        channel.close()
+        server.stop(None).wait()
