@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from ownchat.evaluator.v1 import evaluator_pb2_grpc
-from ownchat.testing import build_tiny_chat_model, loopback_channel
+from ownchat.testing import ManualClock, build_tiny_chat_model, loopback_channel
 from ownchat_evaluator.core import EvaluatorCore
 from ownchat_evaluator.review.core import ReviewQueue
 from ownchat_evaluator.review.rpcs import ReviewRpcs
@@ -53,3 +53,17 @@ def stub(tmp_path: Path) -> Iterator[evaluator_pb2_grpc.EvaluatorServiceStub]:
 
 def add_evaluator(servicer: EvaluatorServicer, server: grpc.Server) -> None:
     evaluator_pb2_grpc.add_EvaluatorServiceServicer_to_server(servicer, server)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    """The review queue's time, moved by the test (to let leases expire)."""
+    return ManualClock()
+
+
+@pytest.fixture
+def store(store_location: Path | str) -> Iterator[ReviewStore]:
+    """A review store on a SQLite file, then on a PostgreSQL database."""
+    opened = ReviewStore(store_location)
+    yield opened
+    opened.close()

@@ -6,28 +6,18 @@ reopening the store."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
 from ownchat.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from ownchat.testing import ManualClock
 from ownchat_evaluator.review.core import ReviewQueue
 from ownchat_evaluator.review.model import NewItem, ReviewInput, ReviewKind, Turn
 from ownchat_evaluator.review.store import ReviewStore
 
 CONTEXT = (Turn("system", "Be brief."), Turn("user", "How do I reset my password?"))
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def rating(reply: str = "Use the reset link.", **fields: object) -> NewItem:
@@ -56,19 +46,7 @@ def pairwise(question: str = "How do I reset my password?", **fields: object) ->
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def store(store_location: Path | str) -> Iterator[ReviewStore]:
-    opened = ReviewStore(store_location)
-    yield opened
-    opened.close()
-
-
-@pytest.fixture
-def queue(store: ReviewStore, clock: Clock) -> ReviewQueue:
+def queue(store: ReviewStore, clock: ManualClock) -> ReviewQueue:
     return ReviewQueue(store, lease_seconds=60, clock=clock, rng=random.Random(7))
 
 
@@ -110,7 +88,7 @@ def test_bad_items_are_refused_together_and_nothing_is_enqueued(queue: ReviewQue
     assert queue.next_item("ann") is None
 
 
-def test_asking_again_returns_the_held_lease(queue: ReviewQueue, clock: Clock) -> None:
+def test_asking_again_returns_the_held_lease(queue: ReviewQueue, clock: ManualClock) -> None:
     queue.enqueue([rating("one"), rating("two")])
     held = queue.next_item("ann")
     clock.now += 30
@@ -120,7 +98,7 @@ def test_asking_again_returns_the_held_lease(queue: ReviewQueue, clock: Clock) -
     assert again.expire_time == held.expire_time
 
 
-def test_an_expired_lease_returns_the_item(queue: ReviewQueue, clock: Clock) -> None:
+def test_an_expired_lease_returns_the_item(queue: ReviewQueue, clock: ManualClock) -> None:
     (item_id,) = queue.enqueue([rating()])
     assert queue.next_item("ann") is not None
     assert queue.next_item("bob") is None
@@ -135,7 +113,9 @@ def test_an_expired_lease_returns_the_item(queue: ReviewQueue, clock: Clock) -> 
     assert queue.next_item("ann") is None
 
 
-def test_a_late_review_is_kept_when_nobody_took_its_place(queue: ReviewQueue, clock: Clock) -> None:
+def test_a_late_review_is_kept_when_nobody_took_its_place(
+    queue: ReviewQueue, clock: ManualClock
+) -> None:
     (item_id,) = queue.enqueue([rating()])
     assert queue.next_item("ann") is not None
     clock.now += 600
@@ -157,7 +137,7 @@ def test_several_reviewers_share_an_item_up_to_the_reviews_wanted(queue: ReviewQ
     assert [r.reviewer for r in queue.list_reviews(10, 0, item_id=item_id)] == ["ann", "bob"]
 
 
-def test_the_default_overlap_comes_from_the_queue(store: ReviewStore, clock: Clock) -> None:
+def test_the_default_overlap_comes_from_the_queue(store: ReviewStore, clock: ManualClock) -> None:
     queue = ReviewQueue(store, reviews_per_item=3, clock=clock)
     (item_id,) = queue.enqueue([rating()])
     assert queue.get_item(item_id).reviews_wanted == 3
@@ -308,7 +288,7 @@ def test_counts_open_leased_and_done(queue: ReviewQueue) -> None:
     assert (counts.open_items, counts.leased_items, counts.done_items) == (1, 1, 1)
 
 
-def test_the_queue_survives_reopening(store_location: Path | str, clock: Clock) -> None:
+def test_the_queue_survives_reopening(store_location: Path | str, clock: ManualClock) -> None:
     first = ReviewStore(store_location)
     queue = ReviewQueue(first, lease_seconds=60, clock=clock)
     done_id, leased_id = queue.enqueue([rating("one"), rating("two")])

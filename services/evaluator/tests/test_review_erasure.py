@@ -7,7 +7,6 @@ in the file's bytes); bad requests delete nothing; and the RPC over gRPC."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -16,6 +15,7 @@ import pytest
 from ownchat.common.v1 import common_pb2
 from ownchat.errors import InvalidArgumentError, NotFoundError, describe_rpc_error
 from ownchat.evaluator.v1 import evaluator_pb2, evaluator_pb2_grpc
+from ownchat.testing import ManualClock
 from ownchat_evaluator.review import store as review_store
 from ownchat_evaluator.review.core import ReviewQueue
 from ownchat_evaluator.review.model import (
@@ -31,16 +31,6 @@ SECRET = "Zanzibar Quillfeather"
 CLEAN_CONTEXT = (Turn("system", "Be brief."), Turn("user", "How do I reset my router?"))
 TOKEN = "test-token"
 AUTH = [("authorization", f"Bearer {TOKEN}")]
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def item(kind: ReviewKind, **fields: object) -> NewItem:
@@ -80,19 +70,7 @@ def every_stored_byte(folder: Path) -> bytes:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def store(store_location: Path | str) -> Iterator[ReviewStore]:
-    opened = ReviewStore(store_location)
-    yield opened
-    opened.close()
-
-
-@pytest.fixture
-def queue(store: ReviewStore, clock: Clock) -> ReviewQueue:
+def queue(store: ReviewStore, clock: ManualClock) -> ReviewQueue:
     return ReviewQueue(store, lease_seconds=600, clock=clock, rng=random.Random(7))
 
 
@@ -103,7 +81,7 @@ def lease(queue: ReviewQueue, reviewer: str, kind: ReviewKind | None = None) -> 
 
 
 def test_erasure_deletes_what_holds_the_value_and_keeps_the_rest(
-    queue: ReviewQueue, store: ReviewStore, store_location: Path | str, clock: Clock
+    queue: ReviewQueue, store: ReviewStore, store_location: Path | str, clock: ManualClock
 ) -> None:
     in_context, in_reply, clean, clean_correction = queue.enqueue(
         [
@@ -206,7 +184,7 @@ def test_matching_is_case_insensitive(
 
 
 def test_a_reviewer_named_by_a_value_is_erased_too(
-    queue: ReviewQueue, store: ReviewStore, clock: Clock
+    queue: ReviewQueue, store: ReviewStore, clock: ManualClock
 ) -> None:
     named = f"{SECRET} <zq@example.com>"
     shared, skipped, held = queue.enqueue(

@@ -1,6 +1,6 @@
 """Test support: a tiny, randomly initialised chat model built in seconds, free
-loopback ports for services started by tests and benchmarks, and an in-process
-gRPC server behind the token check.
+loopback ports for services started by tests and benchmarks, an in-process gRPC
+server behind the token check, and a clock moved by hand.
 
 Used by the unit tests of the trainer, evaluator and serving, which must run on
 a CPU in seconds and fetch nothing. The model needs ``transformers`` and ``tokenizers``.
@@ -147,3 +147,13 @@ def loopback_channel(
     finally:
         channel.close()
         server.stop(None).wait()
+
+
+class ManualClock:
+    """A clock (``time.time``'s shape) that a test moves by hand: ``clock.now += 61``."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
