@@ -12,11 +12,11 @@ import pytest
 from fastapi.testclient import TestClient
 from google.protobuf import json_format
 
+from ownchat import database
 from ownchat.evaluator.v1 import evaluator_pb2
 from ownchat.gateway.v1 import gateway_pb2
 from ownchat_gateway.admin import create_admin_app
 from ownchat_gateway.context import GatewayContext
-from ownchat_gateway.feedback import store as store_module
 from ownchat_gateway.feedback.loop import FeedbackLoop
 from ownchat_gateway.feedback.store import CapturedChat, CaptureStore, ErasedCaptures, Rating
 from ownchat_gateway.keys import Scope
@@ -102,7 +102,7 @@ def test_gateway_erase_pages_through_every_row(
     store: CaptureStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Pages of two: the rows deleted from a page must not hide the next page's.
-    monkeypatch.setattr(store_module, "ERASE_PAGE_ROWS", 2)
+    monkeypatch.setattr(database, "BATCH_ROWS", 2)
     for number in range(7):
         reply = "Ask José Smith." if number % 2 == 0 else "No."
         store.add_chat(_chat(f"chatcmpl-{number}", "Who?", reply, f"ri_{number}"))

@@ -321,3 +321,46 @@ class Database:
                     self._postgres.close()
             else:
                 self._sqlite.close()
+
+
+# Rows a scan reads per query, and keys a delete names per statement: memory
+# stays bounded, and an IN list stays within every engine's parameter limit.
+BATCH_ROWS = 500
+
+
+def keyset_scan(connection: Connection, select: str, key: str, start: object) -> Iterator[Any]:
+    """Every row of ``select``, which ends ``WHERE <key> > ? ORDER BY <key> LIMIT ?``,
+    read a page at a time after ``start``.
+
+    Paged by key rather than OFFSET, so rows the caller deletes behind the
+    cursor shift no later page.
+    """
+    last = start
+    while rows := connection.execute(select, (last, BATCH_ROWS)).fetchall():
+        yield from rows
+        last = rows[-1][key]
+
+
+def delete_in(
+    connection: Connection,
+    table: str,
+    column: str,
+    keys: Sequence[object],
+    returning: str | None = None,
+) -> list[Any]:
+    """Deletes the rows of ``table`` whose ``column`` is one of ``keys``, a batch of
+    keys per statement; the ``returning`` column of each deleted row, if asked.
+
+    ``table``, ``column`` and ``returning`` are the caller's constants; the keys
+    travel as parameters.
+    """
+    returned: list[Any] = []
+    for start in range(0, len(keys), BATCH_ROWS):
+        batch = keys[start : start + BATCH_ROWS]
+        sql = f"DELETE FROM {table} WHERE {column} IN ({', '.join('?' * len(batch))})"
+        if returning is None:
+            connection.execute(sql, batch)
+        else:
+            rows = connection.execute(f"{sql} RETURNING {returning}", batch).fetchall()
+            returned.extend(row[0] for row in rows)
+    return returned

@@ -17,11 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ownchat.database import Connection, Database, Migrations, Row
+from ownchat.database import Connection, Database, Migrations, Row, delete_in, keyset_scan
 from ownchat.errors import FailedPreconditionError, NotFoundError, PreconditionViolation
 from ownchat_evaluator.review.model import (
     ErasedReviewData,
@@ -64,12 +64,7 @@ _HELD = """
     LIMIT 1
 """
 
-# An erasure reads the queue in pages of this many rows, so a large queue is
-# scanned in bounded memory, and deletes as many ids per statement, within
-# SQLite's limit on parameters.
-_ERASURE_BATCH = 500
-
-# The columns an erasure reads, a page after the last seq read. Parameters: seq, limit.
+# The columns an erasure reads, a page after the last seq read (see keyset_scan).
 _ITEMS_TO_SCAN = """
     SELECT seq, id, context, reply_a, reply_b, model_id_a, model_id_b, source
     FROM review_items WHERE seq > ? ORDER BY seq LIMIT ?
@@ -153,28 +148,13 @@ def _review_texts(row: Row) -> list[str]:
     ]
 
 
-def _scan(connection: Connection, sql: str) -> Iterator[Row]:
-    """Every row of a paged query (see ``_ITEMS_TO_SCAN``), in seq order."""
-    last = 0  # seq counts from 1
-    while rows := connection.execute(sql, (last, _ERASURE_BATCH)).fetchall():
-        yield from rows
-        last = rows[-1]["seq"]
-
-
-def _delete_where_in(connection: Connection, sql: str, values: Sequence[str]) -> None:
-    """Runs a ``DELETE ... IN ({marks})`` over the values, a batch at a time."""
-    for start in range(0, len(values), _ERASURE_BATCH):
-        batch = values[start : start + _ERASURE_BATCH]
-        connection.execute(sql.format(marks=",".join("?" * len(batch))), batch)
-
-
 def _delete_reviews(
     connection: Connection, reviews: Sequence[tuple[str, str]], erased_items: set[str]
 ) -> None:
     """Deletes (review id, item id) reviews with their export marks."""
     ids = [review_id for review_id, _ in reviews]
-    _delete_where_in(connection, "DELETE FROM review_exports WHERE review_id IN ({marks})", ids)
-    _delete_where_in(connection, "DELETE FROM reviews WHERE id IN ({marks})", ids)
+    delete_in(connection, "review_exports", "review_id", ids)
+    delete_in(connection, "reviews", "id", ids)
     # A kept item's erased review no longer counts: the item wants another in its place.
     lost = Counter(item_id for _, item_id in reviews if item_id not in erased_items)
     for item_id, count in lost.items():
@@ -187,16 +167,14 @@ def _delete_reviews(
 def _delete_items(connection: Connection, item_ids: Sequence[str]) -> None:
     """Deletes items and their leases and skips; their reviews must be gone already."""
     for table in ("review_leases", "review_skips"):
-        _delete_where_in(connection, f"DELETE FROM {table} WHERE item_id IN ({{marks}})", item_ids)
-    _delete_where_in(connection, "DELETE FROM review_items WHERE id IN ({marks})", item_ids)
+        delete_in(connection, table, "item_id", item_ids)
+    delete_in(connection, "review_items", "id", item_ids)
 
 
 def _forget_reviewers(connection: Connection, reviewers: Sequence[str]) -> None:
     """Deletes the leases and skips of reviewers, which keep only their names."""
     for table in ("review_leases", "review_skips"):
-        _delete_where_in(
-            connection, f"DELETE FROM {table} WHERE reviewer IN ({{marks}})", reviewers
-        )
+        delete_in(connection, table, "reviewer", reviewers)
 
 
 def _subject(item_id: str) -> str:
@@ -607,12 +585,14 @@ class ReviewStore:
         """
         with self._db.transaction() as connection:
             items = [
-                row["id"] for row in _scan(connection, _ITEMS_TO_SCAN) if holds(_item_texts(row))
+                row["id"]
+                for row in keyset_scan(connection, _ITEMS_TO_SCAN, "seq", 0)
+                if holds(_item_texts(row))
             ]
             erased = set(items)
             reviews = [
                 (row["id"], row["item_id"])
-                for row in _scan(connection, _REVIEWS_TO_SCAN)
+                for row in keyset_scan(connection, _REVIEWS_TO_SCAN, "seq", 0)
                 if row["item_id"] in erased or holds(_review_texts(row))
             ]
             reviewers = [

@@ -15,14 +15,17 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from ownchat.database import Connection, Database, Migrations, Row
+from ownchat.database import Database, Migrations, Row, delete_in, keyset_scan
 from ownchat.erasure import MIN_VALUE_CHARS, folded_values, holds_any, too_short
 
 MIGRATIONS = Migrations("captured", Path(__file__).with_name("migrations"))
 
-# Rows read per query while erasing: memory stays bounded however many chats are
-# kept, and an IN list of this many keys is within every engine's parameter limit.
-ERASE_PAGE_ROWS = 500
+# What an erasure reads, a page after the last key read (see keyset_scan).
+_CHATS_TO_SCAN = (
+    "SELECT response_id, messages, reply FROM captured_chats"
+    " WHERE response_id > ? ORDER BY response_id LIMIT ?"
+)
+_FEEDBACK_TO_SCAN = "SELECT id, comment FROM feedback WHERE id > ? ORDER BY id LIMIT ?"
 
 
 class Rating(StrEnum):
@@ -166,13 +169,27 @@ class CaptureStore:
             raise ValueError(f"each value to erase needs {MIN_VALUE_CHARS} characters or more")
         folded = folded_values(values)
         with self._database.transaction() as connection:
-            response_ids, chat_items = _erase_chats(connection, folded)
-            on_chats, chat_feedback_items = _erase_feedback_on(connection, response_ids)
-            by_comment, comment_items = _erase_feedback_by_comment(connection, folded)
+            response_ids = [
+                row["response_id"]
+                for row in keyset_scan(connection, _CHATS_TO_SCAN, "response_id", "")
+                if holds_any(_chat_texts(row), folded)
+            ]
+            chat_items = delete_in(
+                connection, "captured_chats", "response_id", response_ids, "review_item_id"
+            )
+            on_chats = delete_in(
+                connection, "feedback", "response_id", response_ids, "review_item_id"
+            )
+            commented = [
+                row["id"]
+                for row in keyset_scan(connection, _FEEDBACK_TO_SCAN, "id", 0)
+                if holds_any([row["comment"]], folded)
+            ]
+            by_comment = delete_in(connection, "feedback", "id", commented, "review_item_id")
         return ErasedCaptures(
             response_ids=tuple(response_ids),
-            feedback=on_chats + by_comment,
-            review_item_ids=_distinct_ids(chat_items, chat_feedback_items, comment_items),
+            feedback=len(on_chats) + len(by_comment),
+            review_item_ids=_distinct_ids(chat_items, on_chats, by_comment),
         )
 
     def close(self) -> None:
@@ -190,72 +207,3 @@ def _chat_texts(row: Row) -> list[str]:
     # ("\u00e9"), so the stored column would not hold "José" as typed. Roles are
     # not matched: they are no one's data, and "user" would match every chat.
     return [content for _, content in json.loads(row["messages"])] + [row["reply"]]
-
-
-def _erase_chats(connection: Connection, folded: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Deletes the chats holding a value; their response ids and review item ids."""
-    response_ids: list[str] = []
-    review_item_ids: list[str] = []
-    last = ""
-    while True:
-        # By key, not OFFSET: the rows deleted behind the cursor do not shift the pages.
-        rows = connection.execute(
-            "SELECT response_id, messages, reply FROM captured_chats"
-            " WHERE response_id > ? ORDER BY response_id LIMIT ?",
-            (last, ERASE_PAGE_ROWS),
-        ).fetchall()
-        if not rows:
-            return response_ids, review_item_ids
-        last = rows[-1]["response_id"]
-        held = [row["response_id"] for row in rows if holds_any(_chat_texts(row), folded)]
-        review_item_ids.extend(_delete(connection, "captured_chats", "response_id", held))
-        response_ids.extend(held)
-
-
-def _erase_feedback_on(
-    connection: Connection, response_ids: Sequence[str]
-) -> tuple[int, list[str]]:
-    """Deletes every feedback on these replies; how many, and their review item ids."""
-    review_item_ids: list[str] = []
-    for start in range(0, len(response_ids), ERASE_PAGE_ROWS):
-        review_item_ids.extend(
-            _delete(
-                connection,
-                "feedback",
-                "response_id",
-                response_ids[start : start + ERASE_PAGE_ROWS],
-            )
-        )
-    return len(review_item_ids), review_item_ids
-
-
-def _erase_feedback_by_comment(
-    connection: Connection, folded: Sequence[str]
-) -> tuple[int, list[str]]:
-    """Deletes the feedback whose comment holds a value; how many, and their review item ids."""
-    review_item_ids: list[str] = []
-    last = 0
-    while True:
-        rows = connection.execute(
-            "SELECT id, comment FROM feedback WHERE id > ? ORDER BY id LIMIT ?",
-            (last, ERASE_PAGE_ROWS),
-        ).fetchall()
-        if not rows:
-            return len(review_item_ids), review_item_ids
-        last = rows[-1]["id"]
-        held = [row["id"] for row in rows if holds_any([row["comment"]], folded)]
-        review_item_ids.extend(_delete(connection, "feedback", "id", held))
-
-
-def _delete(connection: Connection, table: str, column: str, keys: Sequence[object]) -> list[str]:
-    """Deletes the rows of ``table`` whose ``column`` is one of ``keys`` (at most a
-    page of them); the deleted rows' review item ids, one per row."""
-    if not keys:
-        return []
-    # table and column are this module's constants; the keys travel as parameters.
-    placeholders = ", ".join(["?"] * len(keys))
-    rows = connection.execute(
-        f"DELETE FROM {table} WHERE {column} IN ({placeholders}) RETURNING review_item_id",
-        keys,
-    ).fetchall()
-    return [row[0] for row in rows]
