@@ -11,14 +11,15 @@ cancels the call, so the engine stops generating.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any, Generic, Protocol, TypeVar
+from collections.abc import AsyncGenerator, Callable
+from typing import Generic, Protocol, TypeVar
 
 import grpc
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from ownchat.serving.v1 import serving_pb2
 from ownchat_gateway.errors import bad_gateway, from_rpc_error
+from ownchat_gateway.event_stream import EventStreamResponse
 from ownchat_gateway.translate import DONE_EVENT, IncompleteReplyError, sse_event
 from ownchat_gateway.upstream import GenerateCall
 
@@ -76,24 +77,25 @@ class Reply(Generic[ChunkT]):
             raise from_rpc_error(error, self._request_id) from None
         builder, request_id = self._builder, self._request_id
 
-        async def events() -> AsyncIterator[str]:
+        def events_of(response: serving_pb2.GenerateResponse) -> bytes:
+            # One body write per serving message: serving coalesces an engine
+            # step into a message, and each write crosses every ASGI layer.
+            chunks = builder.add(response)
+            return "".join(event(chunk, builder.include_usage) for chunk in chunks).encode()
+
+        async def bodies() -> AsyncGenerator[bytes, None]:
             try:
-                for chunk in builder.add(first):
-                    yield event(chunk, builder.include_usage)
+                yield events_of(first)
                 async for response in responses:
-                    for chunk in builder.add(response):
-                        yield event(chunk, builder.include_usage)
+                    yield events_of(response)
                 builder.check_finished()
                 self._finished(started)
             except grpc.RpcError as error:
-                yield sse_event(from_rpc_error(error, request_id).body())
+                yield sse_event(from_rpc_error(error, request_id).body()).encode()
             except IncompleteReplyError:
-                yield sse_event(bad_gateway(request_id).body())
+                yield sse_event(bad_gateway(request_id).body()).encode()
             finally:
                 self._call.cancel()
-            yield DONE_EVENT
+            yield DONE_EVENT.encode()
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers=_SSE_HEADERS)
-
-
-_SSE_HEADERS: dict[str, Any] = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return EventStreamResponse(bodies(), self._call.cancel)
