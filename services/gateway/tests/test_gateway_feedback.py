@@ -25,6 +25,7 @@ from ownchat_gateway.app import create_app
 from ownchat_gateway.config import GatewaySettings
 from ownchat_gateway.context import GatewayContext
 from ownchat_gateway.feedback.loop import THUMBS_DOWN_PRIORITY, FeedbackLoop
+from ownchat_gateway.feedback.settings import CaptureSettings
 from ownchat_gateway.feedback.store import CaptureStore, Rating
 from ownchat_gateway.keys import KeyStore
 from ownchat_gateway.limits import UsageStore
@@ -239,7 +240,9 @@ def captured_v1(
         keys=KeyStore(home / "gateway" / "gateway.db"),
         usage=UsageStore(home / "gateway" / "gateway.db"),
         data=data,
-        feedback=FeedbackLoop(capture_store, data, queue),
+        feedback=FeedbackLoop(
+            capture_store, data, queue, CaptureSettings(enabled=settings.capture_conversations)
+        ),
     )
     app = create_app(settings)
     app.state.context = context

@@ -26,6 +26,7 @@ from ownchat_gateway.app import create_app
 from ownchat_gateway.config import GatewaySettings
 from ownchat_gateway.context import GatewayContext
 from ownchat_gateway.feedback.loop import FeedbackLoop
+from ownchat_gateway.feedback.settings import CaptureSettings
 from ownchat_gateway.feedback.store import CaptureStore
 from ownchat_gateway.keys import KeyStore
 from ownchat_gateway.limits import UsageStore
@@ -60,7 +61,12 @@ def v1_app(
         keys=KeyStore(database),
         usage=UsageStore(database),
         data=data,
-        feedback=FeedbackLoop(CaptureStore(home / "gateway" / "captured.db"), data, queue),
+        feedback=FeedbackLoop(
+            CaptureStore(home / "gateway" / "captured.db"),
+            data,
+            queue,
+            CaptureSettings(enabled=gateway.capture_conversations),
+        ),
     )
     app = create_app(gateway)
     app.state.context = context

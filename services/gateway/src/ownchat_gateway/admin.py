@@ -7,6 +7,13 @@ the right to erasure in the captured chats.
     ``ListApiKeysResponse``: every key, revoked ones included, without secrets.
 ``POST /admin/v1/api-keys/{id}:revoke`` with no body or ``RevokeApiKeyRequest``
     ``RevokeApiKeyResponse``: the key, revoked from the next request on.
+``GET /admin/v1/capture-settings``
+    ``GetCaptureSettingsResponse``: which chats are captured for review when the
+    request does not say (``store``).
+``PATCH /admin/v1/capture-settings`` with ``UpdateCaptureSettingsRequest``
+    ``UpdateCaptureSettingsResponse``: only the fields the body names change
+    (``{"settings": {"enabled": true, "samplePercent": 10}}``); every worker
+    follows within a second.
 ``POST /admin/v1/captured-chats:erase`` with ``EraseCapturedChatsRequest``
     ``EraseCapturedChatsResponse``: the captured chats and feedback deleted because
     they held one of the values (``ownchat data erase`` calls it).
@@ -39,6 +46,8 @@ from ownchat_gateway.config import GatewaySettings
 from ownchat_gateway.context import context_of
 from ownchat_gateway.edge import add_not_found_route, new_app
 from ownchat_gateway.errors import invalid_request
+from ownchat_gateway.feedback.loop import FeedbackLoop
+from ownchat_gateway.feedback.settings import CaptureSettings
 from ownchat_gateway.feedback.store import ErasedCaptures
 from ownchat_gateway.keys import ApiKey, NewApiKey, Scope
 from ownchat_gateway.middleware import principal_of, request_id_of
@@ -95,6 +104,55 @@ _ERASE_ANSWER: dict[int | str, dict[str, Any]] = {
                         "erasedFeedback": {"type": "string", "format": "int64"},
                         "reviewItemIds": {"type": "array", "items": {"type": "string"}},
                     },
+                }
+            }
+        },
+    }
+}
+
+# The capture settings' JSON, in and out.
+_SETTINGS_SCHEMA: dict[str, Any] = {
+    "title": "CaptureSettings",
+    "type": "object",
+    "properties": {
+        "enabled": {
+            "type": "boolean",
+            "description": "Capture chats whose request does not say store.",
+        },
+        "samplePercent": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 100,
+            "description": "The share of those chats captured while enabled, in percent.",
+        },
+        "datasetName": {"type": "string", "maxLength": 0, "description": "Must be empty."},
+        "updateTime": {"type": "string", "format": "date-time", "readOnly": True},
+        "updatedBy": {"type": "string", "readOnly": True},
+    },
+}
+_SETTINGS_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "title": "UpdateCaptureSettingsRequest",
+                    "type": "object",
+                    "required": ["settings"],
+                    "properties": {"settings": _SETTINGS_SCHEMA},
+                }
+            }
+        },
+    }
+}
+_SETTINGS_ANSWER: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The capture settings in force.",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"settings": _SETTINGS_SCHEMA},
                 }
             }
         },
@@ -171,11 +229,62 @@ def erased_to_proto(erased: ErasedCaptures) -> gateway_pb2.EraseCapturedChatsRes
     )
 
 
+def capture_settings_to_proto(settings: CaptureSettings) -> gateway_pb2.CaptureSettings:
+    """The settings in force as the contract's message."""
+    message = gateway_pb2.CaptureSettings(
+        enabled=settings.enabled,
+        sample_percent=settings.sample_percent,
+        updated_by=settings.updated_by,
+    )
+    if settings.update_time is not None:
+        message.update_time.CopyFrom(to_timestamp(settings.update_time))
+    return message
+
+
+def capture_update_from_proto(
+    request: gateway_pb2.UpdateCaptureSettingsRequest, named: set[str]
+) -> tuple[bool | None, int | None]:
+    """The enabled flag and sample share to set, None for each the body left out
+    (``named``: the fields of ``settings`` the body named, in either JSON spelling)."""
+    settings = request.settings
+    if settings.dataset_name:
+        raise invalid_request(
+            "settings.dataset_name: must be empty; captured chats go to the review queue, "
+            "and reach datasets through its export (ownchat eval queue export)",
+            param="settings.dataset_name",
+        )
+    enabled = settings.enabled if "enabled" in named else None
+    sample = None
+    if named & {"samplePercent", "sample_percent"}:
+        sample = settings.sample_percent
+        # Checked here too, so a bad share is refused before anything is read.
+        CaptureSettings(enabled=False, sample_percent=sample)
+    if enabled is None and sample is None:
+        raise invalid_request(
+            "settings: name at least one of enabled and samplePercent", param="settings"
+        )
+    return enabled, sample
+
+
+def _feedback_of(request: Request) -> FeedbackLoop:
+    feedback = context_of(request).feedback
+    if feedback is None:
+        # Only a gateway built without a capture store (never the service's).
+        raise invalid_request("this gateway does not capture chats")
+    return feedback
+
+
 async def _parse(request: Request, message: M) -> M:
     """The body as a protobuf message in its JSON mapping; an empty body is the empty message."""
+    parsed, _ = await _parse_named(request, message)
+    return parsed
+
+
+async def _parse_named(request: Request, message: M) -> tuple[M, dict[str, Any]]:
+    """The body as a protobuf message, and the JSON object it was read from."""
     body = await request.body()
     if not body.strip():
-        return message
+        return message, {}
     name = message.DESCRIPTOR.name
     try:
         document = json.loads(body)
@@ -187,7 +296,7 @@ async def _parse(request: Request, message: M) -> M:
         json_format.ParseDict(document, message)
     except json_format.ParseError as error:
         raise invalid_request(f"request body is not a valid {name}: {error}") from None
-    return message
+    return message, document
 
 
 def _answer(message: Message) -> JSONResponse:
@@ -251,6 +360,45 @@ def create_admin_app(settings: GatewaySettings) -> FastAPI:
             },
         )
         return _answer(gateway_pb2.RevokeApiKeyResponse(api_key=api_key_to_proto(key)))
+
+    @app.get("/capture-settings", response_model=None, responses=_SETTINGS_ANSWER)
+    async def get_capture_settings(request: Request) -> JSONResponse:
+        """The capture settings in force."""
+        settings = _feedback_of(request).settings(fresh=True)
+        return _answer(
+            gateway_pb2.GetCaptureSettingsResponse(settings=capture_settings_to_proto(settings))
+        )
+
+    @app.patch(
+        "/capture-settings",
+        response_model=None,
+        openapi_extra=_SETTINGS_BODY,
+        responses=_SETTINGS_ANSWER,
+    )
+    async def update_capture_settings(request: Request) -> JSONResponse:
+        """Changes the fields of the capture settings the body names."""
+        feedback = _feedback_of(request)
+        asked, document = await _parse_named(request, gateway_pb2.UpdateCaptureSettingsRequest())
+        named = document.get("settings")
+        enabled, sample = capture_update_from_proto(
+            asked, set(named) if isinstance(named, dict) else set()
+        )
+        caller = principal_of(request.scope)
+        settings = feedback.update_settings(
+            enabled=enabled, sample_percent=sample, updated_by=caller.id if caller else ""
+        )
+        logger.info(
+            "capture settings changed",
+            extra={
+                "request_id": request_id_of(request.scope),
+                "enabled": settings.enabled,
+                "sample_percent": settings.sample_percent,
+                "by": settings.updated_by,
+            },
+        )
+        return _answer(
+            gateway_pb2.UpdateCaptureSettingsResponse(settings=capture_settings_to_proto(settings))
+        )
 
     @app.post(
         "/captured-chats:erase",

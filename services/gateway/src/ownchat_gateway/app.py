@@ -120,12 +120,12 @@ def _capture(
     request: Request,
     request_id: str,
 ) -> None:
-    """Captures a whole reply for review when the request or the gateway asks for it."""
-    wanted = body.store if body.store is not None else context.settings.capture_conversations
-    if not wanted or context.feedback is None:
+    """Captures a whole reply for review when the request or the capture settings ask."""
+    feedback = context.feedback
+    if feedback is None or not feedback.settings().captures(body.store, builder.completion_id):
         return
     principal = principal_of(request.scope)
-    context.feedback.capture_later(
+    feedback.capture_later(
         response_id=builder.completion_id,
         model_id=builder.model,
         key_id=principal.id if principal else "",

@@ -28,6 +28,7 @@ from ownchat_gateway.app import create_app
 from ownchat_gateway.config import GatewaySettings, tracing_config
 from ownchat_gateway.context import GatewayContext
 from ownchat_gateway.feedback.loop import FeedbackLoop
+from ownchat_gateway.feedback.settings import CaptureSettings
 from ownchat_gateway.feedback.store import CaptureStore
 from ownchat_gateway.keys import KeyStore
 from ownchat_gateway.limits import UsageStore
@@ -114,7 +115,10 @@ class Gateway:
             trainer=TrainerUpstream(client, token),
             # Captured chats, scrubbed, in a file of their own (see feedback.store).
             feedback=FeedbackLoop(
-                CaptureStore(SETTINGS.store_location("gateway", "captured")), data, evaluator
+                CaptureStore(SETTINGS.store_location("gateway", "captured")),
+                data,
+                evaluator,
+                CaptureSettings(enabled=SETTINGS.capture_conversations),
             ),
         )
         for app in (openai_app, admin_app, review_app, webhooks_app):

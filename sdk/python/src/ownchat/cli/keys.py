@@ -13,10 +13,7 @@ only its hash. A limit left out, or ``default``, is the gateway's default
 
 from __future__ import annotations
 
-import urllib.error
 import urllib.parse
-import urllib.request
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -24,8 +21,8 @@ import typer
 from rich.markup import escape
 from rich.table import Column, Table
 
-from ownchat.cli.common import console, error_console
-from ownchat.cli.gateway_admin import GatewayCallError, admin_call
+from ownchat.cli.common import console
+from ownchat.cli.gateway_admin import admin_call_or_exit, when
 
 keys_app = typer.Typer(
     help="API keys of the gateway, for chat clients and reviewers.", no_args_is_help=True
@@ -87,23 +84,8 @@ def limits_text(key: dict[str, Any]) -> str:
     return ", ".join(parts) or "default"
 
 
-def _when(stamp: str | None) -> str:
-    if not stamp:
-        return ""
-    moment = datetime.fromisoformat(stamp.replace("Z", "+00:00")).astimezone(UTC)
-    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
 def _scopes(key: dict[str, Any]) -> str:
     return ", ".join(SCOPE_NAMES.get(s, s) for s in key.get("scopes", []))
-
-
-def _call(method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    try:
-        return admin_call(method, path, body)
-    except GatewayCallError as error:
-        error_console.print(f"[red]error[/red] {error}")
-        raise typer.Exit(1) from None
 
 
 @keys_app.command("create")
@@ -146,7 +128,7 @@ def create(
     secret_only: Annotated[bool, typer.Option(help="Print only the secret, for scripts.")] = False,
 ) -> None:
     """Create a key and print its secret, which is shown only this once."""
-    answer = _call(
+    answer = admin_call_or_exit(
         "POST",
         "api-keys",
         {
@@ -173,7 +155,7 @@ def create(
 @keys_app.command("list")
 def list_keys() -> None:
     """List every key, revoked ones included, without secrets."""
-    keys = _call("GET", "api-keys").get("apiKeys", [])
+    keys = admin_call_or_exit("GET", "api-keys").get("apiKeys", [])
     if not keys:
         console.print("no API keys yet; create one with `ownchat keys create`")
         return
@@ -185,8 +167,8 @@ def list_keys() -> None:
             escape(key["name"]),
             _scopes(key),
             limits_text(key),
-            _when(key.get("createTime")),
-            _when(key.get("revokeTime")),
+            when(key.get("createTime")),
+            when(key.get("revokeTime")),
         )
     console.print(table)
 
@@ -194,8 +176,9 @@ def list_keys() -> None:
 @keys_app.command("revoke")
 def revoke(key_id: Annotated[str, typer.Argument(help="The key's id (ak_...).")]) -> None:
     """Revoke a key; the gateway refuses it from the next request on."""
-    key = _call("POST", f"api-keys/{urllib.parse.quote(key_id, safe='')}:revoke")["apiKey"]
+    key = admin_call_or_exit("POST", f"api-keys/{urllib.parse.quote(key_id, safe='')}:revoke")[
+        "apiKey"
+    ]
     console.print(
-        f"revoked key [bold]{key['id']}[/bold] ({escape(key['name'])}) "
-        f"at {_when(key['revokeTime'])}"
+        f"revoked key [bold]{key['id']}[/bold] ({escape(key['name'])}) at {when(key['revokeTime'])}"
     )

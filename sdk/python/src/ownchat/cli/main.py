@@ -27,6 +27,7 @@ import typer
 from rich.table import Table
 
 from ownchat.cli.archive import CHAT_SOURCE_SUFFIXES, pack_sources
+from ownchat.cli.capture import capture_app
 from ownchat.cli.certs import certs_app
 from ownchat.cli.common import (
     client,
@@ -57,6 +58,7 @@ app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
 app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
+app.add_typer(capture_app, name="capture")
 app.add_typer(certs_app, name="certs")
 
 

@@ -14,12 +14,13 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from ownchat.common.v1 import common_pb2
 from ownchat.evaluator.v1 import evaluator_pb2
 from ownchat.roles import ROLE_BY_NAME
+from ownchat_gateway.feedback.settings import CaptureSettings
 from ownchat_gateway.feedback.store import CapturedChat, CaptureStore, Feedback, Rating
 from ownchat_gateway.metrics import CHATS_CAPTURED, FEEDBACK
 
@@ -28,6 +29,11 @@ logger = logging.getLogger("ownchat.gateway.feedback")
 # Thumbs-down corrections are offered before anything enqueued at 0.
 THUMBS_DOWN_PRIORITY = 10
 _ROLES = {**ROLE_BY_NAME, "developer": common_pb2.ROLE_SYSTEM}
+# How long a worker keeps the capture settings it read: a change reaches every
+# worker within this, and a reply does not cost a read of the store.
+SETTINGS_TTL_SECONDS = 1.0
+# Opt-in: nothing is captured by default unless a request asks.
+CAPTURE_OFF = CaptureSettings(enabled=False)
 
 
 class Scrubber(Protocol):
@@ -45,11 +51,46 @@ class ReviewQueue(Protocol):
 class FeedbackLoop:
     """Capture and feedback over the store, the scrubber and the queue."""
 
-    def __init__(self, store: CaptureStore, scrubber: Scrubber, queue: ReviewQueue) -> None:
+    def __init__(
+        self,
+        store: CaptureStore,
+        scrubber: Scrubber,
+        queue: ReviewQueue,
+        default_settings: CaptureSettings = CAPTURE_OFF,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``default_settings`` hold until an operator sets others in the store."""
         self.store = store
         self._scrubber = scrubber
         self._queue = queue
+        self._default_settings = default_settings
+        self._clock = clock
+        self._settings: CaptureSettings | None = None
+        self._settings_read_at = 0.0
         self._captures: set[asyncio.Task[CapturedChat | None]] = set()
+
+    def settings(self, *, fresh: bool = False) -> CaptureSettings:
+        """The capture settings in force, as read at most a second ago (``fresh``: now)."""
+        now = self._clock()
+        if fresh or self._settings is None or now - self._settings_read_at >= SETTINGS_TTL_SECONDS:
+            self._settings = self.store.capture_settings() or self._default_settings
+            self._settings_read_at = now
+        return self._settings
+
+    def update_settings(
+        self, *, enabled: bool | None, sample_percent: int | None, updated_by: str
+    ) -> CaptureSettings:
+        """Changes the settings given (None keeps one as it is), for every worker."""
+        current = self.settings(fresh=True)
+        changed = CaptureSettings(
+            enabled=current.enabled if enabled is None else enabled,
+            sample_percent=current.sample_percent if sample_percent is None else sample_percent,
+        )
+        self._settings = self.store.set_capture_settings(
+            enabled=changed.enabled, sample_percent=changed.sample_percent, updated_by=updated_by
+        )
+        self._settings_read_at = self._clock()
+        return self._settings
 
     def capture_later(
         self,

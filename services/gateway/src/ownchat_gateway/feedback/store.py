@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ownchat.database import Database, Migrations, Row, delete_in, keyset_scan
 from ownchat.erasure import MIN_VALUE_CHARS, folded_values, holds_any, too_short
+from ownchat_gateway.feedback.settings import CaptureSettings
 
 MIGRATIONS = Migrations("captured", Path(__file__).with_name("migrations"))
 
@@ -191,6 +192,37 @@ class CaptureStore:
             feedback=len(on_chats) + len(by_comment),
             review_item_ids=_distinct_ids(chat_items, on_chats, by_comment),
         )
+
+    def capture_settings(self) -> CaptureSettings | None:
+        """The settings an operator set; None until one does."""
+        rows = self._database.query(
+            "SELECT enabled, sample_percent, update_time, updated_by FROM capture_settings"
+            " WHERE id = 1"
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        return CaptureSettings(
+            enabled=bool(row["enabled"]),
+            sample_percent=row["sample_percent"],
+            update_time=row["update_time"],
+            updated_by=row["updated_by"],
+        )
+
+    def set_capture_settings(
+        self, *, enabled: bool, sample_percent: int, updated_by: str
+    ) -> CaptureSettings:
+        """Replaces the settings; every worker sharing the store reads them."""
+        settings = CaptureSettings(enabled, sample_percent, self._clock(), updated_by)
+        with self._database.transaction() as connection:
+            connection.execute(
+                "INSERT INTO capture_settings (id, enabled, sample_percent, update_time,"
+                " updated_by) VALUES (1, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+                " enabled = excluded.enabled, sample_percent = excluded.sample_percent,"
+                " update_time = excluded.update_time, updated_by = excluded.updated_by",
+                (enabled, sample_percent, settings.update_time, updated_by),
+            )
+        return settings
 
     def close(self) -> None:
         """Closes the database."""

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n ownchat/gateway/v1/gateway.proto\x12\x12ownchat.gateway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xff\x01\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12)\n\x06scopes\x18\x03 \x03(\x0e\x32\x19.ownchat.gateway.v1.Scope\x12\x1b\n\x13requests_per_minute\x18\x04 \x01(\x05\x12\x16\n\x0etokens_per_day\x18\x05 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11tokens_per_minute\x18\x08 \x01(\x03\"\x9e\x01\n\x13\x43reateApiKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x06scopes\x18\x02 \x03(\x0e\x32\x19.ownchat.gateway.v1.Scope\x12\x1b\n\x13requests_per_minute\x18\x03 \x01(\x05\x12\x16\n\x0etokens_per_day\x18\x04 \x01(\x03\x12\x19\n\x11tokens_per_minute\x18\x05 \x01(\x03\"S\n\x14\x43reateApiKeyResponse\x12+\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x1a.ownchat.gateway.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\x14\n\x12ListApiKeysRequest\"C\n\x13ListApiKeysResponse\x12,\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x1a.ownchat.gateway.v1.ApiKey\")\n\x13RevokeApiKeyRequest\x12\x12\n\napi_key_id\x18\x01 \x01(\t\"C\n\x14RevokeApiKeyResponse\x12+\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x1a.ownchat.gateway.v1.ApiKey\"P\n\x0f\x43\x61ptureSettings\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x16\n\x0esample_percent\x18\x02 \x01(\x05\x12\x14\n\x0c\x64\x61taset_name\x18\x03 \x01(\t\"\x1b\n\x19GetCaptureSettingsRequest\"S\n\x1aGetCaptureSettingsResponse\x12\x35\n\x08settings\x18\x01 \x01(\x0b\x32#.ownchat.gateway.v1.CaptureSettings\"U\n\x1cUpdateCaptureSettingsRequest\x12\x35\n\x08settings\x18\x01 \x01(\x0b\x32#.ownchat.gateway.v1.CaptureSettings\"V\n\x1dUpdateCaptureSettingsResponse\x12\x35\n\x08settings\x18\x01 \x01(\x0b\x32#.ownchat.gateway.v1.CaptureSettings\"+\n\x19\x45raseCapturedChatsRequest\x12\x0e\n\x06values\x18\x01 \x03(\t\"k\n\x1a\x45raseCapturedChatsResponse\x12\x1b\n\x13\x65rased_response_ids\x18\x01 \x03(\t\x12\x17\n\x0f\x65rased_feedback\x18\x02 \x01(\x03\x12\x17\n\x0freview_item_ids\x18\x03 \x03(\t*f\n\x05Scope\x12\x15\n\x11SCOPE_UNSPECIFIED\x10\x00\x12\x0e\n\nSCOPE_CHAT\x10\x01\x12\x13\n\x0fSCOPE_FINE_TUNE\x10\x02\x12\x10\n\x0cSCOPE_REVIEW\x10\x03\x12\x0f\n\x0bSCOPE_ADMIN\x10\x04\x32\xa3\x05\n\x13GatewayAdminService\x12\x61\n\x0c\x43reateApiKey\x12\'.ownchat.gateway.v1.CreateApiKeyRequest\x1a(.ownchat.gateway.v1.CreateApiKeyResponse\x12^\n\x0bListApiKeys\x12&.ownchat.gateway.v1.ListApiKeysRequest\x1a\'.ownchat.gateway.v1.ListApiKeysResponse\x12\x61\n\x0cRevokeApiKey\x12\'.ownchat.gateway.v1.RevokeApiKeyRequest\x1a(.ownchat.gateway.v1.RevokeApiKeyResponse\x12s\n\x12GetCaptureSettings\x12-.ownchat.gateway.v1.GetCaptureSettingsRequest\x1a..ownchat.gateway.v1.GetCaptureSettingsResponse\x12|\n\x15UpdateCaptureSettings\x12\x30.ownchat.gateway.v1.UpdateCaptureSettingsRequest\x1a\x31.ownchat.gateway.v1.UpdateCaptureSettingsResponse\x12s\n\x12\x45raseCapturedChats\x12-.ownchat.gateway.v1.EraseCapturedChatsRequest\x1a..ownchat.gateway.v1.EraseCapturedChatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n ownchat/gateway/v1/gateway.proto\x12\x12ownchat.gateway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xff\x01\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12)\n\x06scopes\x18\x03 \x03(\x0e\x32\x19.ownchat.gateway.v1.Scope\x12\x1b\n\x13requests_per_minute\x18\x04 \x01(\x05\x12\x16\n\x0etokens_per_day\x18\x05 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11tokens_per_minute\x18\x08 \x01(\x03\"\x9e\x01\n\x13\x43reateApiKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x06scopes\x18\x02 \x03(\x0e\x32\x19.ownchat.gateway.v1.Scope\x12\x1b\n\x13requests_per_minute\x18\x03 \x01(\x05\x12\x16\n\x0etokens_per_day\x18\x04 \x01(\x03\x12\x19\n\x11tokens_per_minute\x18\x05 \x01(\x03\"S\n\x14\x43reateApiKeyResponse\x12+\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x1a.ownchat.gateway.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\x14\n\x12ListApiKeysRequest\"C\n\x13ListApiKeysResponse\x12,\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x1a.ownchat.gateway.v1.ApiKey\")\n\x13RevokeApiKeyRequest\x12\x12\n\napi_key_id\x18\x01 \x01(\t\"C\n\x14RevokeApiKeyResponse\x12+\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x1a.ownchat.gateway.v1.ApiKey\"\x95\x01\n\x0f\x43\x61ptureSettings\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x16\n\x0esample_percent\x18\x02 \x01(\x05\x12\x14\n\x0c\x64\x61taset_name\x18\x03 \x01(\t\x12/\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nupdated_by\x18\x05 \x01(\t\"\x1b\n\x19GetCaptureSettingsRequest\"S\n\x1aGetCaptureSettingsResponse\x12\x35\n\x08settings\x18\x01 \x01(\x0b\x32#.ownchat.gateway.v1.CaptureSettings\"U\n\x1cUpdateCaptureSettingsRequest\x12\x35\n\x08settings\x18\x01 \x01(\x0b\x32#.ownchat.gateway.v1.CaptureSettings\"V\n\x1dUpdateCaptureSettingsResponse\x12\x35\n\x08settings\x18\x01 \x01(\x0b\x32#.ownchat.gateway.v1.CaptureSettings\"+\n\x19\x45raseCapturedChatsRequest\x12\x0e\n\x06values\x18\x01 \x03(\t\"k\n\x1a\x45raseCapturedChatsResponse\x12\x1b\n\x13\x65rased_response_ids\x18\x01 \x03(\t\x12\x17\n\x0f\x65rased_feedback\x18\x02 \x01(\x03\x12\x17\n\x0freview_item_ids\x18\x03 \x03(\t*f\n\x05Scope\x12\x15\n\x11SCOPE_UNSPECIFIED\x10\x00\x12\x0e\n\nSCOPE_CHAT\x10\x01\x12\x13\n\x0fSCOPE_FINE_TUNE\x10\x02\x12\x10\n\x0cSCOPE_REVIEW\x10\x03\x12\x0f\n\x0bSCOPE_ADMIN\x10\x04\x32\xa3\x05\n\x13GatewayAdminService\x12\x61\n\x0c\x43reateApiKey\x12\'.ownchat.gateway.v1.CreateApiKeyRequest\x1a(.ownchat.gateway.v1.CreateApiKeyResponse\x12^\n\x0bListApiKeys\x12&.ownchat.gateway.v1.ListApiKeysRequest\x1a\'.ownchat.gateway.v1.ListApiKeysResponse\x12\x61\n\x0cRevokeApiKey\x12\'.ownchat.gateway.v1.RevokeApiKeyRequest\x1a(.ownchat.gateway.v1.RevokeApiKeyResponse\x12s\n\x12GetCaptureSettings\x12-.ownchat.gateway.v1.GetCaptureSettingsRequest\x1a..ownchat.gateway.v1.GetCaptureSettingsResponse\x12|\n\x15UpdateCaptureSettings\x12\x30.ownchat.gateway.v1.UpdateCaptureSettingsRequest\x1a\x31.ownchat.gateway.v1.UpdateCaptureSettingsResponse\x12s\n\x12\x45raseCapturedChats\x12-.ownchat.gateway.v1.EraseCapturedChatsRequest\x1a..ownchat.gateway.v1.EraseCapturedChatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ownchat.gateway.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SCOPE']._serialized_start=1321
-  _globals['_SCOPE']._serialized_end=1423
+  _globals['_SCOPE']._serialized_start=1391
+  _globals['_SCOPE']._serialized_end=1493
   _globals['_APIKEY']._serialized_start=90
   _globals['_APIKEY']._serialized_end=345
   _globals['_CREATEAPIKEYREQUEST']._serialized_start=348
@@ -48,20 +48,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REVOKEAPIKEYREQUEST']._serialized_end=725
   _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=727
   _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=794
-  _globals['_CAPTURESETTINGS']._serialized_start=796
-  _globals['_CAPTURESETTINGS']._serialized_end=876
-  _globals['_GETCAPTURESETTINGSREQUEST']._serialized_start=878
-  _globals['_GETCAPTURESETTINGSREQUEST']._serialized_end=905
-  _globals['_GETCAPTURESETTINGSRESPONSE']._serialized_start=907
-  _globals['_GETCAPTURESETTINGSRESPONSE']._serialized_end=990
-  _globals['_UPDATECAPTURESETTINGSREQUEST']._serialized_start=992
-  _globals['_UPDATECAPTURESETTINGSREQUEST']._serialized_end=1077
-  _globals['_UPDATECAPTURESETTINGSRESPONSE']._serialized_start=1079
-  _globals['_UPDATECAPTURESETTINGSRESPONSE']._serialized_end=1165
-  _globals['_ERASECAPTUREDCHATSREQUEST']._serialized_start=1167
-  _globals['_ERASECAPTUREDCHATSREQUEST']._serialized_end=1210
-  _globals['_ERASECAPTUREDCHATSRESPONSE']._serialized_start=1212
-  _globals['_ERASECAPTUREDCHATSRESPONSE']._serialized_end=1319
-  _globals['_GATEWAYADMINSERVICE']._serialized_start=1426
-  _globals['_GATEWAYADMINSERVICE']._serialized_end=2101
+  _globals['_CAPTURESETTINGS']._serialized_start=797
+  _globals['_CAPTURESETTINGS']._serialized_end=946
+  _globals['_GETCAPTURESETTINGSREQUEST']._serialized_start=948
+  _globals['_GETCAPTURESETTINGSREQUEST']._serialized_end=975
+  _globals['_GETCAPTURESETTINGSRESPONSE']._serialized_start=977
+  _globals['_GETCAPTURESETTINGSRESPONSE']._serialized_end=1060
+  _globals['_UPDATECAPTURESETTINGSREQUEST']._serialized_start=1062
+  _globals['_UPDATECAPTURESETTINGSREQUEST']._serialized_end=1147
+  _globals['_UPDATECAPTURESETTINGSRESPONSE']._serialized_start=1149
+  _globals['_UPDATECAPTURESETTINGSRESPONSE']._serialized_end=1235
+  _globals['_ERASECAPTUREDCHATSREQUEST']._serialized_start=1237
+  _globals['_ERASECAPTUREDCHATSREQUEST']._serialized_end=1280
+  _globals['_ERASECAPTUREDCHATSRESPONSE']._serialized_start=1282
+  _globals['_ERASECAPTUREDCHATSRESPONSE']._serialized_end=1389
+  _globals['_GATEWAYADMINSERVICE']._serialized_start=1496
+  _globals['_GATEWAYADMINSERVICE']._serialized_end=2171
 # @@protoc_insertion_point(module_scope)

@@ -273,29 +273,47 @@ Global___RevokeApiKeyResponse: _TypeAlias = RevokeApiKeyResponse  # noqa: Y015
 
 @_typing.final
 class CaptureSettings(_message.Message):
-    """Conversation capture settings."""
+    """Conversation capture settings: which chats are scrubbed, kept and sent to the
+    evaluator's review queue. A request's `store: true` is always captured and its
+    `store: false` never; these settings decide for requests that say neither.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ENABLED_FIELD_NUMBER: _builtins.int
     SAMPLE_PERCENT_FIELD_NUMBER: _builtins.int
     DATASET_NAME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    UPDATED_BY_FIELD_NUMBER: _builtins.int
     enabled: _builtins.bool
-    """Whether conversations are captured (opt-in; off by default)."""
+    """Whether such chats are captured (opt-in: off by default, or the gateway's
+    capture_conversations setting until first changed).
+    """
     sample_percent: _builtins.int
-    """The share of conversations captured, in percent."""
+    """The share of such chats captured while enabled, in percent (0 to 100)."""
     dataset_name: _builtins.str
-    """The dataset captured conversations go to."""
+    """Must be empty. Captured chats go to the evaluator's review queue; reviewed,
+    they reach datasets through the queue's export (corrections as SFT data,
+    preferences as DPO data).
+    """
+    updated_by: _builtins.str
+    """Who last changed them: the API key id, or "operator" for the ownchat token."""
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When the settings last changed; unset while they are the gateway's defaults."""
+
     def __init__(
         self,
         *,
         enabled: _builtins.bool = ...,
         sample_percent: _builtins.int = ...,
         dataset_name: _builtins.str = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+        updated_by: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_name", b"dataset_name", "enabled", b"enabled", "sample_percent", b"sample_percent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_name", b"dataset_name", "enabled", b"enabled", "sample_percent", b"sample_percent", "update_time", b"update_time", "updated_by", b"updated_by"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

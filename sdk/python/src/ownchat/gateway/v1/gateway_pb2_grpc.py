@@ -97,14 +97,15 @@ class GatewayAdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetCaptureSettings(self, request, context):
-        """Returns the conversation capture settings.
+        """Returns the conversation capture settings in force.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateCaptureSettings(self, request, context):
-        """Changes the conversation capture settings.
+        """Changes the conversation capture settings, for every gateway worker sharing
+        the store within a second. Over REST, only the fields the body names change.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -43,9 +43,11 @@ class GatewayAdminServiceStub:
     RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.RevokeApiKeyRequest, _gateway_pb2.RevokeApiKeyResponse]
     """Revokes an API key at once."""
     GetCaptureSettings: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetCaptureSettingsRequest, _gateway_pb2.GetCaptureSettingsResponse]
-    """Returns the conversation capture settings."""
+    """Returns the conversation capture settings in force."""
     UpdateCaptureSettings: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.UpdateCaptureSettingsRequest, _gateway_pb2.UpdateCaptureSettingsResponse]
-    """Changes the conversation capture settings."""
+    """Changes the conversation capture settings, for every gateway worker sharing
+    the store within a second. Over REST, only the fields the body names change.
+    """
     EraseCapturedChats: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.EraseCapturedChatsRequest, _gateway_pb2.EraseCapturedChatsResponse]
     """Right to erasure in the captured chats: deletes every captured chat whose
     messages or reply hold one of the values, with the feedback on it, and
@@ -67,9 +69,11 @@ class GatewayAdminServiceAsyncStub(GatewayAdminServiceStub):
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_gateway_pb2.RevokeApiKeyRequest, _gateway_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
     """Revokes an API key at once."""
     GetCaptureSettings: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetCaptureSettingsRequest, _gateway_pb2.GetCaptureSettingsResponse]  # type: ignore[assignment]
-    """Returns the conversation capture settings."""
+    """Returns the conversation capture settings in force."""
     UpdateCaptureSettings: _aio.UnaryUnaryMultiCallable[_gateway_pb2.UpdateCaptureSettingsRequest, _gateway_pb2.UpdateCaptureSettingsResponse]  # type: ignore[assignment]
-    """Changes the conversation capture settings."""
+    """Changes the conversation capture settings, for every gateway worker sharing
+    the store within a second. Over REST, only the fields the body names change.
+    """
     EraseCapturedChats: _aio.UnaryUnaryMultiCallable[_gateway_pb2.EraseCapturedChatsRequest, _gateway_pb2.EraseCapturedChatsResponse]  # type: ignore[assignment]
     """Right to erasure in the captured chats: deletes every captured chat whose
     messages or reply hold one of the values, with the feedback on it, and
@@ -112,7 +116,7 @@ class GatewayAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.GetCaptureSettingsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.GetCaptureSettingsResponse, _abc.Awaitable[_gateway_pb2.GetCaptureSettingsResponse]]:
-        """Returns the conversation capture settings."""
+        """Returns the conversation capture settings in force."""
 
     @_abc_1.abstractmethod
     def UpdateCaptureSettings(
@@ -120,7 +124,9 @@ class GatewayAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.UpdateCaptureSettingsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.UpdateCaptureSettingsResponse, _abc.Awaitable[_gateway_pb2.UpdateCaptureSettingsResponse]]:
-        """Changes the conversation capture settings."""
+        """Changes the conversation capture settings, for every gateway worker sharing
+        the store within a second. Over REST, only the fields the body names change.
+        """
 
     @_abc_1.abstractmethod
     def EraseCapturedChats(
