@@ -111,3 +111,9 @@ bench-train: setup
 bench-serving: setup
 	$(PIP) install -q -c requirements/constraints.txt -r requirements/bench-serving.txt
 	$(PY) benchmarks/serving.py
+
+# The gateway alone (issue 7): TTFT it adds and CPU per stream, against a serving
+# stand-in that answers at once (no engine noise).
+.PHONY: bench-gateway
+bench-gateway: setup
+	$(PY) benchmarks/gateway.py

@@ -23,8 +23,12 @@ length as max_tokens), capped for a CPU. In order:
    the headline REST figures, the gateway's own cost), and the same endpoint
    through the official ``openai`` client (``rest-openai``: what a bot using the
    library sees, the library's own time included).
-4. TTFT one request at a time, the four paths taking turns in blocks of the
-   same prompts, so that drift in the machine's load falls on all of them alike.
+4. TTFT one request at a time over the same prompts: the offline engine and the
+   deployment taking turns in blocks, and within the deployment's block the
+   three paths to it answering each prompt back to back, so that drift in the
+   machine's load falls on all of them alike. Each TTFT figure comes with a 95%
+   bootstrap interval: whether the machine resolved it. ``--ttft-only`` runs
+   this step alone and keeps the file's other figures.
 5. The same model redeployed on the ONNX Runtime and Transformers engines, at
    the lowest concurrencies, over gRPC, reported beside vLLM.
 
@@ -65,6 +69,7 @@ from serving_load import (
     SseClient,
     figures,
     keep_in_flight,
+    median_interval,
     sample_prompts,
 )
 
@@ -95,6 +100,12 @@ def _arguments() -> argparse.Namespace:
     )
     parser.add_argument(
         "--local-engines", default="onnx,transformers", help="comma-separated; empty for none"
+    )
+    parser.add_argument(
+        "--ttft-only",
+        action="store_true",
+        help="measure and record only the TTFT figures (no throughput levels, no local "
+        "engines); the file's other figures are kept",
     )
     parser.add_argument("--local-requests", type=int, default=8)
     parser.add_argument("--local-concurrency", default="1,4")
@@ -235,31 +246,56 @@ class TtftFigures:
     def pairs(self, path: str, over: str) -> int:
         return len(self.samples[path].keys() & self.samples[over].keys())
 
+    def interval(self, path: str, over: str) -> tuple[float, float]:
+        """A 95% bootstrap interval of :meth:`added`: whether the machine resolved the
+        figure, or its noise is larger."""
+        ours, base = self.samples[path], self.samples[over]
+        return median_interval([ours[key] - base[key] for key in ours.keys() & base.keys()])
+
+    def added_note(self, path: str, over: str) -> str:
+        low, high = self.interval(path, over)
+        return f"95% interval [{low:+.1f}, {high:+.1f}] ms over {self.pairs(path, over)} pairs"
+
 
 async def interleaved_ttft(
     paths: Paths, prompts: list[Prompt], rounds: int, block: int
 ) -> TtftFigures:
     """TTFT of each path, one request at a time, over the same prompts.
 
-    The paths take turns in blocks of ``block`` prompts, ``rounds`` times, in a
-    rotating order, so drift in the machine's load falls on all of them alike.
-    Each block starts with one request that does not count: the two vLLM engines
-    share the cores, and the first request after the other engine ran pays for
-    the switch.
+    The offline engine and the deployment are two vLLM engines sharing the cores,
+    and the first request after the other engine ran pays for the switch; so they
+    take turns in blocks of ``block`` prompts, ``rounds`` times, in a rotating
+    order, each block after one request that does not count. Within the
+    deployment's block the paths to it (gRPC, REST, REST through the openai
+    client) answer each prompt back to back, in an order rotating from prompt to
+    prompt: their differences on a prompt are then a few milliseconds apart in
+    time, not a block apart, and the engine's drift cancels out of them.
     """
-    clients = list(paths.clients().items())
-    samples: dict[str, dict[tuple[int, int], float]] = {name: {} for name, _ in clients}
+    clients = paths.clients()
+    served = [(name, one) for name, one in clients.items() if name != "offline"]
+    samples: dict[str, dict[tuple[int, int], float]] = {name: {} for name in clients}
     short = [Prompt(p.text, p.prompt_tokens, min(p.max_tokens, 8)) for p in prompts]
+
+    async def timed(name: str, one: Any, prompt: Prompt, key: tuple[int, int]) -> None:
+        record = RequestRecord(sent=time.perf_counter())
+        await one(prompt, record)
+        if record.first_text is not None:
+            samples[name][key] = (record.first_text - record.sent) * 1000
+
     for round_ in range(rounds):
-        order = clients[round_ % len(clients) :] + clients[: round_ % len(clients)]
         chosen = [short[(round_ * block + i) % len(short)] for i in range(block)]
-        for name, one in order:
-            await one(chosen[-1], RequestRecord(sent=time.perf_counter()))
+        blocks = ["offline", "served"] if round_ % 2 == 0 else ["served", "offline"]
+        for kind in blocks:
+            if kind == "offline":
+                await clients["offline"](chosen[-1], RequestRecord(sent=time.perf_counter()))
+                for index, prompt in enumerate(chosen):
+                    await timed("offline", clients["offline"], prompt, (round_, index))
+                continue
+            await served[0][1](chosen[-1], RequestRecord(sent=time.perf_counter()))
             for index, prompt in enumerate(chosen):
-                record = RequestRecord(sent=time.perf_counter())
-                await one(prompt, record)
-                if record.first_text is not None:
-                    samples[name][round_, index] = (record.first_text - record.sent) * 1000
+                turn = (round_ * block + index) % len(served)
+                for name, one in served[turn:] + served[:turn]:
+                    await timed(name, one, prompt, (round_, index))
     medians = {name: statistics.median(values.values()) for name, values in samples.items()}
     figures = TtftFigures(medians, samples)
     print(
@@ -299,13 +335,14 @@ async def measure(
     token: str,
     work: dict[int, list[Prompt]],
     ttft_rounds: int,
+    ttft_only: bool = False,
 ) -> tuple[list[RunFigures], TtftFigures]:
     # The clients are made on the running loop: gRPC's channels belong to one.
     paths = Paths(
         offline, GrpcClient(address, token), SseClient(url, token), RestClient(url, token)
     )
     try:
-        runs = await throughput(paths, work)
+        runs = [] if ttft_only else await throughput(paths, work)
         ttft = await interleaved_ttft(paths, work[min(work)], ttft_rounds, TTFT_BLOCK)
     finally:
         await paths.grpc.close()
@@ -320,6 +357,7 @@ def run_all(
     ttft_rounds: int,
     local_engines: list[str],
     local_work: dict[int, list[Prompt]],
+    ttft_only: bool = False,
 ) -> tuple[list[RunFigures], TtftFigures]:
     """Starts the services as ``ownchat up`` does and the offline engine beside them,
     then measures every path."""
@@ -358,7 +396,7 @@ def run_all(
                 engine, offline = start_offline(model_dir)
                 try:
                     runs, ttft = asyncio.run(
-                        measure(offline, address, url, token, work, ttft_rounds)
+                        measure(offline, address, url, token, work, ttft_rounds, ttft_only)
                     )
                 finally:
                     engine.engine_core.shutdown()
@@ -370,6 +408,15 @@ def run_all(
         finally:
             supervisor.stop()
     return runs, ttft
+
+
+def _serving_dtype() -> str:
+    """What the deployment computed in: ``dtype=auto`` follows the CPU's bfloat16 support."""
+    from ownchat_serving.engine import cpu_has_native_bf16
+
+    return (
+        "bfloat16 (the CPU's native bf16)" if cpu_has_native_bf16() else "float32 (no native bf16)"
+    )
 
 
 def _find(runs: list[RunFigures], path: str, level: int) -> RunFigures:
@@ -398,16 +445,63 @@ def metric(
     }
 
 
-def headline_metrics(
-    runs: list[RunFigures],
-    ttft: TtftFigures,
-    ttft_rounds: int,
-    levels: list[int],
-    local_levels: list[int],
-    setting: str,
-) -> list[dict[str, Any]]:
-    top = max(levels)
+def ttft_metrics(ttft: TtftFigures, ttft_rounds: int, dtype: str) -> list[dict[str, Any]]:
+    """TTFT added by our layers, one request at a time (concurrency 1)."""
     medians = ttft.medians
+    return [
+        metric(
+            "ttft_added_ms_median",
+            "ms",
+            False,
+            ttft.added("rest", "offline"),
+            None,
+            None,
+            f"median over prompts of TTFT over REST minus the offline engine's on the same "
+            f"prompt, one request at a time, {ttft_rounds} rounds of {TTFT_BLOCK} prompts a "
+            f"path, max_tokens 8, {dtype}; {ttft.added_note('rest', 'offline')}; medians of "
+            f"the paths alone: REST {medians['rest']:.1f} ms, offline "
+            f"{medians['offline']:.1f} ms (prompt lengths differ, so their difference is "
+            f"noisier than the paired one)",
+        ),
+        metric(
+            "ttft_added_ms_median_grpc",
+            "ms",
+            False,
+            ttft.added("grpc", "offline"),
+            None,
+            None,
+            f"as ttft_added_ms_median, over gRPC (median alone {medians['grpc']:.1f} ms); "
+            f"{ttft.added_note('grpc', 'offline')}",
+        ),
+        metric(
+            "ttft_added_ms_median_gateway",
+            "ms",
+            False,
+            ttft.added("rest", "grpc"),
+            None,
+            None,
+            "median over prompts of TTFT over REST minus over gRPC, as ttft_added_ms_median; "
+            f"{ttft.added_note('rest', 'grpc')}",
+        ),
+        metric(
+            "ttft_added_ms_median_openai_client",
+            "ms",
+            False,
+            ttft.added("rest-openai", "offline"),
+            None,
+            None,
+            f"as ttft_added_ms_median, through the official openai client (median alone "
+            f"{medians['rest-openai']:.1f} ms): the client library's own time is in it; "
+            f"{ttft.added_note('rest-openai', 'offline')}",
+        ),
+    ]
+
+
+def throughput_metrics(
+    runs: list[RunFigures], levels: list[int], local_levels: list[int], setting: str
+) -> list[dict[str, Any]]:
+    """Output tokens/s per path: the headline ratios at the highest level, then each level."""
+    top = max(levels)
     metrics = [
         metric(
             "grpc_output_tok_per_s",
@@ -435,47 +529,6 @@ def headline_metrics(
             _find(runs, "grpc", top).output_tok_per_s,
             "ownchat-grpc",
             f"as rest_output_tok_per_s, through the official openai client; {setting}",
-        ),
-        metric(
-            "ttft_added_ms_median",
-            "ms",
-            False,
-            ttft.added("rest", "offline"),
-            None,
-            None,
-            f"median over prompts of TTFT over REST minus the offline engine's on the same "
-            f"prompt, one request at a time, {ttft_rounds} rounds of {TTFT_BLOCK} prompts a "
-            f"path ({ttft.pairs('rest', 'offline')} pairs), max_tokens 8; medians of the "
-            f"paths alone: REST {medians['rest']:.1f} ms, offline {medians['offline']:.1f} ms "
-            f"(prompt lengths differ, so their difference is noisier than the paired one)",
-        ),
-        metric(
-            "ttft_added_ms_median_grpc",
-            "ms",
-            False,
-            ttft.added("grpc", "offline"),
-            None,
-            None,
-            f"as ttft_added_ms_median, over gRPC (median alone {medians['grpc']:.1f} ms)",
-        ),
-        metric(
-            "ttft_added_ms_median_gateway",
-            "ms",
-            False,
-            ttft.added("rest", "grpc"),
-            None,
-            None,
-            "median over prompts of TTFT over REST minus over gRPC, as above",
-        ),
-        metric(
-            "ttft_added_ms_median_openai_client",
-            "ms",
-            False,
-            ttft.added("rest-openai", "offline"),
-            None,
-            None,
-            f"as ttft_added_ms_median, through the official openai client (median alone "
-            f"{medians['rest-openai']:.1f} ms): the client library's own time is in it",
         ),
     ]
     for level in levels:
@@ -535,16 +588,20 @@ def main() -> None:
             model_dir,
             work,
             args.ttft_rounds,
-            local_engines if local_levels else [],
+            local_engines if local_levels and not args.ttft_only else [],
             local_work,
+            args.ttft_only,
         )
     command = "python benchmarks/serving.py " + shlex.join(sys.argv[1:])
-    metrics = headline_metrics(runs, ttft, args.ttft_rounds, levels, local_levels, setting)
+    metrics = ttft_metrics(ttft, args.ttft_rounds, _serving_dtype())
+    if not args.ttft_only:
+        metrics = throughput_metrics(runs, levels, local_levels, setting) + metrics
     result = merge_results("serving", command.strip(), metrics, args.output)
-    runs_path = (args.output or Path(__file__).parent / "results/serving.json").with_name(
-        "serving-runs.json"
-    )
-    runs_path.write_text(json.dumps([r.as_dict() for r in runs], indent=2) + "\n")
+    if runs:
+        runs_path = (args.output or Path(__file__).parent / "results/serving.json").with_name(
+            "serving-runs.json"
+        )
+        runs_path.write_text(json.dumps([r.as_dict() for r in runs], indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

@@ -77,6 +77,17 @@ def percentile(values: Sequence[float], share: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
+def median_interval(
+    values: Sequence[float], resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """A 95% bootstrap interval of the median (percentiles over resampled values)."""
+    draw = random.Random(seed)
+    medians = sorted(
+        statistics.median(draw.choices(values, k=len(values))) for _ in range(resamples)
+    )
+    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
+
+
 def figures(path: str, concurrency: int, records: list[RequestRecord], wall: float) -> RunFigures:
     done = [r for r in records if not r.error]
     ttfts = [(r.first_text - r.sent) * 1000 for r in done if r.first_text is not None]
