@@ -502,34 +502,41 @@ def throughput_metrics(
 ) -> list[dict[str, Any]]:
     """Output tokens/s per path: the headline ratios at the highest level, then each level."""
     top = max(levels)
-    metrics = [
-        metric(
+    # (metric, path, its baseline path, the baseline's name, notes)
+    headline = (
+        (
             "grpc_output_tok_per_s",
-            "tok/s",
-            True,
-            _find(runs, "grpc", top).output_tok_per_s,
-            _find(runs, "offline", top).output_tok_per_s,
+            "grpc",
+            "offline",
             "vllm-offline-engine",
             f"{top} requests in flight; {setting}",
         ),
-        metric(
+        (
             "rest_output_tok_per_s",
-            "tok/s",
-            True,
-            _find(runs, "rest", top).output_tok_per_s,
-            _find(runs, "grpc", top).output_tok_per_s,
+            "rest",
+            "grpc",
             "ownchat-grpc",
             f"{top} requests in flight, SSE read as vllm bench serve does; {setting}",
         ),
-        metric(
+        (
             "rest_openai_output_tok_per_s",
-            "tok/s",
-            True,
-            _find(runs, "rest-openai", top).output_tok_per_s,
-            _find(runs, "grpc", top).output_tok_per_s,
+            "rest-openai",
+            "grpc",
             "ownchat-grpc",
             f"as rest_output_tok_per_s, through the official openai client; {setting}",
         ),
+    )
+    metrics = [
+        metric(
+            name,
+            "tok/s",
+            True,
+            _find(runs, path, top).output_tok_per_s,
+            _find(runs, over, top).output_tok_per_s,
+            baseline_name,
+            notes,
+        )
+        for name, path, over, baseline_name, notes in headline
     ]
     for level in levels:
         offline = _find(runs, "offline", level)
