@@ -41,7 +41,7 @@ from ownchat.config import ClientSettings
 from ownchat.evaluator.v1 import evaluator_pb2_grpc
 from ownchat.interceptors import ServerInterceptor
 from ownchat.serving.v1 import serving_pb2, serving_pb2_grpc
-from ownchat.testing import free_port
+from ownchat.testing import ManualClock, free_port
 from ownchat_gateway.admin import create_admin_app
 from ownchat_gateway.app import create_app
 from ownchat_gateway.config import GatewaySettings
@@ -56,26 +56,13 @@ AUTH = [("authorization", f"Bearer {TOKEN}")]
 LEASE_SECONDS = 600.0
 
 
-class Clock:
-    """The evaluator's time, moved by the test (to let leases expire)."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @dataclass
 class Evaluator:
     """A running evaluator: where it listens, a client of it, and its clock."""
 
     address: str
     stub: evaluator_pb2_grpc.EvaluatorServiceStub
-    clock: Clock
+    clock: ManualClock
 
 
 @pytest.fixture
@@ -97,7 +84,7 @@ def evaluator(tmp_path: Path) -> Iterator[Evaluator]:
     eval_store = EvalStore(state / "evaluator.db")
     core = EvaluatorCore(eval_store, models=no_lookups, datasets=no_lookups)
     review_store = ReviewStore(state / "reviews.db")
-    clock = Clock()
+    clock = ManualClock(time.time())
     queue = ReviewQueue(review_store, lease_seconds=LEASE_SECONDS, clock=clock)
     servicer = EvaluatorServicer(core, ReviewRpcs(queue))  # type: ignore[abstract]
     server = grpc.server(

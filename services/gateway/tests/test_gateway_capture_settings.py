@@ -111,7 +111,7 @@ def test_every_worker_follows_a_change_within_a_second(capture_store: CaptureSto
     assert here.settings() == changed
     # The other worker read a moment ago: it goes on with that until the read is stale.
     assert elsewhere.settings() == default
-    clock.now += SETTINGS_TTL_SECONDS
+    clock.advance(SETTINGS_TTL_SECONDS)
     assert elsewhere.settings() == changed
 
     # None keeps a field as it is.

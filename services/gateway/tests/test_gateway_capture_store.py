@@ -10,21 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from ownchat.testing import ManualClock
 from ownchat_gateway.feedback.store import CapturedChat, CaptureStore, Rating
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        self.now += 1
-        return self.now
 
 
 @pytest.fixture
 def store(store_location: Path | str) -> Iterator[CaptureStore]:
-    capture_store = CaptureStore(store_location, clock=Clock())
+    capture_store = CaptureStore(store_location, clock=ManualClock(1_700_000_000.0, step=1.0))
     yield capture_store
     capture_store.close()
 
@@ -65,7 +57,7 @@ def test_gateway_every_thumb_is_kept_in_order(store: CaptureStore) -> None:
 
 
 def test_gateway_feedback_kept_across_opens(store_location: Path | str) -> None:
-    first = CaptureStore(store_location, clock=Clock())
+    first = CaptureStore(store_location, clock=ManualClock(1_700_000_000.0, step=1.0))
     first.add_chat(_chat("chatcmpl-1"))
     thumb = first.add_feedback("chatcmpl-1", Rating.UP, "", "ak_1")
     first.close()

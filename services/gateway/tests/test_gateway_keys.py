@@ -11,22 +11,14 @@ from pathlib import Path
 import pytest
 
 from ownchat.errors import InvalidArgumentError, NotFoundError
+from ownchat.testing import ManualClock
 from ownchat_gateway.access import OPERATOR, OPERATOR_ID, Authenticator, Principal
 from ownchat_gateway.keys import UNLIMITED, KeyLimits, KeyStore, NewApiKey, Scope, key_id_of
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        self.now += 1
-        return self.now
-
-
 @pytest.fixture
 def store(store_location: Path | str) -> KeyStore:
-    return KeyStore(store_location, clock=Clock())
+    return KeyStore(store_location, clock=ManualClock(1_700_000_000.0, step=1.0))
 
 
 def test_gateway_key_secret_is_shown_once_and_verifies(store: KeyStore) -> None:
@@ -45,7 +37,7 @@ def test_gateway_key_secret_is_shown_once_and_verifies(store: KeyStore) -> None:
 
 def test_gateway_key_only_its_hash_is_stored(tmp_path: Path) -> None:
     # The file's bytes, so SQLite only.
-    store = KeyStore(tmp_path / "gateway.db", clock=Clock())
+    store = KeyStore(tmp_path / "gateway.db", clock=ManualClock(1_700_000_000.0, step=1.0))
     secret = store.create(NewApiKey(name="alice", scopes=(Scope.CHAT,))).secret
     store.close()
     raw = b"".join(p.read_bytes() for p in tmp_path.glob("gateway.db*"))
@@ -87,7 +79,7 @@ def test_gateway_key_revocation_is_immediate_and_kept(store: KeyStore) -> None:
 def test_gateway_keys_listed_oldest_first_and_kept_across_opens(
     store_location: Path | str,
 ) -> None:
-    store = KeyStore(store_location, clock=Clock())
+    store = KeyStore(store_location, clock=ManualClock(1_700_000_000.0, step=1.0))
     first = store.create(NewApiKey(name="a", scopes=(Scope.CHAT,), requests_per_minute=60))
     second = store.create(NewApiKey(name="b", scopes=(Scope.ADMIN,), tokens_per_day=10**9))
     store.revoke(first.key.id)
@@ -218,7 +210,7 @@ def test_gateway_keys_of_a_file_from_before_alembic_are_kept(tmp_path: Path) -> 
         "VALUES ('ak_gone', 'gone', 'x', 'chat', 2.0, 3.0)"
     )
     old.close()
-    store = KeyStore(tmp_path / "gateway.db", clock=Clock())
+    store = KeyStore(tmp_path / "gateway.db", clock=ManualClock(1_700_000_000.0, step=1.0))
     key = store.verify("oc-ak_old-secret")
     assert key is not None and key.scopes == {Scope.CHAT, Scope.REVIEW}
     assert key.limits == KeyLimits(60, 900, 5_000_000_000)

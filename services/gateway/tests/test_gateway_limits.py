@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from ownchat.database import Database
+from ownchat.testing import ManualClock
 from ownchat_gateway.keys import MIGRATIONS, UNLIMITED, KeyLimits
 from ownchat_gateway.limits import (
     SECONDS_PER_DAY,
@@ -32,24 +33,13 @@ from ownchat_gateway.limits import (
 START = 1_700_042_400.0
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(START)
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def store(store_location: Path | str, clock: Clock) -> UsageStore:
+def store(store_location: Path | str, clock: ManualClock) -> UsageStore:
     return UsageStore(store_location, clock=clock)
 
 
@@ -81,7 +71,9 @@ def test_gateway_key_limits_take_the_defaults_where_they_have_none() -> None:
     assert effective_limits(KeyLimits(), Limits()).unlimited
 
 
-def test_gateway_requests_bucket_refills_over_the_minute(store: UsageStore, clock: Clock) -> None:
+def test_gateway_requests_bucket_refills_over_the_minute(
+    store: UsageStore, clock: ManualClock
+) -> None:
     limits = Limits(requests_per_minute=3)
     remaining = []
     for _ in range(3):
@@ -107,7 +99,7 @@ def test_gateway_requests_bucket_refills_over_the_minute(store: UsageStore, cloc
 
 
 def test_gateway_tokens_bucket_counts_replies_and_refuses_when_empty(
-    store: UsageStore, clock: Clock
+    store: UsageStore, clock: ManualClock
 ) -> None:
     limits = Limits(requests_per_minute=100, tokens_per_minute=120)
     first = store.admit("ak_a", limits, spends_tokens=True)
@@ -131,7 +123,7 @@ def test_gateway_tokens_bucket_counts_replies_and_refuses_when_empty(
     assert store.admit("ak_a", limits, spends_tokens=True).refusal is None
 
 
-def test_gateway_daily_quota_renews_at_midnight_utc(store: UsageStore, clock: Clock) -> None:
+def test_gateway_daily_quota_renews_at_midnight_utc(store: UsageStore, clock: ManualClock) -> None:
     limits = Limits(tokens_per_day=1000)
     store.record("ak_a", limits, 600)
     assert store.admit("ak_a", limits, spends_tokens=True).refusal is None
@@ -151,7 +143,7 @@ def test_gateway_daily_quota_renews_at_midnight_utc(store: UsageStore, clock: Cl
 
 
 def test_gateway_counters_are_shared_by_every_store_on_the_database(
-    store_location: Path | str, clock: Clock
+    store_location: Path | str, clock: ManualClock
 ) -> None:
     # Two workers' stores on one database: the limit holds for both together.
     first = UsageStore(store_location, clock=clock)
@@ -234,7 +226,7 @@ def test_gateway_limit_holds_across_worker_processes(store_location: Path | str)
 
 
 def test_gateway_limiter_costs_well_under_a_millisecond(
-    store_location: Path | str, store: UsageStore, clock: Clock
+    store_location: Path | str, store: UsageStore, clock: ManualClock
 ) -> None:
     """Admitting a request and recording its tokens: one write transaction each."""
     limits = Limits(requests_per_minute=10**9, tokens_per_minute=10**9, tokens_per_day=10**12)
@@ -295,7 +287,7 @@ def test_gateway_limiter_waits_for_busy_counters_without_blocking_the_loop(
 
 
 def test_gateway_counters_of_a_file_from_before_alembic_are_kept(
-    tmp_path: Path, clock: Clock
+    tmp_path: Path, clock: ManualClock
 ) -> None:
     """A gateway.db of the last release before Alembic: the keys' two scripts run
     (PRAGMA user_version 2) and the counters' table made by the counters themselves."""

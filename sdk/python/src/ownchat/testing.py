@@ -150,10 +150,19 @@ def loopback_channel(
 
 
 class ManualClock:
-    """A clock (``time.time``'s shape) that a test moves by hand: ``clock.now += 61``."""
+    """A clock (``time.time``'s shape) that a test moves by hand: ``clock.advance(61)``.
 
-    def __init__(self, now: float = 1_000_000.0) -> None:
+    With ``step``, every reading first moves it on by that much, so that each
+    record a store stamps gets a later time than the last.
+    """
+
+    def __init__(self, now: float = 1_000_000.0, step: float = 0.0) -> None:
         self.now = now
+        self.step = step
 
     def __call__(self) -> float:
+        self.now += self.step
         return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
