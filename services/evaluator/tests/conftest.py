@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import grpc
@@ -41,18 +42,36 @@ def stub(tmp_path: Path) -> Iterator[evaluator_pb2_grpc.EvaluatorServiceStub]:
     review_store = ReviewStore(tmp_path / "reviews.db")
     servicer = EvaluatorServicer(core, ReviewRpcs(ReviewQueue(review_store, lease_seconds=600)))
     try:
-        with loopback_channel(
-            lambda server: add_evaluator(servicer, server), REVIEW_TOKEN
-        ) as channel:
-            yield evaluator_pb2_grpc.EvaluatorServiceStub(channel)
+        with evaluator_on_loopback(servicer, REVIEW_TOKEN) as stub:
+            yield stub
     finally:
         core.close()
         eval_store.close()
         review_store.close()
 
 
-def add_evaluator(servicer: EvaluatorServicer, server: grpc.Server) -> None:
-    evaluator_pb2_grpc.add_EvaluatorServiceServicer_to_server(servicer, server)  # type: ignore[arg-type]
+@contextmanager
+def evaluator_on_loopback(
+    servicer: EvaluatorServicer, token: str
+) -> Iterator[evaluator_pb2_grpc.EvaluatorServiceStub]:
+    """The servicer on a loopback gRPC server behind the token check, and a stub of it."""
+
+    def add(server: grpc.Server) -> None:
+        evaluator_pb2_grpc.add_EvaluatorServiceServicer_to_server(servicer, server)  # type: ignore[arg-type]
+
+    with loopback_channel(add, token) as channel:
+        yield evaluator_pb2_grpc.EvaluatorServiceStub(channel)
+
+
+ServeEvaluator = Callable[
+    [EvaluatorServicer, str], AbstractContextManager[evaluator_pb2_grpc.EvaluatorServiceStub]
+]
+
+
+@pytest.fixture(scope="session")
+def serve_evaluator() -> ServeEvaluator:
+    """``with serve_evaluator(servicer, token) as stub``: see :func:`evaluator_on_loopback`."""
+    return evaluator_on_loopback
 
 
 @pytest.fixture

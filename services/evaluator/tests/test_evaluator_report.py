@@ -16,8 +16,7 @@ import pytest
 
 from ownchat.config import ClientSettings
 from ownchat.errors import NotFoundError, OwnchatError, UnavailableError, describe_rpc_error
-from ownchat.evaluator.v1 import evaluator_pb2, evaluator_pb2_grpc
-from ownchat.testing import loopback_channel
+from ownchat.evaluator.v1 import evaluator_pb2
 from ownchat.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from ownchat_evaluator.compare import compare_runs
 from ownchat_evaluator.core import EvaluatorCore
@@ -269,7 +268,7 @@ def _curves(model_id: str) -> LossCurve:
 
 
 @pytest.fixture(scope="module")
-def stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def stub(tmp_path_factory: pytest.TempPathFactory, serve_evaluator: Any) -> Iterator[Any]:
     root = tmp_path_factory.mktemp("reports")
     store = EvalStore(root / "evaluator.db")
     for run, outputs in (
@@ -289,14 +288,8 @@ def stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     core = EvaluatorCore(store, nowhere, nowhere, curves=_curves)
     servicer = EvaluatorServicer(core)  # type: ignore[abstract]
     try:
-        with loopback_channel(
-            lambda server: evaluator_pb2_grpc.add_EvaluatorServiceServicer_to_server(
-                servicer,  # type: ignore[arg-type]
-                server,
-            ),
-            TOKEN,
-        ) as channel:
-            yield evaluator_pb2_grpc.EvaluatorServiceStub(channel)
+        with serve_evaluator(servicer, TOKEN) as stub:
+            yield stub
     finally:
         core.close()
         store.close()

@@ -14,8 +14,8 @@ import grpc
 import pytest
 
 from ownchat.errors import NotFoundError, describe_rpc_error
-from ownchat.evaluator.v1 import evaluator_pb2, evaluator_pb2_grpc
-from ownchat.testing import build_tiny_chat_model, loopback_channel
+from ownchat.evaluator.v1 import evaluator_pb2
+from ownchat.testing import build_tiny_chat_model
 from ownchat_evaluator.core import EvaluatorCore, RunOptions
 from ownchat_evaluator.gate import GateThresholds
 from ownchat_evaluator.servicer import EvaluatorServicer
@@ -44,7 +44,7 @@ CONVERSATIONS = [
 
 
 @pytest.fixture(scope="module")
-def stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def stub(tmp_path_factory: pytest.TempPathFactory, serve_evaluator: Any) -> Iterator[Any]:
     root = tmp_path_factory.mktemp("evaluator")
     model_dir = build_tiny_chat_model(root / "model")
     split = root / "validation.jsonl"
@@ -70,14 +70,8 @@ def stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     )
     servicer = EvaluatorServicer(core)  # type: ignore[abstract]
     try:
-        with loopback_channel(
-            lambda server: evaluator_pb2_grpc.add_EvaluatorServiceServicer_to_server(
-                servicer,  # type: ignore[arg-type]
-                server,
-            ),
-            TOKEN,
-        ) as channel:
-            yield evaluator_pb2_grpc.EvaluatorServiceStub(channel)
+        with serve_evaluator(servicer, TOKEN) as stub:
+            yield stub
     finally:
         core.close()
         store.close()
