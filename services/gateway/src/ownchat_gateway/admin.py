@@ -47,7 +47,7 @@ from ownchat_gateway.context import context_of
 from ownchat_gateway.edge import add_not_found_route, new_app
 from ownchat_gateway.errors import invalid_request
 from ownchat_gateway.feedback.loop import FeedbackLoop
-from ownchat_gateway.feedback.settings import CaptureSettings
+from ownchat_gateway.feedback.settings import CaptureSettings, check_sample_percent
 from ownchat_gateway.feedback.store import ErasedCaptures
 from ownchat_gateway.keys import ApiKey, NewApiKey, Scope
 from ownchat_gateway.middleware import principal_of, request_id_of
@@ -257,8 +257,8 @@ def capture_update_from_proto(
     sample = None
     if named & {"samplePercent", "sample_percent"}:
         sample = settings.sample_percent
-        # Checked here too, so a bad share is refused before anything is read.
-        CaptureSettings(enabled=False, sample_percent=sample)
+        # Refused before the store is read.
+        check_sample_percent(sample)
     if enabled is None and sample is None:
         raise invalid_request(
             "settings: name at least one of enabled and samplePercent", param="settings"

@@ -82,12 +82,10 @@ class FeedbackLoop:
     ) -> CaptureSettings:
         """Changes the settings given (None keeps one as it is), for every worker."""
         current = self.settings(fresh=True)
-        changed = CaptureSettings(
+        self._settings = self.store.set_capture_settings(
             enabled=current.enabled if enabled is None else enabled,
             sample_percent=current.sample_percent if sample_percent is None else sample_percent,
-        )
-        self._settings = self.store.set_capture_settings(
-            enabled=changed.enabled, sample_percent=changed.sample_percent, updated_by=updated_by
+            updated_by=updated_by,
         )
         self._settings_read_at = self._clock()
         return self._settings

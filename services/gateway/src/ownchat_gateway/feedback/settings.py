@@ -16,6 +16,15 @@ from ownchat_gateway.errors import invalid_request
 FULL_SAMPLE_PERCENT = 100
 
 
+def check_sample_percent(percent: int) -> None:
+    """Refuses a share outside 0 to 100 with a 400 naming the field."""
+    if not 0 <= percent <= FULL_SAMPLE_PERCENT:
+        raise invalid_request(
+            f"settings.sample_percent: must be from 0 to {FULL_SAMPLE_PERCENT}, not {percent}",
+            param="settings.sample_percent",
+        )
+
+
 @dataclass(frozen=True)
 class CaptureSettings:
     """The settings in force, and who set them (None while they are the defaults)."""
@@ -26,12 +35,7 @@ class CaptureSettings:
     updated_by: str = ""
 
     def __post_init__(self) -> None:
-        if not 0 <= self.sample_percent <= FULL_SAMPLE_PERCENT:
-            raise invalid_request(
-                f"settings.sample_percent: must be from 0 to {FULL_SAMPLE_PERCENT}, "
-                f"not {self.sample_percent}",
-                param="settings.sample_percent",
-            )
+        check_sample_percent(self.sample_percent)
 
     def captures(self, asked: bool | None, response_id: str) -> bool:
         """Whether the chat answered as ``response_id`` is captured; ``asked`` is its
