@@ -27,8 +27,13 @@ length as max_tokens), capped for a CPU. In order:
    deployment taking turns in blocks, and within the deployment's block the
    three paths to it answering each prompt back to back, so that drift in the
    machine's load falls on all of them alike. Each TTFT figure comes with a 95%
-   bootstrap interval: whether the machine resolved it. ``--ttft-only`` runs
-   this step alone and keeps the file's other figures.
+   bootstrap interval: whether the machine resolved it. The step draws its own
+   ShareGPT prompts, those of at most ``--ttft-max-prompt-tokens`` (48) tokens
+   with the chat template: what our layers add to a request does not grow with
+   its prompt, while the engine's request-to-request jitter does (on 2 CPU
+   cores, 10-30 ms on a 100-400 token prefill), and it is the jitter that the
+   interval has to beat. ``--ttft-only`` runs this step alone and keeps the
+   file's other figures.
 5. The same model redeployed on the ONNX Runtime and Transformers engines, at
    the lowest concurrencies, over gRPC, reported beside vLLM.
 
@@ -81,6 +86,14 @@ SERVICES = ["data", "trainer", "serving", "gateway"]
 # engine would find the first one's prompts cached: both engines run without it.
 ENGINE_OVERRIDES: dict[str, Any] = {"prefix_caching": False}
 TTFT_BLOCK = 10
+# The TTFT step's replies: the first token is all it times, and the second keeps a
+# decode step running while the first travels back, as in a real reply. On a CPU
+# each decode step is tens of milliseconds, so longer replies only cost pairs.
+TTFT_MAX_TOKENS = 2
+# vLLM's processes keep polling their shared-memory queues (sched_yield) for a second
+# after the last message (shm_broadcast's busy_loop_s); on 2 cores that polling
+# slows the other engine's first requests, so a block starts once it has stopped.
+ENGINE_QUIET_SECONDS = 1.5
 
 
 def _arguments() -> argparse.Namespace:
@@ -95,8 +108,14 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument(
         "--ttft-rounds",
         type=int,
-        default=8,
-        help=f"rounds of the TTFT comparison, each path {TTFT_BLOCK} prompts a round",
+        default=40,
+        help=f"rounds of the TTFT comparison, {TTFT_BLOCK} new prompts a round",
+    )
+    parser.add_argument(
+        "--ttft-max-prompt-tokens",
+        type=int,
+        default=48,
+        help="the TTFT step's prompts: ShareGPT's of at most this many tokens",
     )
     parser.add_argument(
         "--local-engines", default="onnx,transformers", help="comma-separated; empty for none"
@@ -131,14 +150,16 @@ def export_model(work: Path) -> Path:
     return target
 
 
-def load_prompts(model_dir: Path, args: argparse.Namespace, count: int) -> list[Prompt]:
+def load_prompts(
+    model_dir: Path, args: argparse.Namespace, count: int, max_prompt_tokens: int
+) -> list[Prompt]:
     from data_dedup import _items
 
     from ownchat_serving.engine import load_tokenizer
 
     tokenizer = load_tokenizer(model_dir)
     prompts = sample_prompts(
-        _items(), tokenizer, count, args.max_prompt_tokens, args.max_output_tokens, args.seed
+        _items(), tokenizer, count, max_prompt_tokens, args.max_output_tokens, args.seed
     )
     if len(prompts) < count:
         sys.exit(f"only {len(prompts)} ShareGPT prompts pass the filters; {count} needed")
@@ -265,7 +286,8 @@ async def interleaved_ttft(
     The offline engine and the deployment are two vLLM engines sharing the cores,
     and the first request after the other engine ran pays for the switch; so they
     take turns in blocks of ``block`` prompts, ``rounds`` times, in a rotating
-    order, each block after one request that does not count. Within the
+    order, each block after a pause in which the other engine goes idle and one
+    request that does not count. Within the
     deployment's block the paths to it (gRPC, REST, REST through the openai
     client) answer each prompt back to back, in an order rotating from prompt to
     prompt: their differences on a prompt are then a few milliseconds apart in
@@ -274,7 +296,7 @@ async def interleaved_ttft(
     clients = paths.clients()
     served = [(name, one) for name, one in clients.items() if name != "offline"]
     samples: dict[str, dict[tuple[int, int], float]] = {name: {} for name in clients}
-    short = [Prompt(p.text, p.prompt_tokens, min(p.max_tokens, 8)) for p in prompts]
+    short = [Prompt(p.text, p.prompt_tokens, min(p.max_tokens, TTFT_MAX_TOKENS)) for p in prompts]
 
     async def timed(name: str, one: Any, prompt: Prompt, key: tuple[int, int]) -> None:
         record = RequestRecord(sent=time.perf_counter())
@@ -286,6 +308,7 @@ async def interleaved_ttft(
         chosen = [short[(round_ * block + i) % len(short)] for i in range(block)]
         blocks = ["offline", "served"] if round_ % 2 == 0 else ["served", "offline"]
         for kind in blocks:
+            await asyncio.sleep(ENGINE_QUIET_SECONDS)
             if kind == "offline":
                 await clients["offline"](chosen[-1], RequestRecord(sent=time.perf_counter()))
                 for index, prompt in enumerate(chosen):
@@ -334,7 +357,7 @@ async def measure(
     url: str,
     token: str,
     work: dict[int, list[Prompt]],
-    ttft_rounds: int,
+    ttft_prompts: list[Prompt],
     ttft_only: bool = False,
 ) -> tuple[list[RunFigures], TtftFigures]:
     # The clients are made on the running loop: gRPC's channels belong to one.
@@ -343,7 +366,8 @@ async def measure(
     )
     try:
         runs = [] if ttft_only else await throughput(paths, work)
-        ttft = await interleaved_ttft(paths, work[min(work)], ttft_rounds, TTFT_BLOCK)
+        rounds = len(ttft_prompts) // TTFT_BLOCK
+        ttft = await interleaved_ttft(paths, ttft_prompts, rounds, TTFT_BLOCK)
     finally:
         await paths.grpc.close()
         await paths.rest.close()
@@ -354,7 +378,7 @@ async def measure(
 def run_all(
     model_dir: Path,
     work: dict[int, list[Prompt]],
-    ttft_rounds: int,
+    ttft_prompts: list[Prompt],
     local_engines: list[str],
     local_work: dict[int, list[Prompt]],
     ttft_only: bool = False,
@@ -396,7 +420,7 @@ def run_all(
                 engine, offline = start_offline(model_dir)
                 try:
                     runs, ttft = asyncio.run(
-                        measure(offline, address, url, token, work, ttft_rounds, ttft_only)
+                        measure(offline, address, url, token, work, ttft_prompts, ttft_only)
                     )
                 finally:
                     engine.engine_core.shutdown()
@@ -445,7 +469,7 @@ def metric(
     }
 
 
-def ttft_metrics(ttft: TtftFigures, ttft_rounds: int, dtype: str) -> list[dict[str, Any]]:
+def ttft_metrics(ttft: TtftFigures, setting: str) -> list[dict[str, Any]]:
     """TTFT added by our layers, one request at a time (concurrency 1)."""
     medians = ttft.medians
     return [
@@ -457,8 +481,8 @@ def ttft_metrics(ttft: TtftFigures, ttft_rounds: int, dtype: str) -> list[dict[s
             None,
             None,
             f"median over prompts of TTFT over REST minus the offline engine's on the same "
-            f"prompt, one request at a time, {ttft_rounds} rounds of {TTFT_BLOCK} prompts a "
-            f"path, max_tokens 8, {dtype}; {ttft.added_note('rest', 'offline')}; medians of "
+            f"prompt, one request at a time; {setting}; "
+            f"{ttft.added_note('rest', 'offline')}; medians of "
             f"the paths alone: REST {medians['rest']:.1f} ms, offline "
             f"{medians['offline']:.1f} ms (prompt lengths differ, so their difference is "
             f"noisier than the paired one)",
@@ -582,7 +606,10 @@ def main() -> None:
         work_dir = args.work_dir or Path(scratch)
         work_dir.mkdir(parents=True, exist_ok=True)
         model_dir = export_model(work_dir)
-        prompts = load_prompts(model_dir, args, max(counts.values()))
+        prompts = load_prompts(model_dir, args, max(counts.values()), args.max_prompt_tokens)
+        ttft_prompts = load_prompts(
+            model_dir, args, args.ttft_rounds * TTFT_BLOCK, args.ttft_max_prompt_tokens
+        )
         work = {level: prompts[: counts[level]] for level in levels}
         local_work = {level: prompts[: args.local_requests] for level in local_levels}
         setting = (
@@ -590,17 +617,23 @@ def main() -> None:
             f"{args.max_prompt_tokens} tokens, replies of the reference's length capped at "
             f"{args.max_output_tokens}"
         )
-        print(f"{len(prompts)} prompts; {setting}", flush=True)
+        lengths = sorted(p.prompt_tokens for p in ttft_prompts)
+        ttft_setting = (
+            f"{len(ttft_prompts)} ShareGPT prompts of at most {args.ttft_max_prompt_tokens} "
+            f"tokens (median {lengths[len(lengths) // 2]}), {args.ttft_rounds} rounds of "
+            f"{TTFT_BLOCK} a path, max_tokens {TTFT_MAX_TOKENS}, {_serving_dtype()}"
+        )
+        print(f"{len(prompts)} prompts; {setting}; TTFT: {ttft_setting}", flush=True)
         runs, ttft = run_all(
             model_dir,
             work,
-            args.ttft_rounds,
+            ttft_prompts,
             local_engines if local_levels and not args.ttft_only else [],
             local_work,
             args.ttft_only,
         )
     command = "python benchmarks/serving.py " + shlex.join(sys.argv[1:])
-    metrics = ttft_metrics(ttft, args.ttft_rounds, _serving_dtype())
+    metrics = ttft_metrics(ttft, ttft_setting)
     if not args.ttft_only:
         metrics = throughput_metrics(runs, levels, local_levels, setting) + metrics
     result = merge_results("serving", command.strip(), metrics, args.output)
