@@ -278,20 +278,18 @@ class TtftFigures:
         return f"95% interval [{low:+.1f}, {high:+.1f}] ms over {self.pairs(path, over)} pairs"
 
 
-async def interleaved_ttft(
-    paths: Paths, prompts: list[Prompt], rounds: int, block: int
-) -> TtftFigures:
+async def interleaved_ttft(paths: Paths, prompts: list[Prompt], block: int) -> TtftFigures:
     """TTFT of each path, one request at a time, over the same prompts.
 
     The offline engine and the deployment are two vLLM engines sharing the cores,
     and the first request after the other engine ran pays for the switch; so they
-    take turns in blocks of ``block`` prompts, ``rounds`` times, in a rotating
-    order, each block after a pause in which the other engine goes idle and one
-    request that does not count. Within the
-    deployment's block the paths to it (gRPC, REST, REST through the openai
-    client) answer each prompt back to back, in an order rotating from prompt to
-    prompt: their differences on a prompt are then a few milliseconds apart in
-    time, not a block apart, and the engine's drift cancels out of them.
+    take turns in blocks of ``block`` new prompts, in a rotating order, each
+    block after a pause in which the other engine goes idle and one request that
+    does not count. Within the deployment's block the paths to it (gRPC, REST,
+    REST through the openai client) answer each prompt back to back, in an order
+    rotating from prompt to prompt: their differences on a prompt are then a few
+    milliseconds apart in time, not a block apart, and the engine's drift cancels
+    out of them.
     """
     clients = paths.clients()
     served = [(name, one) for name, one in clients.items() if name != "offline"]
@@ -304,8 +302,8 @@ async def interleaved_ttft(
         if record.first_text is not None:
             samples[name][key] = (record.first_text - record.sent) * 1000
 
-    for round_ in range(rounds):
-        chosen = [short[(round_ * block + i) % len(short)] for i in range(block)]
+    for round_ in range(len(short) // block):
+        chosen = short[round_ * block : (round_ + 1) * block]
         blocks = ["offline", "served"] if round_ % 2 == 0 else ["served", "offline"]
         for kind in blocks:
             await asyncio.sleep(ENGINE_QUIET_SECONDS)
@@ -366,8 +364,7 @@ async def measure(
     )
     try:
         runs = [] if ttft_only else await throughput(paths, work)
-        rounds = len(ttft_prompts) // TTFT_BLOCK
-        ttft = await interleaved_ttft(paths, ttft_prompts, rounds, TTFT_BLOCK)
+        ttft = await interleaved_ttft(paths, ttft_prompts, TTFT_BLOCK)
     finally:
         await paths.grpc.close()
         await paths.rest.close()
