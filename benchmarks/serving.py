@@ -32,8 +32,13 @@ length as max_tokens), capped for a CPU. In order:
    with the chat template: what our layers add to a request does not grow with
    its prompt, while the engine's request-to-request jitter does (on 2 CPU
    cores, 10-30 ms on a 100-400 token prefill), and it is the jitter that the
-   interval has to beat. ``--ttft-only`` runs this step alone and keeps the
-   file's other figures.
+   interval has to beat. Each TTFT is also split into the engine's part (from
+   the rendered prompt handed to the engine to its first token: the service's
+   ``ownchat_serving_engine_time_to_first_token_seconds`` histogram, read
+   after each reply; offline, timed around ``add_request``) and the rest, the
+   time of the layers around the engine: compared between paths on the same
+   prompt, that rest carries none of the engine's jitter. ``--ttft-only`` runs
+   this step alone and keeps the file's other figures.
 5. The same model redeployed on the ONNX Runtime and Transformers engines, at
    the lowest concurrencies, over gRPC, reported beside vLLM.
 
@@ -43,7 +48,8 @@ prompts, and the later paths on one engine would otherwise find them cached.
 Writes benchmarks/results/serving.json: per path and concurrency, output
 tokens/s, requests/s, TTFT and inter-token latency (median, p99), and the
 headline ratios (gRPC over offline and REST over gRPC output tokens/s at the
-highest concurrency; TTFT added by our layers at concurrency 1).
+highest concurrency; TTFT added by our layers at concurrency 1, whole and
+outside the engine).
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ from typing import Any
 
 from results_file import merge_results
 from serving_load import (
+    EngineTtftReader,
     GrpcClient,
     OfflineEngine,
     Prompt,
@@ -212,12 +219,14 @@ class Paths:
     grpc: GrpcClient
     rest: SseClient
     rest_openai: RestClient
+    served_engine: EngineTtftReader
 
     async def one_offline(self, prompt: Prompt, record: RequestRecord) -> None:
         # The engine's own loop, synchronous: nothing else runs meanwhile.
         (measured,), _ = self.offline.run([prompt], 1)
         record.sent, record.first_text = measured.sent, measured.first_text
         record.pieces, record.output_tokens = measured.pieces, measured.output_tokens
+        record.engine_ttft = measured.engine_ttft
 
     def clients(self) -> dict[str, Any]:
         return {
@@ -254,28 +263,48 @@ async def throughput(paths: Paths, work: dict[int, list[Prompt]]) -> list[RunFig
 class TtftFigures:
     """TTFT one request at a time: each path's median, and the median over prompts of
     the difference between two paths on the same prompt (paired: prompt length, which
-    sets most of a TTFT, cancels out)."""
+    sets most of a TTFT, cancels out).
+
+    ``samples`` are whole TTFTs; ``engine`` the engine's part of each, from the
+    rendered prompt handed to the engine to its first token. A difference is taken of
+    the whole TTFT (``part="ttft"``), of what lies outside the engine (``"outside"``:
+    the time of every layer around it, without the engine's own jitter) or of the
+    engine's part alone (``"engine"``).
+    """
 
     medians: dict[str, float]
     samples: dict[str, dict[tuple[int, int], float]]
+    engine: dict[str, dict[tuple[int, int], float]]
 
-    def added(self, path: str, over: str) -> float:
-        """Median over the prompts both paths answered of ``path``'s TTFT minus ``over``'s."""
-        ours, base = self.samples[path], self.samples[over]
-        return statistics.median(ours[key] - base[key] for key in ours.keys() & base.keys())
+    def _values(self, path: str, part: str) -> dict[tuple[int, int], float]:
+        whole, engine = self.samples[path], self.engine[path]
+        if part == "ttft":
+            return whole
+        if part == "engine":
+            return engine
+        return {key: whole[key] - engine[key] for key in whole.keys() & engine.keys()}
 
-    def pairs(self, path: str, over: str) -> int:
-        return len(self.samples[path].keys() & self.samples[over].keys())
+    def _differences(self, path: str, over: str, part: str) -> list[float]:
+        ours, base = self._values(path, part), self._values(over, part)
+        return [ours[key] - base[key] for key in sorted(ours.keys() & base.keys())]
 
-    def interval(self, path: str, over: str) -> tuple[float, float]:
+    def added(self, path: str, over: str, part: str = "ttft") -> float:
+        """Median over the prompts both paths answered of ``path``'s TTFT (or its
+        ``part``) minus ``over``'s."""
+        return statistics.median(self._differences(path, over, part))
+
+    def pairs(self, path: str, over: str, part: str = "ttft") -> int:
+        return len(self._differences(path, over, part))
+
+    def interval(self, path: str, over: str, part: str = "ttft") -> tuple[float, float]:
         """A 95% bootstrap interval of :meth:`added`: whether the machine resolved the
         figure, or its noise is larger."""
-        ours, base = self.samples[path], self.samples[over]
-        return median_interval([ours[key] - base[key] for key in ours.keys() & base.keys()])
+        return median_interval(self._differences(path, over, part))
 
-    def added_note(self, path: str, over: str) -> str:
-        low, high = self.interval(path, over)
-        return f"95% interval [{low:+.1f}, {high:+.1f}] ms over {self.pairs(path, over)} pairs"
+    def added_note(self, path: str, over: str, part: str = "ttft") -> str:
+        low, high = self.interval(path, over, part)
+        pairs = self.pairs(path, over, part)
+        return f"95% interval [{low:+.1f}, {high:+.1f}] ms over {pairs} pairs"
 
 
 async def interleaved_ttft(paths: Paths, prompts: list[Prompt], block: int) -> TtftFigures:
@@ -294,13 +323,19 @@ async def interleaved_ttft(paths: Paths, prompts: list[Prompt], block: int) -> T
     clients = paths.clients()
     served = [(name, one) for name, one in clients.items() if name != "offline"]
     samples: dict[str, dict[tuple[int, int], float]] = {name: {} for name in clients}
+    engine: dict[str, dict[tuple[int, int], float]] = {name: {} for name in clients}
     short = [Prompt(p.text, p.prompt_tokens, min(p.max_tokens, TTFT_MAX_TOKENS)) for p in prompts]
 
     async def timed(name: str, one: Any, prompt: Prompt, key: tuple[int, int]) -> None:
         record = RequestRecord(sent=time.perf_counter())
         await one(prompt, record)
+        if name != "offline":
+            # Read after the reply, outside its time: the service's own account of it.
+            record.engine_ttft = await paths.served_engine.last_request()
         if record.first_text is not None:
             samples[name][key] = (record.first_text - record.sent) * 1000
+        if record.engine_ttft is not None:
+            engine[name][key] = record.engine_ttft * 1000
 
     for round_ in range(len(short) // block):
         chosen = short[round_ * block : (round_ + 1) * block]
@@ -313,18 +348,20 @@ async def interleaved_ttft(paths: Paths, prompts: list[Prompt], block: int) -> T
                     await timed("offline", clients["offline"], prompt, (round_, index))
                 continue
             await served[0][1](chosen[-1], RequestRecord(sent=time.perf_counter()))
+            await paths.served_engine.start()
             for index, prompt in enumerate(chosen):
                 turn = (round_ * block + index) % len(served)
                 for name, one in served[turn:] + served[:turn]:
                     await timed(name, one, prompt, (round_, index))
     medians = {name: statistics.median(values.values()) for name, values in samples.items()}
-    figures = TtftFigures(medians, samples)
+    figures = TtftFigures(medians, samples, engine)
     print(
         "  TTFT medians, one at a time: "
         + ", ".join(f"{name} {value:.1f} ms" for name, value in medians.items())
         + "; paired over offline: "
         + ", ".join(
-            f"{name} {figures.added(name, 'offline'):+.1f} ms"
+            f"{name} {figures.added(name, 'offline'):+.1f} ms "
+            f"(outside the engine {figures.added(name, 'offline', 'outside'):+.2f} ms)"
             for name in medians
             if name != "offline"
         ),
@@ -333,10 +370,20 @@ async def interleaved_ttft(paths: Paths, prompts: list[Prompt], block: int) -> T
     return figures
 
 
+@dataclass(frozen=True)
+class Endpoints:
+    """Where the running services answer, and the token they take."""
+
+    serving_address: str
+    gateway_url: str
+    serving_metrics_url: str
+    token: str
+
+
 async def local_engine_runs(
-    address: str, token: str, engine: str, work: dict[int, list[Prompt]]
+    endpoints: Endpoints, engine: str, work: dict[int, list[Prompt]]
 ) -> list[RunFigures]:
-    client = GrpcClient(address, token)
+    client = GrpcClient(endpoints.serving_address, endpoints.token)
     try:
         await keep_in_flight(work[min(work)][:1], 1, client.one)
         results = []
@@ -351,16 +398,19 @@ async def local_engine_runs(
 
 async def measure(
     offline: OfflineEngine,
-    address: str,
-    url: str,
-    token: str,
+    endpoints: Endpoints,
     work: dict[int, list[Prompt]],
     ttft_prompts: list[Prompt],
     ttft_only: bool = False,
 ) -> tuple[list[RunFigures], TtftFigures]:
     # The clients are made on the running loop: gRPC's channels belong to one.
+    token = endpoints.token
     paths = Paths(
-        offline, GrpcClient(address, token), SseClient(url, token), RestClient(url, token)
+        offline,
+        GrpcClient(endpoints.serving_address, token),
+        SseClient(endpoints.gateway_url, token),
+        RestClient(endpoints.gateway_url, token),
+        EngineTtftReader(endpoints.serving_metrics_url),
     )
     try:
         runs = [] if ttft_only else await throughput(paths, work)
@@ -369,6 +419,7 @@ async def measure(
         await paths.grpc.close()
         await paths.rest.close()
         await paths.rest_openai.close()
+        await paths.served_engine.close()
     return runs, ttft
 
 
@@ -402,7 +453,12 @@ def run_all(
         try:
             supervisor.wait_healthy(timeout=300)
             token = load_or_create_token(settings.home, settings.token)
-            address, url = settings.address("serving"), settings.gateway_url
+            endpoints = Endpoints(
+                settings.address("serving"),
+                settings.gateway_url,
+                f"http://127.0.0.1:{env['OWNCHAT_SERVING_METRICS_PORT']}/metrics",
+                token,
+            )
             with OwnchatClient(settings, token) as ownchat:
 
                 def deploy(engine: str) -> None:
@@ -417,7 +473,7 @@ def run_all(
                 engine, offline = start_offline(model_dir)
                 try:
                     runs, ttft = asyncio.run(
-                        measure(offline, address, url, token, work, ttft_prompts, ttft_only)
+                        measure(offline, endpoints, work, ttft_prompts, ttft_only)
                     )
                 finally:
                     engine.engine_core.shutdown()
@@ -425,7 +481,7 @@ def run_all(
                     gc.collect()
                 for name in local_engines:
                     deploy(name)
-                    runs += asyncio.run(local_engine_runs(address, token, name, local_work))
+                    runs += asyncio.run(local_engine_runs(endpoints, name, local_work))
         finally:
             supervisor.stop()
     return runs, ttft
@@ -503,6 +559,44 @@ def ttft_metrics(ttft: TtftFigures, setting: str) -> list[dict[str, Any]]:
             None,
             "median over prompts of TTFT over REST minus over gRPC, as ttft_added_ms_median; "
             f"{ttft.added_note('rest', 'grpc')}",
+        ),
+        metric(
+            "ttft_added_outside_engine_ms_median",
+            "ms",
+            False,
+            ttft.added("rest", "offline", "outside"),
+            None,
+            None,
+            "as ttft_added_ms_median, of each TTFT less its engine's part (from the "
+            "rendered prompt handed to the engine to its first token: on the deployment "
+            "as its ownchat_serving_engine_time_to_first_token_seconds histogram took it, "
+            "offline as timed around add_request): the time of our layers alone, without "
+            f"the engine's jitter; {ttft.added_note('rest', 'offline', 'outside')}; the "
+            f"engine's part itself, deployed minus offline: "
+            f"{ttft.added('rest', 'offline', 'engine'):+.1f} ms, "
+            f"{ttft.added_note('rest', 'offline', 'engine')}",
+        ),
+        metric(
+            "ttft_added_outside_engine_ms_median_grpc",
+            "ms",
+            False,
+            ttft.added("grpc", "offline", "outside"),
+            None,
+            None,
+            f"as ttft_added_outside_engine_ms_median, over gRPC; "
+            f"{ttft.added_note('grpc', 'offline', 'outside')}; the engine's part itself, "
+            f"deployed minus offline: {ttft.added('grpc', 'offline', 'engine'):+.1f} ms, "
+            f"{ttft.added_note('grpc', 'offline', 'engine')}",
+        ),
+        metric(
+            "ttft_added_outside_engine_ms_median_gateway",
+            "ms",
+            False,
+            ttft.added("rest", "grpc", "outside"),
+            None,
+            None,
+            "as ttft_added_ms_median_gateway, outside the engine; "
+            f"{ttft.added_note('rest', 'grpc', 'outside')}",
         ),
         metric(
             "ttft_added_ms_median_openai_client",

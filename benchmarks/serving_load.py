@@ -43,6 +43,9 @@ class RequestRecord:
     pieces: list[float] = field(default_factory=list)
     output_tokens: int = 0
     error: str = ""
+    # The engine's part of the TTFT, in seconds: from the rendered prompt handed to
+    # the engine to its first token (the rest is every layer around it).
+    engine_ttft: float | None = None
 
 
 @dataclass(frozen=True)
@@ -330,6 +333,7 @@ class OfflineEngine:
 
         queue = list(reversed(prompts))
         records: dict[str, RequestRecord] = {}
+        handed: dict[str, float] = {}
         in_flight = 0
         counter = 0
         started = time.perf_counter()
@@ -345,13 +349,64 @@ class OfflineEngine:
                 )
                 records[request_id] = RequestRecord(sent=time.perf_counter())
                 ids = chat_prompt_ids(self._tokenizer, prompt.text)
+                handed[request_id] = time.perf_counter()
                 self._engine.add_request(request_id, {"prompt_token_ids": ids}, params)
                 in_flight += 1
             for output in self._engine.step():
                 record = records[output.request_id]
                 completion = output.outputs[0]
                 note_piece(record, completion.text)
+                if record.first_text is not None and record.engine_ttft is None:
+                    record.engine_ttft = record.first_text - handed[output.request_id]
                 record.output_tokens += len(completion.token_ids)
                 if output.finished:
                     in_flight -= 1
         return list(records.values()), time.perf_counter() - started
+
+
+class EngineTtftReader:
+    """The engine's part of each TTFT on the serving service, one request at a time:
+    the change its reply makes to the service's
+    ``ownchat_serving_engine_time_to_first_token_seconds`` histogram (from the
+    rendered prompt handed to the engine to the engine's first token)."""
+
+    METRIC = "ownchat_serving_engine_time_to_first_token_seconds"
+
+    def __init__(self, metrics_url: str) -> None:
+        import aiohttp
+
+        self._url = metrics_url
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+        self._last: tuple[float, float] | None = None
+
+    async def _read(self) -> tuple[float, float]:
+        """The histogram's observation count and sum."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        async with self._session.get(self._url) as response:
+            text = await response.text()
+        found = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name in (f"{self.METRIC}_count", f"{self.METRIC}_sum"):
+                    found[sample.name.rsplit("_", 1)[1]] = sample.value
+        if len(found) != 2:
+            raise RuntimeError(f"{self._url} shows no {self.METRIC}")
+        return found["count"], found["sum"]
+
+    async def start(self) -> None:
+        """Takes the histogram as it is now, before the requests to time."""
+        self._last = await self._read()
+
+    async def last_request(self) -> float | None:
+        """The engine's part of the TTFT of the one reply since the last reading, in
+        seconds; None unless exactly one reply was observed."""
+        if self._last is None:
+            raise RuntimeError("start() first")
+        count, total = await self._read()
+        replies, seconds = count - self._last[0], total - self._last[1]
+        self._last = (count, total)
+        return seconds if replies == 1 else None
+
+    async def close(self) -> None:
+        await self._session.close()

@@ -31,6 +31,7 @@ from ownchat_serving.core import DeploySpec, ServingLimits
 from ownchat_serving.generation import ChatTurn, GenerateChunk, GenerateInput, Sampling
 from ownchat_serving.metrics import (
     COMPLETION_TOKENS,
+    ENGINE_TIME_TO_FIRST_TOKEN,
     INTER_TOKEN_LATENCY,
     OUTPUT_TOKENS_PER_SECOND,
     REPLIES,
@@ -266,10 +267,16 @@ def test_a_prompt_longer_than_the_context_names_the_limit(stack: Stack) -> None:
 
 def test_replies_feed_the_latency_metrics(stack: Stack) -> None:
     before = [count(TIME_TO_FIRST_TOKEN), count(INTER_TOKEN_LATENCY)]
+    engine_before = (count(ENGINE_TIME_TO_FIRST_TOKEN), value(ENGINE_TIME_TO_FIRST_TOKEN))
+    served_before = value(TIME_TO_FIRST_TOKEN)
     speeds, ok = count(OUTPUT_TOKENS_PER_SECOND), value(REPLIES, "tiny:1", "ok")
     responses = stack.run(call(stack, grpc_request(temperature=0, max_tokens=12), timeout=30))
     assert responses[-1].usage.completion_tokens == 12
     assert count(TIME_TO_FIRST_TOKEN) - before[0] == 1
+    assert count(ENGINE_TIME_TO_FIRST_TOKEN) - engine_before[0] == 1
+    # The engine's part is within the whole: the request was validated and rendered first.
+    engine_part = value(ENGINE_TIME_TO_FIRST_TOKEN) - engine_before[1]
+    assert 0 < engine_part < value(TIME_TO_FIRST_TOKEN) - served_before
     assert count(INTER_TOKEN_LATENCY) - before[1] >= 1
     assert count(OUTPUT_TOKENS_PER_SECOND) - speeds == 1
     assert value(REPLIES, "tiny:1", "ok") - ok == 1

@@ -1,8 +1,8 @@
 """Prometheus metrics of serving, beside the per-RPC ones every server exports.
 
 Replies are counted by model version and outcome; their latencies (time to
-first token, time between tokens) and decoding speed are histograms; the
-admission queues show as gauges. GPU memory and utilisation come from NVML
+first token and the engine's part of it, time between tokens) and decoding
+speed are histograms; the admission queues show as gauges. GPU memory and utilisation come from NVML
 (``gpu``) when a GPU is present.
 """
 
@@ -33,6 +33,12 @@ TIME_TO_FIRST_TOKEN = Histogram(
     "From a Generate request's arrival (queueing included) to its first generated token.",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+ENGINE_TIME_TO_FIRST_TOKEN = Histogram(
+    "ownchat_serving_engine_time_to_first_token_seconds",
+    "From a rendered prompt handed to its engine to the engine's first generated token: "
+    "the part of the time to first token that is the engine's, not the service's.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 INTER_TOKEN_LATENCY = Histogram(
     "ownchat_serving_inter_token_latency_seconds",
     "Time per generated token after the first, one observation per engine step.",
@@ -61,10 +67,15 @@ class ReplyMeter:
     def __init__(self, arrived: float) -> None:
         """``arrived``: ``time.perf_counter()`` when the request came in."""
         self._arrived = arrived
+        self._submitted = arrived
         self._first: float | None = None
         self._last = arrived
         self._after_first = 0
         self.tokens = 0
+
+    def submitted(self) -> None:
+        """The prompt is being handed to the engine now (its slot was waited for)."""
+        self._submitted = time.perf_counter()
 
     def step(self, new_tokens: int) -> None:
         """Records an engine step that produced ``new_tokens`` tokens."""
@@ -75,6 +86,7 @@ class ReplyMeter:
         if self._first is None:
             self._first = now
             TIME_TO_FIRST_TOKEN.observe(now - self._arrived)
+            ENGINE_TIME_TO_FIRST_TOKEN.observe(now - self._submitted)
         else:
             INTER_TOKEN_LATENCY.observe((now - self._last) / new_tokens)
             self._after_first += new_tokens

@@ -90,6 +90,7 @@ async def stream_reply(
     model_id = live.model_id
     try:
         steps = engine.stream(prompt, sampling, request_id, live.adapter)
+        meter.submitted()
         async with aclosing(steps):
             while True:
                 left = remaining(request.deadline)
