@@ -2,8 +2,8 @@
 
 Replies are counted by model version and outcome; their latencies (time to
 first token and the engine's part of it, time between tokens) and decoding
-speed are histograms; the admission queues show as gauges. GPU memory and utilisation come from NVML
-(``gpu``) when a GPU is present.
+speed are histograms; the admission queues show as gauges. GPU memory and
+utilisation come from NVML (``gpu``) when a GPU is present.
 """
 
 from __future__ import annotations
@@ -28,16 +28,17 @@ QUEUE_DEPTH = Gauge(
 )
 PROMPT_TOKENS = Counter("ownchat_serving_prompt_tokens_total", "Tokens of rendered prompts.")
 COMPLETION_TOKENS = Counter("ownchat_serving_completion_tokens_total", "Tokens generated.")
+_FIRST_TOKEN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 TIME_TO_FIRST_TOKEN = Histogram(
     "ownchat_serving_time_to_first_token_seconds",
     "From a Generate request's arrival (queueing included) to its first generated token.",
-    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    buckets=_FIRST_TOKEN_BUCKETS,
 )
 ENGINE_TIME_TO_FIRST_TOKEN = Histogram(
     "ownchat_serving_engine_time_to_first_token_seconds",
     "From a rendered prompt handed to its engine to the engine's first generated token: "
     "the part of the time to first token that is the engine's, not the service's.",
-    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    buckets=_FIRST_TOKEN_BUCKETS,
 )
 INTER_TOKEN_LATENCY = Histogram(
     "ownchat_serving_inter_token_latency_seconds",
