@@ -63,6 +63,10 @@ def test_every_default_type_has_a_sample() -> None:
         "password: str = Field(...)",
         "password=${DB_PASSWORD} and password: <your password>",
         "Password: must be 8 characters",
+        "the password is correct, your password is case-sensitive",
+        "password is expired. The password is 8 characters, password is required",
+        "boarding pass is A12B and pwd is /home/me, the password island",
+        "password is ********, password is ${DB_PASS}, password isn't set",
         "ISBN 978-3-16-148410-0 and 1,234,567.89",
         "counts 0 1 1 2 3 5 8 13 21",
     ],
@@ -119,6 +123,20 @@ def test_offsets_hold_when_lower_casing_changes_length() -> None:
         (EntityType.DATE_OF_BIRTH, "12/03/1985"),
         (EntityType.PASSWORD, "Hunter2x"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "password"),
+    [
+        ("my password is hunter2", "hunter2"),
+        ("My Password is: P@ssw0rd! thanks", "P@ssw0rd!"),
+        ("the password was Tr0ub4dor&3.", "Tr0ub4dor&3"),
+        ('the wifi password is "open sesame"', "open sesame"),
+        ("my passphrase IS blue42sky", "blue42sky"),
+    ],
+)
+def test_a_password_told_in_a_sentence_is_found(text: str, password: str) -> None:
+    assert [(s.type, s.value) for s in SCANNER.scan(text)] == [(EntityType.PASSWORD, password)]
 
 
 def test_person_names_only_when_asked_and_only_in_context() -> None:

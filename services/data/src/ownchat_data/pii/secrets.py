@@ -123,7 +123,8 @@ def find_private_keys(text: str) -> Iterator[tuple[int, int]]:
 _PASSWORD_KEYS = (Keyword("pass"), Keyword("pwd"))
 _PASSWORD_SUFFIX = regex.compile(r"(?i)word|wd|phrase")
 _PASSWORD_VALUE = regex.compile(
-    r"""(?:[_\-]?[0-9])?["']?[ \t]*(?::=|=>|[:=])[ \t]*
+    r"""(?:[_\-]?[0-9])?["']?
+    (?:[ \t]*(?::=|=>|[:=])|[ \t]+(?P<said>(?i:is|was))(?:[ \t]*:|(?=[ \t])))[ \t]*
     (?:"(?P<dq>[^"\n]{1,128})"|'(?P<sq>[^'\n]{1,128})'|(?P<bare>[^\s"'`,;<>(){}\[\]]{1,128}))""",
     regex.VERBOSE,
 )
@@ -140,7 +141,15 @@ _NOT_PASSWORDS = frozenset(
 )
 
 
-def _password_value_ok(value: str, text: str, end: int, *, quoted: bool, prose: bool) -> bool:
+def _said_like_a_secret(value: str) -> bool:
+    """A password told in a sentence ("my password is hunter2") holds a digit or a symbol;
+    "is case-sensitive", "is expired." and "is correct" describe one instead."""
+    return any(c.isdigit() or not (c.isalnum() or c in "-.") for c in value)
+
+
+def _password_value_ok(
+    value: str, text: str, end: int, *, quoted: bool, prose: bool, said: bool = False
+) -> bool:
     lowered = value.lower()
     if any(word in lowered for word in _PLACEHOLDER_WORDS):
         return False
@@ -155,13 +164,14 @@ def _password_value_ok(value: str, text: str, end: int, *, quoted: bool, prose: 
         return False
     if set(value) <= {"*", "x", "X", ".", "•", "-", "_"}:
         return False
-    if end < len(text) and text[end] in "(.":
-        return False
+    if not said and end < len(text) and text[end] in "(.":
+        return False  # "password.strip()", "password(...)": code using the name
     return _DOTTED_IDENTIFIER.fullmatch(value) is None
 
 
 def find_passwords(text: str, lowered: str | None) -> Iterator[tuple[int, int]]:
-    """The value in ``password=...`` / ``passwd: ...`` / ``"pwd": "..."`` style text.
+    """The value in ``password=...`` / ``passwd: ...`` / ``"pwd": "..."`` style text, and
+    in a sentence after "password is" / "password was".
 
     ``lowered`` is ``text.lower()`` when it keeps offsets (see :mod:`.keywords`).
     """
@@ -174,8 +184,8 @@ def find_passwords(text: str, lowered: str | None) -> Iterator[tuple[int, int]]:
             elif m.start() > 0 and text[m.start() - 1].isalpha():
                 continue  # "bypass=", "cwd=": only the long keywords may be glued to a prefix
             value = _PASSWORD_VALUE.match(text, end)
-            if value is None:
-                continue
+            if value is None or (value.group("said") and suffix is None):
+                continue  # "the pass is valid", "pwd is /home": only "password" is told so
             group = "dq" if value.group("dq") else "sq" if value.group("sq") else "bare"
             start, stop = value.span(group)
             if group == "bare" and text[m.start() - 1 : m.start()] in ("?", "&"):
@@ -184,5 +194,13 @@ def find_passwords(text: str, lowered: str | None) -> Iterator[tuple[int, int]]:
                 stop = stop if amp < 0 else amp
             prose = "=" not in text[value.start() : start]
             quoted = group != "bare"
-            if _password_value_ok(text[start:stop], text, stop, quoted=quoted, prose=prose):
+            said = value.group("said") is not None
+            if said and not quoted:
+                # The sentence's full stop is not the password's.
+                stop = start + len(text[start:stop].rstrip("."))
+                if not _said_like_a_secret(text[start:stop]):
+                    continue
+            if _password_value_ok(
+                text[start:stop], text, stop, quoted=quoted, prose=prose, said=said
+            ):
                 yield start, stop
