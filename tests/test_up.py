@@ -1,7 +1,9 @@
-"""`ownchat up` starts services that answer health, and Ctrl-C leaves nothing behind."""
+"""`ownchat up` starts services that answer health, and Ctrl-C leaves nothing behind;
+`ownchat down` stops what a killed `ownchat up` left running."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -78,6 +80,83 @@ def test_up_refuses_a_second_start_on_busy_ports(ownchat_env: dict[str, str]) ->
         )
         assert second.returncode == 1
         assert "already running: data" in second.stderr
+        assert "`ownchat down` stops it" in " ".join(second.stderr.split())  # rich wraps
     finally:
         first.send_signal(signal.SIGINT)
         first.communicate(timeout=60)
+
+
+def start_up(env: dict[str, str], *services: str) -> subprocess.Popen[str]:
+    ownchat = Path(sys.executable).with_name("ownchat")
+    only = [arg for service in services for arg in ("--only", service)]
+    process = subprocess.Popen(
+        [str(ownchat), "up", *only],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    wait_for_line(process, "all services up", timeout=120)
+    return process
+
+
+def ownchat_down(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    ownchat = Path(sys.executable).with_name("ownchat")
+    return subprocess.run(
+        [str(ownchat), "down", "--grace", "10"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_down_stops_what_a_killed_up_left_running(ownchat_env: dict[str, str]) -> None:
+    process = start_up(ownchat_env, "data", "evaluator")
+    try:
+        sessions = children_of(process.pid)
+        process.kill()  # no chance to stop anything: the services live on
+        process.communicate(timeout=30)
+        assert grpc_health(ownchat_env["OWNCHAT_DATA_ADDRESS"]) == "SERVING"
+        down = ownchat_down(ownchat_env)
+        assert down.returncode == 0, down.stderr
+        assert "stopped data, evaluator" in down.stdout
+        assert sessions_alive(sessions) == []
+        assert processes_with_env("OWNCHAT_HOME", ownchat_env["OWNCHAT_HOME"]) == []
+        assert grpc_health(ownchat_env["OWNCHAT_DATA_ADDRESS"]) == "UNREACHABLE"
+        assert list((Path(ownchat_env["OWNCHAT_HOME"]) / "run").glob("up-*")) == []
+        again = ownchat_down(ownchat_env)
+        assert again.returncode == 0
+        assert "nothing was running" in again.stdout
+    finally:
+        for pid in processes_with_env("OWNCHAT_HOME", ownchat_env["OWNCHAT_HOME"]):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_down_asks_a_running_up_to_stop(ownchat_env: dict[str, str]) -> None:
+    process = start_up(ownchat_env, "data")
+    try:
+        down = ownchat_down(ownchat_env)
+        assert down.returncode == 0, down.stderr
+        assert "stopped data" in down.stdout
+        remaining, _ = process.communicate(timeout=60)
+        assert "all services stopped" in remaining
+        assert processes_with_env("OWNCHAT_HOME", ownchat_env["OWNCHAT_HOME"]) == []
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_a_hangup_stops_every_service(ownchat_env: dict[str, str]) -> None:
+    """A closed terminal sends SIGHUP to the supervisor alone (the services have their
+    own sessions); it stops them as Ctrl-C does."""
+    process = start_up(ownchat_env, "data")
+    try:
+        process.send_signal(signal.SIGHUP)
+        remaining, _ = process.communicate(timeout=60)
+        assert "all services stopped" in remaining
+        assert process.returncode == 0
+        assert processes_with_env("OWNCHAT_HOME", ownchat_env["OWNCHAT_HOME"]) == []
+    finally:
+        if process.poll() is None:
+            process.kill()

@@ -30,7 +30,7 @@ from rich.table import Table
 from ownchat.cli.archive import pack_sources
 from ownchat.cli.common import console, error_console, follow_job, upload_requests
 from ownchat.cli.evaluate import LOWER_IS_BETTER, MetricName, print_gate, run_evaluation
-from ownchat.cli.supervisor import SERVICE_MODULES, StartupError, Supervisor
+from ownchat.cli.supervisor import SERVICE_MODULES, StartupError, Supervisor, stop_on_signals
 from ownchat.client import OwnchatClient
 from ownchat.common.v1 import common_pb2
 from ownchat.config import ClientSettings
@@ -570,6 +570,7 @@ def run_with_services(supervisor: Supervisor, heading: str, work: Callable[[], i
 
     Returns ``work``'s exit code; a failure is one line on stderr and 1, Ctrl-C 130.
     """
+    stop_on_signals()
     try:
         console.rule(heading)
         supervisor.start(list(SERVICE_MODULES))

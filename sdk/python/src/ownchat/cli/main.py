@@ -1,6 +1,7 @@
 """``ownchat``: start the services and drive them.
 
 ownchat up                      start all five services, Ctrl-C stops them
+ownchat down                    stop what an `ownchat up` left running (it was killed)
 ownchat demo                    the whole loop on the sample data
 ownchat data ingest FILE... --dataset NAME    several files become one chat version
 ownchat train create --base smollm2-135m-instruct --dataset-version dsv_...
@@ -16,7 +17,6 @@ ownchat chat "How do I reset my router?"
 from __future__ import annotations
 
 import contextlib
-import signal
 import tempfile
 import time
 from collections.abc import Iterable
@@ -41,7 +41,14 @@ from ownchat.cli.common import (
 from ownchat.cli.erasure import erase_captured_and_reviews
 from ownchat.cli.evaluate import consult_promotion_gate, eval_app
 from ownchat.cli.keys import keys_app
-from ownchat.cli.supervisor import SERVICE_MODULES, StartupError, Supervisor, service_status
+from ownchat.cli.stack_record import records, stop_stack
+from ownchat.cli.supervisor import (
+    SERVICE_MODULES,
+    StartupError,
+    Supervisor,
+    service_status,
+    stop_on_signals,
+)
 from ownchat.client import OwnchatClient
 from ownchat.common.v1 import common_pb2
 from ownchat.config import ClientSettings
@@ -80,10 +87,7 @@ def up(
         raise typer.BadParameter(f"unknown service(s): {', '.join(unknown)}")
     settings = ClientSettings()
     supervisor = Supervisor(settings)
-    # SIGTERM stops like Ctrl-C does, and so does SIGINT when a shell started this
-    # as a background job (which ignores SIGINT, and Python keeps it ignored).
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    stop_on_signals()
     try:
         supervisor.start(names)
         with console.status("starting " + ", ".join(names)):
@@ -111,6 +115,35 @@ def up(
     finally:
         supervisor.stop()
     console.print("all services stopped")
+
+
+@app.command()
+def down(
+    grace: Annotated[float, typer.Option(help="Seconds each service gets to drain.")] = 15,
+) -> None:
+    """Stop the services an `ownchat up` started, also when it was killed and left them."""
+    settings = ClientSettings()
+    found, unreadable = records(settings.home)
+    for error in unreadable:
+        error_console.print(f"[yellow]skipped[/yellow] {error}")
+    stopped = []
+    for record in found:
+        if not record.running():
+            record.path.unlink(missing_ok=True)  # it ended without removing its record
+            continue
+        console.print(
+            f"stopping {', '.join(record.names)} (`ownchat up`, pid {record.supervisor.pid})…"
+        )
+        stop_stack(record, grace)
+        stopped.extend(record.names)
+    answering = [n for n in SERVICE_MODULES if service_status(n, settings) != "UNREACHABLE"]
+    if answering:
+        error_console.print(
+            f"[red]still answering[/red]: {', '.join(answering)}, not started by `ownchat up`"
+            f" with the home {settings.home}; stop them where they were started"
+        )
+        raise typer.Exit(1)
+    console.print(f"stopped {', '.join(stopped)}" if stopped else "nothing was running")
 
 
 @app.command()

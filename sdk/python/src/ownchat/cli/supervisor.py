@@ -3,7 +3,9 @@
 Each service runs in its own session (process group), so Ctrl-C in the
 terminal reaches only the supervisor, which then stops the services in order:
 SIGTERM to each (they drain), then SIGKILL to whatever is left of each group
-(engine processes included), so nothing outlives ``ownchat up``.
+(engine processes included), so nothing outlives ``ownchat up``. What it
+started is recorded under ``<home>/run`` (see :mod:`.stack_record`), so that
+``ownchat down`` stops the services even when the supervisor itself was killed.
 """
 
 from __future__ import annotations
@@ -21,6 +23,12 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ownchat.cli.stack_record import (
+    RecordedProcess,
+    records,
+    terminate_then_kill,
+    write_record,
+)
 from ownchat.client import channel_credentials
 from ownchat.config import ClientSettings
 
@@ -38,6 +46,35 @@ class StartupError(RuntimeError):
     """A service exited or did not become healthy in time."""
 
 
+def stop_on_signals() -> None:
+    """Makes SIGTERM and SIGHUP stop the stack as Ctrl-C does (a KeyboardInterrupt).
+
+    SIGINT too when a shell started this as a background job (which ignores SIGINT,
+    and Python keeps it ignored). SIGHUP matters because the services are in their
+    own sessions: a closed terminal would otherwise end the supervisor alone and
+    leave them running.
+    """
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    for stop_signal in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop_signal, interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def busy_message(busy: list[str], home: Path) -> str:
+    """Why services cannot start: who holds their ports, and how to stop it."""
+    left = [r for r in records(home)[0] if r.running() and set(r.names) & set(busy)]
+    if left:
+        pids = ", ".join(str(r.supervisor.pid) for r in left)
+        return (
+            f"already running: {', '.join(busy)}, started by `ownchat up` (pid {pids}); "
+            "`ownchat down` stops it"
+        )
+    return f"already running: {', '.join(busy)} (stop them first, or use `ownchat status`)"
+
+
 @dataclass
 class ServiceProcess:
     """One running service."""
@@ -45,6 +82,8 @@ class ServiceProcess:
     name: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    # Taken at once: a service that exits is reaped, and its start time is gone with it.
+    recorded: RecordedProcess
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -98,14 +137,13 @@ class Supervisor:
         self.env = {**os.environ, **(env or {}), "OWNCHAT_HOME": str(settings.home)}
         self.processes: list[ServiceProcess] = []
         self.log_dir = settings.home / "logs"
+        self.record_path: Path | None = None
 
     def start(self, names: list[str]) -> None:
         """Starts services; refuses when something already answers on a service's port."""
         busy = [n for n in names if service_status(n, self.settings) != "UNREACHABLE"]
         if busy:
-            raise StartupError(
-                f"already running: {', '.join(busy)} (stop them first, or use `ownchat status`)"
-            )
+            raise StartupError(busy_message(busy, self.settings.home))
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for name in names:
             log_path = self.log_dir / f"{name}.log"
@@ -118,7 +156,14 @@ class Supervisor:
                     env=self.env,
                     start_new_session=True,
                 )
-            self.processes.append(ServiceProcess(name, process, log_path))
+            recorded = RecordedProcess.of(name, process.pid)
+            self.processes.append(ServiceProcess(name, process, log_path, recorded))
+            # Rewritten after each start: a supervisor killed halfway leaves the ones started.
+            self.record_path = write_record(
+                self.settings.home,
+                RecordedProcess.of("supervisor", os.getpid()),
+                [p.recorded for p in self.processes],
+            )
 
     def wait_healthy(self, timeout: float, on_ready: object = None) -> None:
         """Waits until every started service is healthy; raises if one dies or is late."""
@@ -141,21 +186,11 @@ class Supervisor:
 
     def stop(self, grace: float = 15.0) -> None:
         """Stops every service: SIGTERM, wait, then SIGKILL their whole process groups."""
+        terminate_then_kill([p.recorded for p in self.processes], grace)
         for service in self.processes:
-            if service.process.poll() is None:
-                service.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for service in self.processes:
-            remaining = max(0.1, deadline - time.monotonic())
-            try:
-                service.process.wait(timeout=remaining)
-            except subprocess.TimeoutExpired:
-                pass
-        for service in self.processes:
-            try:
-                os.killpg(service.process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            if service.process.poll() is None:
-                service.process.wait(timeout=5)
+            # Reaped already by the wait above; this only settles the Popen object.
+            service.process.wait(timeout=5)
         self.processes.clear()
+        if self.record_path is not None:
+            self.record_path.unlink(missing_ok=True)
+            self.record_path = None
