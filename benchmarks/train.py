@@ -328,7 +328,7 @@ def _step_tokens(result: RunResult) -> str:
     return (
         f"{detail['real_tokens_per_step']:.0f} real tokens in "
         f"{detail['packed_rows_per_step']:.1f} rows, {detail['packed_positions_per_step']:.0f} "
-        "positions with row padding, on average"
+        "positions with padding, on average"
     )
 
 

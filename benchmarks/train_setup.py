@@ -253,16 +253,19 @@ def samples_per_step_for_tokens(lengths: list[int], tokens: int, steps: int, see
 def packed_shape(
     lengths: list[int], samples_per_step: int, steps: int, seed: int, seq_len: int, cuda: bool
 ) -> tuple[float, float]:
-    """Rows and positions (real tokens and the padding of row tails) of our worker's
-    packed steps on average, as ``engine.packing.pack_samples`` lays them out."""
+    """Rows and positions (real tokens and padding) of our worker's packed steps on
+    average, as ``engine.packing.pack_samples`` lays them out: on CUDA (varlen
+    attention) one row end to end, padded to 8; else rows of ``seq_len``."""
     order = batch_order(len(lengths), samples_per_step, seed)
-    multiple = 8 if cuda else 1  # the worker's pad_to_multiple_of
     rows = positions = 0
     for _ in range(steps):
         step = [lengths[i] for i in next(order)]
+        if cuda:
+            rows += 1
+            positions += -(-sum(step) // 8) * 8
+            continue
         bins = first_fit_decreasing(step, seq_len)
         fullest = max(sum(step[i] for i in members) for members in bins)
-        width = min(-(-fullest // multiple) * multiple, seq_len)
         rows += len(bins)
-        positions += len(bins) * width
+        positions += len(bins) * min(fullest, seq_len)
     return rows / steps, positions / steps

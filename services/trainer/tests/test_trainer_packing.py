@@ -19,7 +19,12 @@ from ownchat.chat_template import IGNORE_INDEX
 from ownchat_trainer.batches import EncodedSample, collate, encode_samples, weighted_loss_terms
 from ownchat_trainer.engine import varlen_attention
 from ownchat_trainer.engine.loss import causal_lm_loss_terms, forward_hidden, output_layer
-from ownchat_trainer.engine.packing import PackedBatch, first_fit_decreasing, pack_samples
+from ownchat_trainer.engine.packing import (
+    PackedBatch,
+    first_fit_decreasing,
+    pack_samples,
+    takes_offsets,
+)
 from ownchat_trainer.worker import batch_order
 
 PAD = 0
@@ -127,6 +132,34 @@ def test_model_inputs_give_flash_attention_its_sequence_bounds() -> None:
     flash = batch.model_inputs("flash_attention_2")
     assert flash["cu_seq_lens_q"] is batch.cu_seq_lens
     assert flash["max_length_q"] == flash["max_length_k"] == 4
+
+
+def test_end_to_end_lays_every_sample_in_one_row_in_order() -> None:
+    shapes = [(6, 1.0), (5, 2.0), (4, 1.0)]
+    samples = [synthetic(n, weight=w, record=i) for i, (n, w) in enumerate(shapes)]
+    batch = pack_samples(samples, max_length=10, pad_token_id=PAD, pad_to_multiple_of=8)
+
+    one_row = pack_samples(samples, 10, PAD, pad_to_multiple_of=8, end_to_end=True)
+    # 15 tokens in one row of 16 (longer than max_length), against 2 rows of 10.
+    assert one_row.input_ids.shape == (1, 16)
+    assert batch.input_ids.numel() == 20
+    assert [(p.row, p.offset) for p in one_row.placements] == [(0, 0), (0, 6), (0, 11)]
+    assert one_row.position_ids[0].tolist() == [*range(6), *range(5), *range(4), 0]
+    assert one_row.cu_seq_lens.tolist() == [0, 6, 11, 15, 16]
+    assert one_row.max_seq_len == 6
+    assert one_row.real_tokens == batch.real_tokens == 15
+    # The same loss tokens and weights as the rows, so the same loss.
+    assert one_row.loss_weight == batch.loss_weight
+    assert sorted(one_row.labels[one_row.labels != IGNORE_INDEX].tolist()) == sorted(
+        batch.labels[batch.labels != IGNORE_INDEX].tolist()
+    )
+
+
+def test_only_offset_taking_attention_gets_them() -> None:
+    assert takes_offsets("flash_attention_2") and takes_offsets("flash_attention_3")
+    assert takes_offsets(varlen_attention.ATTENTION_NAME)
+    assert not takes_offsets("sdpa") and not takes_offsets("eager")
+    assert not takes_offsets("flex_attention") and not takes_offsets(None)
 
 
 @settings(max_examples=60, deadline=None)
@@ -272,6 +305,14 @@ def test_packed_sample_equals_sample_alone_on_gpu(
         alone = model(**alone_inputs.model_inputs(implementation)).logits[0].float()
         packed = logits[place.row, place.offset : place.offset + place.length]
         torch.testing.assert_close(packed, alone, atol=tolerance, rtol=tolerance)
+    if takes_offsets(implementation):
+        # How the worker packs for these: one row of every sample, end to end.
+        one_row = pack_samples(samples, 128, PAD, 8, end_to_end=True).to(torch.device("cuda"))
+        row_logits = model(**one_row.model_inputs(implementation)).logits[0].float()
+        for place, one_row_place in zip(batch.placements, one_row.placements, strict=True):
+            span = slice(one_row_place.offset, one_row_place.offset + one_row_place.length)
+            packed = logits[place.row, place.offset : place.offset + place.length]
+            torch.testing.assert_close(row_logits[span], packed, atol=tolerance, rtol=tolerance)
     loss_sum, weight = causal_lm_loss_terms(
         forward_hidden(model, batch), output_layer(model), batch.labels, batch.token_weights
     )

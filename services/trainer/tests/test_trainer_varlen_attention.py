@@ -102,6 +102,39 @@ def test_varlen_attention_matches_sdpa_block_mask(
     torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-4)
 
 
+def test_varlen_attention_over_one_end_to_end_row_matches_rows(
+    model_root: Path, conversations: list[list[dict[str, str]]]
+) -> None:
+    """The worker packs varlen steps into one row, padded to 8 only: the loss and the
+    gradients are those of the same samples in rows of max_length under sdpa."""
+    model_dir = model_root / "tiny-chat"
+    assert varlen_attention.register(reference_varlen_gqa)
+    reference = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32, attn_implementation="sdpa"
+    )
+    varlen = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32, attn_implementation=varlen_attention.ATTENTION_NAME
+    )
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    step = samples(tokenizer, conversations)
+    rows = pack_samples(step, 128, 0, 8)
+    one_row = pack_samples(step, 128, 0, 8, end_to_end=True)
+    assert rows.input_ids.shape[0] > 1 and one_row.input_ids.shape[0] == 1
+    assert one_row.input_ids.shape[1] > 128
+    assert one_row.input_ids.numel() < rows.input_ids.numel()
+
+    losses, grads = [], []
+    for model, batch in ((reference, rows), (varlen, one_row)):
+        loss_sum, weight = causal_lm_loss_terms(
+            forward_hidden(model, batch), output_layer(model), batch.labels, batch.token_weights
+        )
+        (loss_sum / weight).backward()
+        losses.append(loss_sum / weight)
+        grads.append(model.model.layers[0].self_attn.q_proj.weight.grad)
+    torch.testing.assert_close(losses[1], losses[0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-4)
+
+
 def test_varlen_attention_refuses_padded_batches(model_root: Path) -> None:
     assert varlen_attention.register(reference_varlen)
     model = AutoModelForCausalLM.from_pretrained(

@@ -26,7 +26,7 @@ from ownchat_trainer.engine.distributed import (
 )
 from ownchat_trainer.engine.loop import StepResult
 from ownchat_trainer.engine.loss import causal_lm_loss_terms, forward_hidden, output_layer
-from ownchat_trainer.engine.packing import pack_samples
+from ownchat_trainer.engine.packing import pack_samples, takes_offsets
 
 
 class SftObjective:
@@ -54,6 +54,8 @@ class SftObjective:
         self._batch_size = batch_size
         self._packing = packing
         self._multiple = pad_to_multiple_of
+        config = getattr(unwrap(model), "config", None)
+        self._end_to_end = takes_offsets(getattr(config, "_attn_implementation", None))
 
     def train_step(self, indices: Sequence[int]) -> StepResult:
         """This rank's share of the step, normalised by the whole step's loss weight."""
@@ -81,7 +83,9 @@ class SftObjective:
         """The weighted loss sum, its weight, and the non-padding tokens of some samples."""
         device = self._context.device
         if self._packing:
-            packed = pack_samples(samples, self._max_length, self._pad, self._multiple).to(device)
+            packed = pack_samples(
+                samples, self._max_length, self._pad, self._multiple, end_to_end=self._end_to_end
+            ).to(device)
             hidden = forward_hidden(model, packed)
             loss_sum, weight = causal_lm_loss_terms(
                 hidden, output_layer(model), packed.labels, packed.token_weights
