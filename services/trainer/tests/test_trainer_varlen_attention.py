@@ -15,7 +15,7 @@ from ownchat.chat_template import IGNORE_INDEX
 from ownchat_trainer.batches import EncodedSample, encode_samples
 from ownchat_trainer.engine import varlen_attention
 from ownchat_trainer.engine.loss import causal_lm_loss_terms, forward_hidden, output_layer
-from ownchat_trainer.engine.packing import pack_samples
+from ownchat_trainer.engine.packing import PackedBatch, pack_samples
 from ownchat_trainer.engine.run import _attention
 
 
@@ -72,26 +72,23 @@ def samples(tokenizer: Any, conversations: list[list[dict[str, str]]]) -> list[E
     return encoded
 
 
-@pytest.mark.parametrize("kernel", [reference_varlen, reference_varlen_gqa])
-def test_varlen_attention_matches_sdpa_block_mask(
-    model_root: Path, conversations: list[list[dict[str, str]]], kernel: Any
-) -> None:
-    model_dir = model_root / "tiny-chat"
-    assert varlen_attention.register(kernel)
-    reference = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=torch.float32, attn_implementation="sdpa"
-    )
-    varlen = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=torch.float32, attn_implementation=varlen_attention.ATTENTION_NAME
-    )
-    # The tiny model has grouped key/value heads, the case the reshaping must get right.
-    assert varlen.config.num_key_value_heads < varlen.config.num_attention_heads
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    batch = pack_samples(samples(tokenizer, conversations), 128, 0, 8)
-    assert batch.input_ids.shape[0] > 1, "several rows, each with several samples"
+def sdpa_and_varlen(model_dir: Path) -> tuple[Any, Any]:
+    """The same weights twice: under sdpa's block-diagonal mask, and under varlen."""
 
+    def load(implementation: str) -> Any:
+        return AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=torch.float32, attn_implementation=implementation
+        )
+
+    return load("sdpa"), load(varlen_attention.ATTENTION_NAME)
+
+
+def assert_same_loss_and_gradient(
+    expected: tuple[Any, PackedBatch], actual: tuple[Any, PackedBatch]
+) -> None:
+    """The step's loss and the first attention layer's query gradient agree."""
     losses, grads = [], []
-    for model in (reference, varlen):
+    for model, batch in (expected, actual):
         loss_sum, weight = causal_lm_loss_terms(
             forward_hidden(model, batch), output_layer(model), batch.labels, batch.token_weights
         )
@@ -100,6 +97,22 @@ def test_varlen_attention_matches_sdpa_block_mask(
         grads.append(model.model.layers[0].self_attn.q_proj.weight.grad)
     torch.testing.assert_close(losses[1], losses[0], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kernel", [reference_varlen, reference_varlen_gqa])
+def test_varlen_attention_matches_sdpa_block_mask(
+    model_root: Path, conversations: list[list[dict[str, str]]], kernel: Any
+) -> None:
+    model_dir = model_root / "tiny-chat"
+    assert varlen_attention.register(kernel)
+    reference, varlen = sdpa_and_varlen(model_dir)
+    # The tiny model has grouped key/value heads, the case the reshaping must get right.
+    assert varlen.config.num_key_value_heads < varlen.config.num_attention_heads
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    batch = pack_samples(samples(tokenizer, conversations), 128, 0, 8)
+    assert batch.input_ids.shape[0] > 1, "several rows, each with several samples"
+
+    assert_same_loss_and_gradient((reference, batch), (varlen, batch))
 
 
 def test_varlen_attention_over_one_end_to_end_row_matches_rows(
@@ -109,12 +122,7 @@ def test_varlen_attention_over_one_end_to_end_row_matches_rows(
     gradients are those of the same samples in rows of max_length under sdpa."""
     model_dir = model_root / "tiny-chat"
     assert varlen_attention.register(reference_varlen_gqa)
-    reference = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=torch.float32, attn_implementation="sdpa"
-    )
-    varlen = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=torch.float32, attn_implementation=varlen_attention.ATTENTION_NAME
-    )
+    reference, varlen = sdpa_and_varlen(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     step = samples(tokenizer, conversations)
     rows = pack_samples(step, 128, 0, 8)
@@ -123,16 +131,7 @@ def test_varlen_attention_over_one_end_to_end_row_matches_rows(
     assert one_row.input_ids.shape[1] > 128
     assert one_row.input_ids.numel() < rows.input_ids.numel()
 
-    losses, grads = [], []
-    for model, batch in ((reference, rows), (varlen, one_row)):
-        loss_sum, weight = causal_lm_loss_terms(
-            forward_hidden(model, batch), output_layer(model), batch.labels, batch.token_weights
-        )
-        (loss_sum / weight).backward()
-        losses.append(loss_sum / weight)
-        grads.append(model.model.layers[0].self_attn.q_proj.weight.grad)
-    torch.testing.assert_close(losses[1], losses[0], atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-4)
+    assert_same_loss_and_gradient((reference, rows), (varlen, one_row))
 
 
 def test_varlen_attention_refuses_padded_batches(model_root: Path) -> None:
