@@ -98,6 +98,26 @@ def test_gateway_erase_deletes_exactly_what_holds_a_value(store: CaptureStore) -
     assert store.erase(VALUES) == ErasedCaptures((), 0, ())
 
 
+def test_gateway_erase_leaves_nothing_in_the_sqlite_files(tmp_path: Path) -> None:
+    """While the gateway runs (its store open), the erased chats are neither in the
+    database file's free pages nor in the write-ahead log's older frames."""
+    store = CaptureStore(tmp_path / "captured.db")
+    try:
+        _fill(store)
+
+        def stored() -> bytes:
+            return b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.is_file()).lower()
+
+        # Messages are stored as JSON, which escapes the É: its ASCII neighbours are found.
+        assert b"i am jos" in stored() and b"ann.smith@example.org" in stored()
+        store.erase(VALUES)
+        assert b"i am jos" not in stored()
+        assert b"ann.smith@example.org" not in stored()
+        assert b"name a colour." in stored()  # what no value held is kept
+    finally:
+        store.close()
+
+
 def test_gateway_erase_pages_through_every_row(
     store: CaptureStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

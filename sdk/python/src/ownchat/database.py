@@ -256,6 +256,10 @@ class Database:
             self._sqlite.execute("PRAGMA synchronous=FULL")
             self._sqlite.execute("PRAGMA foreign_keys=ON")
             self._sqlite.execute("PRAGMA busy_timeout=5000")
+            # Stores hold people's data: what a delete or an update frees is zeroed,
+            # not left in the file's free pages. Some SQLite builds do this by
+            # default (Debian's), others do not (python.org's, conda's).
+            self._sqlite.execute("PRAGMA secure_delete=ON")
 
     def _postgres_connection(self) -> psycopg.Connection[Any]:
         """The open connection, reopened when the server dropped it (a restart)."""
@@ -313,6 +317,20 @@ class Database:
                 connection = self._postgres_connection()
                 return connection.execute(_to_psycopg(sql), tuple(parameters)).fetchall()
             return self._sqlite.execute(sql, parameters).fetchall()
+
+    def empty_write_ahead_log(self) -> bool:
+        """After an erasure: on SQLite, copies the zeroed pages into the file and empties
+        the write-ahead log, whose older frames still hold deleted rows as they were.
+
+        False when a reader kept the log from being emptied (its frames then wait to
+        be overwritten). On PostgreSQL a no-op (True): old row versions stay in the
+        tables' free space, out of every query's reach, until vacuumed and reused.
+        """
+        if self.dialect == "postgresql":
+            return True
+        with self._lock:
+            busy, _, _ = self._sqlite.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return not busy
 
     def close(self) -> None:
         with self._lock:

@@ -217,11 +217,6 @@ class ReviewStore:
     def __init__(self, location: Path | str) -> None:
         """``location``: a SQLite file, or a ``postgresql://`` URL."""
         self._db = Database(location, MIGRATIONS)
-        if self._db.dialect == "sqlite":
-            # Items and reviews hold people's data: whatever a change frees, an
-            # erasure's deletes or an update's old copy of a row, is zeroed
-            # rather than left in the file's free space.
-            self._db.query("PRAGMA secure_delete = ON")
 
     def enqueue(
         self, items: Sequence[NewItem], ids: Sequence[str], default_wanted: int, now: float
@@ -605,15 +600,8 @@ class ReviewStore:
             _delete_reviews(connection, reviews, erased)
             _delete_items(connection, items)
             _forget_reviewers(connection, reviewers)
-        self._empty_sqlite_log()
+        self._db.empty_write_ahead_log()
         return ErasedReviewData(tuple(items), len(reviews))
-
-    def _empty_sqlite_log(self) -> None:
-        """On SQLite, copies the zeroed pages into the file and empties the write-ahead
-        log, whose older frames still hold the rows as they were. While another
-        connection reads, the log cannot be emptied and its frames wait to be reused."""
-        if self._db.dialect == "sqlite":
-            self._db.query("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def live_leases(self, now: float) -> list[tuple[str, str]]:
         """(item id, reviewer) of every live lease; for checks of the queue's invariants."""

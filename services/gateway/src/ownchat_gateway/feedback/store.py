@@ -164,6 +164,11 @@ class CaptureStore:
         erased from the datasets is erased here too. It is applied in Python, not
         SQL: ``LOWER`` folds case differently from ``casefold`` and differently on
         each engine. One transaction, so no chat goes while its feedback stays.
+
+        On SQLite nothing of the deleted rows is left in the file, nor in its log
+        once no other connection is reading. On PostgreSQL their old versions stay
+        in the tables' free space, out of every query's reach, until vacuumed and
+        overwritten.
         """
         if too_short(values):
             # "" would hold in every text: refused here too, not only by the callers.
@@ -187,6 +192,9 @@ class CaptureStore:
                 if holds_any([row["comment"]], folded)
             ]
             by_comment = delete_in(connection, "feedback", "id", commented, "review_item_id")
+        # The deleted rows' pages are zeroed (see ownchat.database); the log's older
+        # frames still hold them until emptied.
+        self._database.empty_write_ahead_log()
         return ErasedCaptures(
             response_ids=tuple(response_ids),
             feedback=len(on_chats) + len(by_comment),
