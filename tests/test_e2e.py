@@ -226,6 +226,7 @@ def test_the_whole_path_through_every_service(
         assert model.group() in erased.stdout
         assert "removed 1 captured chat(s)" in erased.stdout
         assert "removed 1 review item(s)" in erased.stdout
+        assert re.search(r"removed \d+ evaluation sample output\(s\)", erased.stdout)
         assert review_items(env, token) == 0
         redeployed = cli(env, "deploy", model.group())
         assert redeployed.returncode == 1

@@ -346,15 +346,22 @@ class Database:
 BATCH_ROWS = 500
 
 
-def keyset_scan(connection: Connection, select: str, key: str, start: object) -> Iterator[Any]:
+def keyset_scan(
+    connection: Connection,
+    select: str,
+    key: str,
+    start: object,
+    fixed: Sequence[object] = (),
+) -> Iterator[Any]:
     """Every row of ``select``, which ends ``WHERE <key> > ? ORDER BY <key> LIMIT ?``,
-    read a page at a time after ``start``.
+    read a page at a time after ``start``; ``fixed`` are the parameters of any
+    condition before ``<key> > ?`` (``WHERE run_id = ? AND idx > ?``).
 
     Paged by key rather than OFFSET, so rows the caller deletes behind the
     cursor shift no later page.
     """
     last = start
-    while rows := connection.execute(select, (last, BATCH_ROWS)).fetchall():
+    while rows := connection.execute(select, (*fixed, last, BATCH_ROWS)).fetchall():
         yield from rows
         last = rows[-1][key]
 

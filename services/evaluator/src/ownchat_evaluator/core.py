@@ -55,6 +55,7 @@ from ownchat_evaluator.report import (
     render_run_report,
 )
 from ownchat_evaluator.results import RunTimings, metric_results
+from ownchat_evaluator.review.validation import check_erasure_values
 from ownchat_evaluator.run_config import (
     DEFAULT_MAX_NEW_TOKENS,
     METRICS,
@@ -65,7 +66,7 @@ from ownchat_evaluator.run_config import (
     canonical_metrics,
 )
 from ownchat_evaluator.samples import EvalSample, any_expected_answers, read_samples
-from ownchat_evaluator.store import EvalRun, EvalStore, RunState, SampleOutput
+from ownchat_evaluator.store import ErasedEvalSamples, EvalRun, EvalStore, RunState, SampleOutput
 
 logger = logging.getLogger("ownchat.evaluator")
 
@@ -436,6 +437,15 @@ class EvaluatorCore:
         )
 
     # Comparisons and the gate.
+
+    def erase_samples(self, values: Sequence[str]) -> ErasedEvalSamples:
+        """Right to erasure in the runs' per-sample outputs, by the rule every service
+        shares (:mod:`ownchat.erasure`; see ``EvalStore.erase_samples``). Nothing
+        holding a value is not an error."""
+        violations = check_erasure_values(values)
+        if violations:
+            raise InvalidArgumentError("invalid erasure request", violations)
+        return self._store.erase_samples(list(values))
 
     def compare(
         self, baseline_run_id: str, candidate_run_id: str, resamples: int = 0, seed: int = 0

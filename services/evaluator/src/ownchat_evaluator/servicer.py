@@ -146,3 +146,11 @@ class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
         self, request: evaluator_pb2.EraseReviewDataRequest, context: grpc.ServicerContext
     ) -> evaluator_pb2.EraseReviewDataResponse:
         return self._review_rpcs().erase_review_data(request)
+
+    def EraseEvalSamples(
+        self, request: evaluator_pb2.EraseEvalSamplesRequest, context: grpc.ServicerContext
+    ) -> evaluator_pb2.EraseEvalSamplesResponse:
+        erased = self._core.erase_samples(list(request.values))
+        return evaluator_pb2.EraseEvalSamplesResponse(
+            eval_run_ids=list(erased.run_ids), erased_samples=erased.samples
+        )

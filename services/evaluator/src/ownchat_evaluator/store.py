@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from ownchat.database import Database, Migrations, Row
+from ownchat.database import Database, Migrations, Row, keyset_scan
+from ownchat.erasure import MIN_VALUE_CHARS, folded_values, holds_any, too_short
 from ownchat.errors import NotFoundError
 from ownchat_evaluator.run_config import RunConfig
 
@@ -143,6 +144,28 @@ def _sample(row: Row) -> SampleOutput:
         check_passed=_flag(row["check_passed"]),
         expected=row["expected"],
     )
+
+
+@dataclass(frozen=True)
+class ErasedEvalSamples:
+    """What an erasure deleted from the runs' per-sample outputs."""
+
+    # The runs that lost samples, in id order.
+    run_ids: tuple[str, ...]
+    samples: int
+
+
+_SAMPLES_TO_SCAN = """
+    SELECT idx, context, reference, reply, expected FROM eval_samples
+    WHERE run_id = ? AND idx > ? ORDER BY idx LIMIT ?
+"""
+
+
+def _sample_texts(row: Row) -> list[str]:
+    # The contents decoded from the JSON, as the gateway does for its chats; roles
+    # are no one's data.
+    contents = [message.get("content", "") for message in json.loads(row["context"])]
+    return [*contents, row["reference"], row["reply"] or "", row["expected"]]
 
 
 class EvalStore:
@@ -287,6 +310,43 @@ class EvalStore:
             connection.execute(
                 f"UPDATE eval_runs SET {', '.join(assignments)} WHERE id = ?", (*values, run_id)
             )
+
+    def erase_samples(self, values: list[str]) -> ErasedEvalSamples:
+        """Right to erasure: deletes every sample output a value is held by (in its
+        conversation, reference, expected answer or reply; :mod:`ownchat.erasure`'s
+        rule), and the same sample of every other run of that dataset version, so
+        that runs compared pair by pair keep the same samples. One transaction.
+
+        On SQLite nothing of the deleted rows is left in the file, nor in its log
+        once no other connection is reading (see ``ownchat.database``).
+        """
+        if too_short(values):
+            raise ValueError(f"each value to erase needs {MIN_VALUE_CHARS} characters or more")
+        folded = folded_values(values)
+        with self._db.transaction() as connection:
+            runs = connection.execute(
+                "SELECT id, dataset_version_id FROM eval_runs ORDER BY id"
+            ).fetchall()
+            held: dict[str, set[int]] = {}  # dataset version -> sample indices
+            for run in runs:
+                for row in keyset_scan(connection, _SAMPLES_TO_SCAN, "idx", -1, (run["id"],)):
+                    if holds_any(_sample_texts(row), folded):
+                        held.setdefault(run["dataset_version_id"], set()).add(row["idx"])
+            touched, deleted = [], 0
+            for run in runs:
+                gone = 0
+                for index in sorted(held.get(run["dataset_version_id"], ())):
+                    gone += len(
+                        connection.execute(
+                            "DELETE FROM eval_samples WHERE run_id = ? AND idx = ? RETURNING idx",
+                            (run["id"], index),
+                        ).fetchall()
+                    )
+                if gone:
+                    touched.append(run["id"])
+                    deleted += gone
+        self._db.empty_write_ahead_log()
+        return ErasedEvalSamples(tuple(touched), deleted)
 
     def close(self) -> None:
         self._db.close()

@@ -1,9 +1,10 @@
-"""``ownchat data erase`` beyond the datasets: the gateway's captured chats and the
-evaluator's review queue.
+"""``ownchat data erase`` beyond the datasets: the gateway's captured chats, the
+evaluator's review queue and its evaluation runs' per-sample outputs.
 
-A value erased from a dataset could still sit in a live chat the gateway captured
-or in a review item (the scrubber misses what it cannot recognise), so the same
-values are erased there too, by the same rule (:mod:`ownchat.erasure`). The
+A value erased from a dataset could still sit in a live chat the gateway captured,
+in a review item (the scrubber misses what it cannot recognise), or in what an
+evaluation run kept of a sample and the model's reply to it, so the same values
+are erased there too, by the same rule (:mod:`ownchat.erasure`). The
 gateway goes first: review items made from its chats hold the chats' text, and the
 evaluator's erasure then finds them. A place that cannot be reached is named, and
 the command fails, so that the operator runs it again once it is up; erasing
@@ -32,17 +33,20 @@ class ErasedElsewhere:
 
     captured_chats: int | None
     review_items: int | None
+    eval_samples: int | None
 
     @property
     def complete(self) -> bool:
-        return self.captured_chats is not None and self.review_items is not None
+        return None not in (self.captured_chats, self.review_items, self.eval_samples)
 
 
 def erase_captured_and_reviews(ownchat: OwnchatClient, values: Sequence[str]) -> ErasedElsewhere:
-    """Erases the values from captured chats and the review queue, and says so."""
+    """Erases the values from captured chats, the review queue and the evaluation
+    runs' samples, and says so."""
     captured = _erase_captured_chats(values)
     reviews = _erase_review_data(ownchat, values)
-    return ErasedElsewhere(captured, reviews)
+    samples = _erase_eval_samples(ownchat, values)
+    return ErasedElsewhere(captured, reviews, samples)
 
 
 def _erase_captured_chats(values: Sequence[str]) -> int | None:
@@ -76,3 +80,21 @@ def _erase_review_data(ownchat: OwnchatClient, values: Sequence[str]) -> int | N
         f"{response.erased_reviews} review(s)"
     )
     return len(response.erased_item_ids)
+
+
+def _erase_eval_samples(ownchat: OwnchatClient, values: Sequence[str]) -> int | None:
+    try:
+        response = ownchat.evaluator.EraseEvalSamples(
+            evaluator_pb2.EraseEvalSamplesRequest(values=values), timeout=600
+        )
+    except grpc.RpcError as error:
+        error_console.print(
+            f"[red]error[/red] evaluation samples not erased: {describe_rpc_error(error)}; "
+            "run the same erase again once the evaluator is up"
+        )
+        return None
+    console.print(
+        f"removed {response.erased_samples} evaluation sample output(s) from "
+        f"{len(response.eval_run_ids)} run(s)"
+    )
+    return int(response.erased_samples)

@@ -2030,3 +2030,57 @@ class EraseReviewDataResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EraseReviewDataResponse: _TypeAlias = EraseReviewDataResponse  # noqa: Y015
+
+@_typing.final
+class EraseEvalSamplesRequest(_message.Message):
+    """Values to erase from the evaluation runs' per-sample outputs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The values, matched as the data service matches them: case-insensitive,
+        anywhere in a text, at least 3 characters each.
+        """
+
+    def __init__(
+        self,
+        *,
+        values: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseEvalSamplesRequest: _TypeAlias = EraseEvalSamplesRequest  # noqa: Y015
+
+@_typing.final
+class EraseEvalSamplesResponse(_message.Message):
+    """What was erased."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVAL_RUN_IDS_FIELD_NUMBER: _builtins.int
+    ERASED_SAMPLES_FIELD_NUMBER: _builtins.int
+    erased_samples: _builtins.int
+    """The per-sample outputs deleted, over all those runs."""
+    @_builtins.property
+    def eval_run_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The runs that lost samples, in id order."""
+
+    def __init__(
+        self,
+        *,
+        eval_run_ids: _abc.Iterable[_builtins.str] | None = ...,
+        erased_samples: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["erased_samples", b"erased_samples", "eval_run_ids", b"eval_run_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseEvalSamplesResponse: _TypeAlias = EraseEvalSamplesResponse  # noqa: Y015

@@ -116,6 +116,11 @@ class EvaluatorServiceStub:
                 request_serializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.EraseReviewDataRequest.SerializeToString,
                 response_deserializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.EraseReviewDataResponse.FromString,
                 _registered_method=True)
+        self.EraseEvalSamples = channel.unary_unary(
+                '/ownchat.evaluator.v1.EvaluatorService/EraseEvalSamples',
+                request_serializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.EraseEvalSamplesRequest.SerializeToString,
+                response_deserializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.EraseEvalSamplesResponse.FromString,
+                _registered_method=True)
 
 
 class EvaluatorServiceServicer:
@@ -244,6 +249,17 @@ class EvaluatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EraseEvalSamples(self, request, context):
+        """Right to erasure in the evaluation runs' per-sample outputs: deletes every
+        sample whose conversation, reference, expected answer or reply holds one of
+        the values, from every run of that dataset version, so that runs compared
+        pair by pair still evaluated the same samples. The runs' metrics, which
+        are aggregates, are kept.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EvaluatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -326,6 +342,11 @@ def add_EvaluatorServiceServicer_to_server(servicer, server):
                     servicer.EraseReviewData,
                     request_deserializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.EraseReviewDataRequest.FromString,
                     response_serializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.EraseReviewDataResponse.SerializeToString,
+            ),
+            'EraseEvalSamples': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseEvalSamples,
+                    request_deserializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.EraseEvalSamplesRequest.FromString,
+                    response_serializer=ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.EraseEvalSamplesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -762,6 +783,33 @@ class EvaluatorService:
             '/ownchat.evaluator.v1.EvaluatorService/EraseReviewData',
             ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.EraseReviewDataRequest.SerializeToString,
             ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.EraseReviewDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseEvalSamples(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ownchat.evaluator.v1.EvaluatorService/EraseEvalSamples',
+            ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.EraseEvalSamplesRequest.SerializeToString,
+            ownchat_dot_evaluator_dot_v1_dot_evaluator__pb2.EraseEvalSamplesResponse.FromString,
             options,
             channel_credentials,
             insecure,

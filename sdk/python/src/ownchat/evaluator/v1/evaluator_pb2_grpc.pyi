@@ -83,6 +83,13 @@ class EvaluatorServiceStub:
     conversation, replies or reference hold one of the values (with its
     reviews and leases), and every other review whose text or reviewer holds one.
     """
+    EraseEvalSamples: _grpc.UnaryUnaryMultiCallable[_evaluator_pb2.EraseEvalSamplesRequest, _evaluator_pb2.EraseEvalSamplesResponse]
+    """Right to erasure in the evaluation runs' per-sample outputs: deletes every
+    sample whose conversation, reference, expected answer or reply holds one of
+    the values, from every run of that dataset version, so that runs compared
+    pair by pair still evaluated the same samples. The runs' metrics, which
+    are aggregates, are kept.
+    """
 
 @_typing.type_check_only
 class EvaluatorServiceAsyncStub(EvaluatorServiceStub):
@@ -138,6 +145,13 @@ class EvaluatorServiceAsyncStub(EvaluatorServiceStub):
     """Right to erasure in the review queue: deletes every review item whose
     conversation, replies or reference hold one of the values (with its
     reviews and leases), and every other review whose text or reviewer holds one.
+    """
+    EraseEvalSamples: _aio.UnaryUnaryMultiCallable[_evaluator_pb2.EraseEvalSamplesRequest, _evaluator_pb2.EraseEvalSamplesResponse]  # type: ignore[assignment]
+    """Right to erasure in the evaluation runs' per-sample outputs: deletes every
+    sample whose conversation, reference, expected answer or reply holds one of
+    the values, from every run of that dataset version, so that runs compared
+    pair by pair still evaluated the same samples. The runs' metrics, which
+    are aggregates, are kept.
     """
 
 class EvaluatorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -287,6 +301,19 @@ class EvaluatorServiceServicer(metaclass=_abc_1.ABCMeta):
         """Right to erasure in the review queue: deletes every review item whose
         conversation, replies or reference hold one of the values (with its
         reviews and leases), and every other review whose text or reviewer holds one.
+        """
+
+    @_abc_1.abstractmethod
+    def EraseEvalSamples(
+        self,
+        request: _evaluator_pb2.EraseEvalSamplesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_evaluator_pb2.EraseEvalSamplesResponse, _abc.Awaitable[_evaluator_pb2.EraseEvalSamplesResponse]]:
+        """Right to erasure in the evaluation runs' per-sample outputs: deletes every
+        sample whose conversation, reference, expected answer or reply holds one of
+        the values, from every run of that dataset version, so that runs compared
+        pair by pair still evaluated the same samples. The runs' metrics, which
+        are aggregates, are kept.
         """
 
 def add_EvaluatorServiceServicer_to_server(servicer: EvaluatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
