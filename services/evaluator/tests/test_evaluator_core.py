@@ -17,6 +17,7 @@ from ownchat_evaluator.checks import CheckKind, TaskCheck
 from ownchat_evaluator.core import EvalRequest, EvaluatorCore, RunOptions
 from ownchat_evaluator.naive_perplexity import naive_nll
 from ownchat_evaluator.perplexity import corpus_perplexity, shared_prefixes, sliding_windows
+from ownchat_evaluator.samples import EvalSample
 from ownchat_evaluator.store import EvalStore, RunState
 
 CONVERSATIONS = [
@@ -216,6 +217,30 @@ def test_a_generation_run_keeps_every_sample_and_repeats(
     # Greedy decoding on the same samples: the same replies, the same numbers.
     assert [s.reply for s in core.list_samples(again.id, 10, 0)] == [s.reply for s in samples]
     assert [r.value for r in repeated.results] == [r.value for r in done.results]
+
+
+def test_a_run_whose_split_is_erased_meanwhile_keeps_nothing(
+    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The data service deletes every file an erasure touches; a run that read one
+    before fails instead of storing samples that hold the erased data."""
+    from ownchat_evaluator import core as core_module
+
+    read = core_module.read_samples
+
+    def read_then_erase(path: Path, max_samples: int) -> list[EvalSample]:
+        samples = read(path, max_samples)
+        path.unlink()  # as the data service's erasure does, while the run goes on
+        return samples
+
+    monkeypatch.setattr(core_module, "read_samples", read_then_erase)
+    core = _core(tmp_path, tiny_model, tmp_path / "evaluator.db")
+    run = core.create_run(EvalRequest("tiny", "dsv_1", metrics=[None]))
+    done = core.wait(run.id, timeout=60)
+    assert done.state is RunState.FAILED
+    assert "was erased while the run went on" in done.error
+    assert done.results == []
+    assert core.list_samples(run.id, 10, 0) == []
 
 
 def test_bad_requests_are_refused_before_a_run_exists(

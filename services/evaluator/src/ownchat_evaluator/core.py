@@ -346,7 +346,8 @@ class EvaluatorCore:
         run = self._store.get(run_id)
         config = run.config
         model_dir = self._models(run.model_id)
-        samples = read_samples(self._datasets(run.dataset_version_id), config.max_samples)
+        split_file = self._datasets(run.dataset_version_id)
+        samples = read_samples(split_file, config.max_samples)
         if not samples:
             raise ValueError("the validation split holds no samples")
         device = resolve_device(self._options.device)
@@ -421,6 +422,13 @@ class EvaluatorCore:
         results = metric_results(
             config, outputs, perplexity, timings, started, self._options.resamples
         )
+        if not split_file.exists():
+            # An erasure deletes every file holding the erased data: this run read
+            # such a file, so its samples would bring the data back.
+            raise RuntimeError(
+                f"{run.dataset_version_id}'s validation split was erased while the run went "
+                "on; nothing of the run is kept: evaluate the dataset's new version"
+            )
         self._store.put_samples(run_id, outputs)
         timings.wall = time.perf_counter() - started
         self._store.update(
