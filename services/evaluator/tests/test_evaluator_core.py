@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
 import sys
 from pathlib import Path
 
@@ -315,47 +314,3 @@ def test_runs_interrupted_by_a_restart_are_computed_again(
     restarted.resume_unfinished()
     assert restarted.wait(run.id, timeout=60).state is RunState.SUCCEEDED
     assert len(restarted.list_samples(run.id, 10, 0)) == 3
-
-
-# The schema of the first evaluator's evaluator.db, before Alembic (PRAGMA user_version 1).
-FIRST_EVALUATOR_SCHEMA = """
-CREATE TABLE eval_runs (
-    id TEXT PRIMARY KEY,
-    model_id TEXT NOT NULL,
-    dataset_version_id TEXT NOT NULL,
-    metrics TEXT NOT NULL,
-    max_samples INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    completed INTEGER NOT NULL DEFAULT 0,
-    total INTEGER NOT NULL DEFAULT 0,
-    results TEXT NOT NULL DEFAULT '[]',
-    error TEXT NOT NULL DEFAULT '',
-    create_time REAL NOT NULL
-);
-CREATE INDEX eval_runs_by_time ON eval_runs(create_time)
-"""
-
-
-def test_runs_stored_by_the_first_evaluator_still_load(tmp_path: Path, tiny_model: Path) -> None:
-    path = tmp_path / "evaluator.db"
-    connection = sqlite3.connect(path)
-    connection.executescript(FIRST_EVALUATOR_SCHEMA + ";\nPRAGMA user_version = 1;")
-    connection.execute(
-        "INSERT INTO eval_runs (id, model_id, dataset_version_id, metrics, max_samples, state, "
-        "results, create_time) VALUES ('eval_old', 'tiny', 'dsv_1', '[\"perplexity\"]', 2, "
-        '\'succeeded\', \'[{"metric": "perplexity", "value": 12.5, "details": "old"}]\', 1.0)'
-    )
-    connection.commit()
-    connection.close()
-    store = EvalStore(path)
-    old = store.get("eval_old")
-    assert old.metrics == ["perplexity"] and old.max_samples == 2
-    assert old.config.context_length == 0 and old.results[0].ci_low is None
-    assert old.results[0].value == 12.5
-    core = EvaluatorCore(
-        store, lambda _: tiny_model, lambda _: _write_split(tmp_path / "v.jsonl"), RunOptions()
-    )
-    # Repeating it resolves what the old run left implicit.
-    again = core.create_run(EvalRequest("", "", metrics=[], repeat_eval_run_id="eval_old"))
-    assert (again.config.context_length, again.config.stride, again.max_samples) == (512, 256, 2)
-    assert core.wait(again.id, timeout=60).state is RunState.SUCCEEDED

@@ -5,11 +5,13 @@ exactly what the script of the same number did."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
 import pytest
 
+from ownchat_evaluator.core import EvalRequest, EvaluatorCore, RunOptions
 from ownchat_evaluator.review.model import NewItem, ReviewInput, ReviewKind, Turn
 from ownchat_evaluator.review.store import ExportedRecord, ReviewStore
 from ownchat_evaluator.run_config import RunConfig
@@ -250,6 +252,38 @@ def test_a_reviews_file_from_before_alembic_keeps_its_queue(tmp_path: Path) -> N
         assert [r.id for r in store.list_reviews("", "", 10, 0)] == [review.id]
     finally:
         store.close()
+
+
+def test_runs_stored_by_the_first_evaluator_still_load(tmp_path: Path, tiny_model: Path) -> None:
+    path = tmp_path / "evaluator.db"
+    connection = _legacy_file(path, EVALUATOR_SCRIPTS, 1)
+    connection.execute(
+        "INSERT INTO eval_runs (id, model_id, dataset_version_id, metrics, max_samples, state, "
+        "results, create_time) VALUES ('eval_old', 'tiny', 'dsv_1', '[\"perplexity\"]', 2, "
+        '\'succeeded\', \'[{"metric": "perplexity", "value": 12.5, "details": "old"}]\', 1.0)'
+    )
+    connection.commit()
+    connection.close()
+    store = EvalStore(path)
+    old = store.get("eval_old")
+    assert old.metrics == ["perplexity"] and old.max_samples == 2
+    assert old.config.context_length == 0 and old.results[0].ci_low is None
+    assert old.results[0].value == 12.5
+    split = tmp_path / "v.jsonl"
+    split.write_text(
+        "".join(
+            json.dumps(
+                {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+            )
+            + "\n"
+            for q, a in (("Hi?", "Hello."), ("Price?", "Ten euros."))
+        )
+    )
+    core = EvaluatorCore(store, lambda _: tiny_model, lambda _: split, RunOptions())
+    # Repeating it resolves what the old run left implicit.
+    again = core.create_run(EvalRequest("", "", metrics=[], repeat_eval_run_id="eval_old"))
+    assert (again.config.context_length, again.config.stride, again.max_samples) == (512, 256, 2)
+    assert core.wait(again.id, timeout=60).state is RunState.SUCCEEDED
 
 
 def _any(_: object) -> None:

@@ -13,8 +13,9 @@ again is harmless.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 
@@ -25,6 +26,7 @@ from ownchat.errors import describe_rpc_error
 from ownchat.evaluator.v1 import evaluator_pb2
 
 CAPTURED_CHATS_ERASE_PATH = "captured-chats:erase"
+Response = TypeVar("Response")
 
 
 @dataclass(frozen=True)
@@ -65,15 +67,13 @@ def _erase_captured_chats(values: Sequence[str]) -> int | None:
 
 
 def _erase_review_data(ownchat: OwnchatClient, values: Sequence[str]) -> int | None:
-    try:
-        response = ownchat.evaluator.EraseReviewData(
+    response = _evaluator_erase(
+        "review queue",
+        lambda: ownchat.evaluator.EraseReviewData(
             evaluator_pb2.EraseReviewDataRequest(values=values), timeout=600
-        )
-    except grpc.RpcError as error:
-        error_console.print(
-            f"[red]error[/red] review queue not erased: {describe_rpc_error(error)}; "
-            "run the same erase again once the evaluator is up"
-        )
+        ),
+    )
+    if response is None:
         return None
     console.print(
         f"removed {len(response.erased_item_ids)} review item(s) and "
@@ -83,18 +83,28 @@ def _erase_review_data(ownchat: OwnchatClient, values: Sequence[str]) -> int | N
 
 
 def _erase_eval_samples(ownchat: OwnchatClient, values: Sequence[str]) -> int | None:
-    try:
-        response = ownchat.evaluator.EraseEvalSamples(
+    response = _evaluator_erase(
+        "evaluation samples",
+        lambda: ownchat.evaluator.EraseEvalSamples(
             evaluator_pb2.EraseEvalSamplesRequest(values=values), timeout=600
-        )
-    except grpc.RpcError as error:
-        error_console.print(
-            f"[red]error[/red] evaluation samples not erased: {describe_rpc_error(error)}; "
-            "run the same erase again once the evaluator is up"
-        )
+        ),
+    )
+    if response is None:
         return None
     console.print(
         f"removed {response.erased_samples} evaluation sample output(s) from "
         f"{len(response.eval_run_ids)} run(s)"
     )
     return int(response.erased_samples)
+
+
+def _evaluator_erase(place: str, call: Callable[[], Response]) -> Response | None:
+    """The evaluator's answer, or None after saying why the place was not erased."""
+    try:
+        return call()
+    except grpc.RpcError as error:
+        error_console.print(
+            f"[red]error[/red] {place} not erased: {describe_rpc_error(error)}; "
+            "run the same erase again once the evaluator is up"
+        )
+        return None
