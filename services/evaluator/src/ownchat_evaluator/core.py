@@ -444,8 +444,6 @@ class EvaluatorCore:
             extra={"eval_run_id": run_id, **timings.as_dict(), "bleu_share": timings.bleu_share},
         )
 
-    # Comparisons and the gate.
-
     def erase_samples(self, values: Sequence[str]) -> ErasedEvalSamples:
         """Right to erasure in the runs' per-sample outputs, by the rule every service
         shares (:mod:`ownchat.erasure`; see ``EvalStore.erase_samples``). Nothing
@@ -454,6 +452,8 @@ class EvaluatorCore:
         if violations:
             raise InvalidArgumentError("invalid erasure request", violations)
         return self._store.erase_samples(list(values))
+
+    # Comparisons and the gate.
 
     def compare(
         self, baseline_run_id: str, candidate_run_id: str, resamples: int = 0, seed: int = 0
