@@ -39,6 +39,7 @@ import torch
 from results_file import RESULTS_DIR, merge_results
 from train_measure import flops_per_token
 from train_runs import (
+    SAME_BATCH,
     RunPlan,
     RunResult,
     best_of,
@@ -256,17 +257,28 @@ def _metrics(
         else "growth of the process's resident set over the run, sampled every 20 ms, "
         "from a start with earlier runs' memory handed back (malloc_trim)"
     )
+    batch_tokens = plan.rows * plan.seq_len
+    same_batch = ours.detail.get(SAME_BATCH)
+    step_counts = ours.detail.get("step_real_tokens") or []
     metrics.append(
         metric(
             f"peak_mem_gib_{key}",
             "GiB",
             False,
-            ours.peak_mem_gib,
+            same_batch if same_batch is not None else ours.peak_mem_gib,
             reference,
             reference.peak_mem_gib,
             f"{memory_notes}; model load and training steps (ours up to its last step, "
-            f"before the final checkpoint); same batch tokens, {plan.rows} rows of "
-            f"{plan.seq_len}",
+            f"before the final checkpoint); at the same batch: a baseline step is "
+            f"{plan.rows} rows of {plan.seq_len} ({batch_tokens} tokens), and ours is the "
+            f"peak of its steps that hold no more real tokens than that"
+            + (
+                f" ({sum(c <= batch_tokens for c in step_counts)} of {len(step_counts)}); "
+                f"over all its steps, up to {max(step_counts)} real tokens, "
+                f"{ours.peak_mem_gib:.3f} GiB"
+                if same_batch is not None and step_counts and ours.peak_mem_gib is not None
+                else "; no step of ours was that small, so this is the peak of all its steps"
+            ),
             3,
         )
     )

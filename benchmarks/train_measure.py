@@ -5,7 +5,9 @@ Peak memory on CUDA is ``torch.cuda.max_memory_allocated`` over the run (the
 peak statistics reset first, the previous run's memory freed). On a CPU there is
 no allocator statistic to reset: a thread samples the process's resident set
 every 20 ms and the peak's growth over the resident set at the run's start is
-reported, after handing memory freed by earlier runs back to the system.
+reported, after handing memory freed by earlier runs back to the system. Our
+worker's runs also read the peak of each step (``PeakMemory.next_step``), so
+that a step can be compared with a baseline step of as many tokens.
 """
 
 from __future__ import annotations
@@ -73,6 +75,16 @@ class PeakMemory:
         if self.device == "cuda":
             return (torch.cuda.max_memory_allocated() - self._start) / GIB
         return (self._peak - self._start) / GIB
+
+    def next_step(self) -> float:
+        """The peak growth since the start or the previous call, in GiB; the peak
+        then starts again from what is allocated now (one step's peak a call)."""
+        peak = self.snapshot()
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            self._peak = psutil.Process().memory_info().rss
+        return peak
 
     def _sample(self, process: psutil.Process) -> None:
         while not self._done.wait(0.02):

@@ -73,6 +73,10 @@ class RunPlan:
         return self.warmup + self.steps
 
 
+# Our run's peak over the steps that hold no more tokens than a baseline step.
+SAME_BATCH = "peak_mem_same_batch_gib"
+
+
 @dataclass
 class RunResult:
     """One run's measurements; ``tokens_per_s`` is None when it could not run."""
@@ -97,11 +101,17 @@ def best_of(kept: RunResult | None, new: RunResult) -> RunResult:
     rates = [*kept.detail.get("round_rates", []), new.tokens_per_s]
     faster = new if (new.tokens_per_s or 0.0) > (kept.tokens_per_s or 0.0) else kept
     peaks = [m for m in (kept.peak_mem_gib, new.peak_mem_gib) if m is not None]
+    detail = {**faster.detail, "round_rates": rates}
+    same_batch = [
+        m for m in (kept.detail.get(SAME_BATCH), new.detail.get(SAME_BATCH)) if m is not None
+    ]
+    if same_batch:
+        detail[SAME_BATCH] = max(same_batch)
     return dataclasses.replace(
         faster,
         peak_mem_gib=max(peaks) if peaks else None,
         losses=kept.losses or new.losses,
-        detail={**faster.detail, "round_rates": rates},
+        detail=detail,
     )
 
 
@@ -313,14 +323,15 @@ def _run_ours(
         return RunResult(name, note="the installed worker has no packing switch")
     spec = WorkerSpec(**{key: value for key, value in wanted.items() if key in accepted})
     events: list[dict[str, Any]] = []
-    training_peak: list[float] = []
+    # Each step's peak (the first's includes the model's load); the last step's event
+    # comes before the final checkpoint is written, so their maximum is training's
+    # peak, as the baselines' (which save nothing) is.
+    step_peaks: list[float] = []
 
     def emit(event: dict[str, Any]) -> None:
         events.append(event)
-        # The last step's event comes before the final checkpoint is written: the
-        # peak so far is training's, as the baselines' (which save nothing) is.
-        if event.get("event") == "metrics" and event.get("step") == plan.total_steps:
-            training_peak.append(memory.snapshot())
+        if event.get("event") == "metrics":
+            step_peaks.append(memory.next_step())
 
     with PeakMemory(plan.device) as memory:
         started = time.perf_counter()
@@ -340,11 +351,18 @@ def _run_ours(
     rows, positions = packed_shape(
         lengths, samples_per_step, plan.total_steps, SEED, plan.seq_len, plan.device == "cuda"
     )
+    every_step = step_tokens(lengths, samples_per_step, plan.total_steps, SEED)
+    # A baseline step holds rows * seq_len tokens: ours of no more are "the same batch".
+    same_batch = [
+        peak
+        for peak, count in zip(step_peaks, every_step, strict=False)
+        if count <= plan.rows * plan.seq_len
+    ]
     started_event = next((e for e in events if e.get("event") == "started"), {})
     return RunResult(
         name,
         tokens_per_s=statistics.median(rates),
-        peak_mem_gib=training_peak[0] if training_peak else memory.gib,
+        peak_mem_gib=max(step_peaks) if step_peaks else memory.gib,
         losses={step: float(m["loss"]) for step, m in metrics.items()},
         note="" if not missing else f"the installed worker ignores {', '.join(missing)}",
         detail={
@@ -354,6 +372,9 @@ def _run_ours(
             "packed_rows_per_step": rows,
             "packed_positions_per_step": positions,
             "step_rates": [round(r, 1) for r in rates],
+            "step_real_tokens": every_step,
+            "step_peak_mem_gib": [round(peak, 3) for peak in step_peaks],
+            SAME_BATCH: max(same_batch) if same_batch else None,
             "device": started_event.get("device"),
             "run_wall_s": round(wall, 1),
         },

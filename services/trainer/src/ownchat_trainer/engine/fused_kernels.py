@@ -28,10 +28,12 @@ def available(device: torch.device) -> bool:
     return device.type == "cuda" and importlib.util.find_spec("liger_kernel") is not None
 
 
-def apply_fused_kernels(model: Any, device: torch.device) -> bool:
-    """Swaps in Liger Kernel's RMSNorm, RoPE and SwiGLU; True when it did.
+def apply_fused_kernels(model: Any, device: torch.device, *, swiglu: bool = True) -> bool:
+    """Swaps in Liger Kernel's RMSNorm, RoPE and (with ``swiglu``) SwiGLU; True when it did.
 
-    Call on the plain transformers model, before any adapter wraps it.
+    Call on the plain transformers model, before any adapter wraps it. Pass
+    ``swiglu=False`` where ``lean_activations`` runs the MLP already (with
+    Liger's SwiGLU kernels inside).
     """
     if not available(device):
         return False
@@ -50,7 +52,7 @@ def apply_fused_kernels(model: Any, device: torch.device) -> bool:
         model=model,
         rope=True,
         rms_norm=True,
-        swiglu=True,
+        swiglu=swiglu,
         cross_entropy=False,
         fused_linear_cross_entropy=False,
     )

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ownchat_trainer.batches import encode_samples, read_split
-from ownchat_trainer.engine import fused_kernels, varlen_attention
+from ownchat_trainer.engine import fused_kernels, lean_activations, varlen_attention
 from ownchat_trainer.engine.checkpoint import (
     MODEL_DIR,
     STATE_FILE,
@@ -254,8 +254,9 @@ def _read(split: Path, method: str) -> list[dict[str, Any]]:
 
 
 def _load(directory: Path, attention: str, device: torch.device) -> Any:
-    """A causal LM in float32 (the optimizer's master weights), with the attention wanted
-    and, on a GPU, Liger Kernel's fused layers (``fused_kernels``).
+    """A causal LM in float32 (the optimizer's master weights), with the attention wanted,
+    keeping fewer activations (``lean_activations``) and, on a GPU, with Liger
+    Kernel's fused layers (``fused_kernels``).
 
     Falls back to sdpa, then eager, when the architecture lacks it.
     """
@@ -275,7 +276,8 @@ def _load(directory: Path, attention: str, device: torch.device) -> Any:
                 raise
             logger.warning("attention %s unavailable (%s); trying the next", implementation, error)
             continue
-        fused_kernels.apply_fused_kernels(model, device)
+        lean = lean_activations.apply_lean_activations(model)
+        fused_kernels.apply_fused_kernels(model, device, swiglu=not lean)
         return model
     raise AssertionError("unreachable")
 

@@ -1,0 +1,188 @@
+"""Lean activations: the same loss and gradients as the model's own layers, with fewer
+bytes kept for the backward (counted through autograd's saved-tensor hooks)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from ownchat_trainer.engine.lean_activations import apply_lean_activations, silu_mul_linear
+from ownchat_trainer.engine.lora import LoraSettings, add_lora
+
+HIDDEN, INTERMEDIATE, LAYERS, TOKENS = 64, 160, 3, 96
+
+
+def tiny_llama() -> Any:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=128,
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        attn_implementation="sdpa",
+    )
+    return LlamaForCausalLM(config).float()
+
+
+def bf16_autocast() -> AbstractContextManager[Any]:
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def loss_and_grads(
+    model: Any, autocast: Callable[[], AbstractContextManager[Any]]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    torch.manual_seed(1)
+    input_ids = torch.randint(0, 128, (2, TOKENS // 2))
+    model.zero_grad(set_to_none=True)
+    with autocast():
+        logits = model(input_ids=input_ids, use_cache=False).logits
+    loss = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]), input_ids[:, 1:].reshape(-1)
+    )
+    loss.backward()
+    grads = {
+        name: parameter.grad.clone()
+        for name, parameter in model.named_parameters()
+        if parameter.grad is not None
+    }
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize("autocast", [nullcontext, bf16_autocast], ids=["fp32", "bf16-autocast"])
+def test_lean_model_computes_the_same_loss_and_gradients(
+    autocast: Callable[[], AbstractContextManager[Any]],
+) -> None:
+    reference = tiny_llama()
+    lean = copy.deepcopy(reference)
+    assert apply_lean_activations(lean)
+
+    reference_loss, reference_grads = loss_and_grads(reference, autocast)
+    lean_loss, lean_grads = loss_and_grads(lean, autocast)
+
+    assert lean_loss.item() == reference_loss.item()
+    assert lean_grads.keys() == reference_grads.keys()
+    for name, grad in reference_grads.items():
+        torch.testing.assert_close(lean_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def saved_bytes(model: Any, autocast: Callable[[], AbstractContextManager[Any]]) -> int:
+    """Bytes of the distinct storages the forward keeps for the backward."""
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    input_ids = torch.randint(0, 128, (1, TOKENS))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast():
+        model(input_ids=input_ids, use_cache=False, logits_to_keep=1)
+    return sum(size for pointer, size in storages.items() if pointer not in parameters)
+
+
+def test_lean_model_keeps_fewer_bytes_for_the_backward() -> None:
+    reference = tiny_llama()
+    lean = copy.deepcopy(reference)
+    apply_lean_activations(lean)
+
+    # Under bf16 autocast: q, k, v share one cast of their norm's output instead of
+    # three, gate and up one instead of two (3 hidden-size copies fewer); the MLP
+    # keeps gate and up but neither silu's output nor the product (2 widths fewer).
+    fewer = saved_bytes(reference, bf16_autocast) - saved_bytes(lean, bf16_autocast)
+    assert fewer == LAYERS * TOKENS * (3 * HIDDEN + 2 * INTERMEDIATE) * 2
+    # In float32 there is no cast to share: only the MLP's two widths.
+    fewer_fp32 = saved_bytes(reference, nullcontext) - saved_bytes(lean, nullcontext)
+    assert fewer_fp32 == LAYERS * TOKENS * 2 * INTERMEDIATE * 4
+
+
+def test_silu_mul_linear_matches_autograd_with_a_bias() -> None:
+    torch.manual_seed(2)
+    gate, up = torch.randn(5, 7, 12, requires_grad=True), torch.randn(5, 7, 12, requires_grad=True)
+    weight, bias = torch.randn(6, 12, requires_grad=True), torch.randn(6, requires_grad=True)
+    out = silu_mul_linear(gate, up, weight, bias)
+    expected = torch.nn.functional.linear(torch.nn.functional.silu(gate) * up, weight, bias)
+    torch.testing.assert_close(out, expected)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, (gate, up, weight, bias), grad)
+    want = torch.autograd.grad(expected, (gate, up, weight, bias), grad)
+    for name, a, b in zip(("gate", "up", "weight", "bias"), got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("autocast", [nullcontext, bf16_autocast], ids=["fp32", "bf16-autocast"])
+def test_an_adapter_on_the_down_projection_still_trains(
+    autocast: Callable[[], AbstractContextManager[Any]],
+) -> None:
+    reference = tiny_llama()
+    lean = copy.deepcopy(reference)
+    apply_lean_activations(lean)
+    adapted = []
+    for model in (reference, lean):
+        torch.manual_seed(3)
+        model = add_lora(model, LoraSettings(rank=4, alpha=8.0))
+        # peft starts B at zero: move it so the adapters change the output.
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.data.normal_(0, 0.1)
+        adapted.append(model)
+    reference, lean = adapted
+
+    reference_loss, reference_grads = loss_and_grads(reference, autocast)
+    lean_loss, lean_grads = loss_and_grads(lean, autocast)
+
+    assert any("down_proj.lora_B" in name for name in lean_grads)
+    assert lean_loss.item() == pytest.approx(reference_loss.item(), rel=1e-6)
+    for name, grad in reference_grads.items():
+        torch.testing.assert_close(lean_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_other_architectures_are_left_alone() -> None:
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64))
+    forwards = [block.mlp.forward for block in model.transformer.h]
+    assert not apply_lean_activations(model)
+    assert [block.mlp.forward for block in model.transformer.h] == forwards
+
+
+def test_on_a_gpu_with_liger_kernel_the_lean_mlp_matches_ligers() -> None:
+    """Liger's own SwiGLU MLP against ours (Liger's kernels, the product recomputed)."""
+    from ownchat_trainer.engine import fused_kernels
+
+    if not fused_kernels.available(torch.device("cuda")):
+        pytest.skip("needs CUDA and Liger Kernel")
+
+    def cuda_autocast() -> AbstractContextManager[Any]:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+
+    reference = tiny_llama().to("cuda")
+    lean = copy.deepcopy(reference)
+    assert fused_kernels.apply_fused_kernels(reference, torch.device("cuda"))
+    assert apply_lean_activations(lean)
+    assert fused_kernels.apply_fused_kernels(lean, torch.device("cuda"), swiglu=False)
+
+    def run(model: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        torch.manual_seed(1)
+        input_ids = torch.randint(0, 128, (2, TOKENS // 2), device="cuda")
+        model.zero_grad(set_to_none=True)
+        with cuda_autocast():
+            logits = model(input_ids=input_ids, use_cache=False).logits
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].float().reshape(-1, logits.shape[-1]), input_ids[:, 1:].reshape(-1)
+        )
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    reference_loss, reference_grads = run(reference)
+    lean_loss, lean_grads = run(lean)
+    torch.testing.assert_close(lean_loss, reference_loss, rtol=1e-4, atol=0)
+    for name, grad in reference_grads.items():
+        torch.testing.assert_close(lean_grads[name], grad, rtol=2e-2, atol=1e-4, msg=name)
