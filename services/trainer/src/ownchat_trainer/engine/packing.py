@@ -60,6 +60,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from ownchat.chat_template import IGNORE_INDEX
@@ -215,33 +216,49 @@ def pack_samples(
         fullest = max(sum(lengths[index] for index in row) for row in rows)
         width = min(-(-fullest // pad_to_multiple_of) * pad_to_multiple_of, max_length)
 
-    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    token_weights = torch.zeros((len(rows), width), dtype=torch.float32)
+    # Built as flat lists, then one tensor each: a step of tens of thousands of
+    # tokens packs in a few milliseconds, on the step's critical path.
+    flat_ids: list[int] = []
+    flat_labels: list[int] = []
+    # Segments (each sample, each row's pad run) in layout order: length, weight.
+    segment_lengths: list[int] = []
+    segment_weights: list[float] = []
     placements: list[Placement | None] = [None] * len(samples)
-    starts: list[int] = []
     for row, members in enumerate(rows):
         offset = 0
         for index in members:
             sample, length = samples[index], lengths[index]
-            end = offset + length
-            input_ids[row, offset:end] = torch.tensor(sample.input_ids, dtype=torch.long)
-            position_ids[row, offset:end] = torch.arange(length)
-            sample_labels = torch.tensor(sample.labels, dtype=torch.long)
-            sample_labels[0] = IGNORE_INDEX
-            labels[row, offset:end] = sample_labels
-            token_weights[row, offset:end] = (sample_labels != IGNORE_INDEX).float() * sample.weight
+            flat_ids += sample.input_ids
+            # Each sample's first token is never a target (see the module docstring).
+            flat_labels.append(IGNORE_INDEX)
+            flat_labels += sample.labels[1:]
+            segment_lengths.append(length)
+            segment_weights.append(sample.weight)
             placements[index] = Placement(row, offset, length)
-            starts.append(row * width + offset)
-            offset = end
+            offset += length
         if offset < width:
             # The pad run restarts its own positions, so it is a sequence apart.
-            position_ids[row, offset:] = torch.arange(width - offset)
-            starts.append(row * width + offset)
-    bounds = starts + [len(rows) * width]
+            flat_ids += [pad_token_id] * (width - offset)
+            flat_labels += [IGNORE_INDEX] * (width - offset)
+            segment_lengths.append(width - offset)
+            segment_weights.append(0.0)
+    shape = (len(rows), width)
+    counts = torch.tensor(segment_lengths, dtype=torch.long)
+    starts = torch.cumsum(counts, 0) - counts
+    position_ids = torch.arange(shape[0] * width) - torch.repeat_interleave(starts, counts)
+    labels = _long_tensor(flat_labels)
+    token_weights = torch.repeat_interleave(
+        torch.tensor(segment_weights, dtype=torch.float32), counts
+    ) * (labels != IGNORE_INDEX)
+    bounds = [*starts.tolist(), shape[0] * width]
     cu_seq_lens = torch.tensor(bounds, dtype=torch.int32)
-    max_seq_len = max(b - a for a, b in zip(bounds, bounds[1:], strict=False))
+    max_seq_len = max(segment_lengths)
+    input_ids = _long_tensor(flat_ids).view(shape)
+    position_ids, labels, token_weights = (
+        position_ids.view(shape),
+        labels.view(shape),
+        token_weights.view(shape),
+    )
     return PackedBatch(
         input_ids=input_ids,
         position_ids=position_ids,
@@ -251,3 +268,8 @@ def pack_samples(
         max_seq_len=max_seq_len,
         placements=tuple(p for p in placements if p is not None),
     )
+
+
+def _long_tensor(values: list[int]) -> torch.Tensor:
+    # Through numpy: four times faster than torch.tensor on a long list of ints.
+    return torch.from_numpy(np.array(values, dtype=np.int64))
