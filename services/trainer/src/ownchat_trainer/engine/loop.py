@@ -228,9 +228,14 @@ class TrainingLoop:
         """Every rank's tokens summed, and whether any rank was asked to stop.
 
         One collective for both: ranks receive the signal at slightly different
-        moments, and all of them must stop after the same step.
+        moments, and all of them must stop after the same step. One process
+        needs no collective, and no tensor on its device: reading one back
+        would make the host wait for the step's last kernels before it packs
+        and launches the next step, leaving the GPU idle meanwhile.
         """
         context = self._trainee.context
+        if not context.distributed:
+            return float(local_tokens), self._should_stop()
         values = torch.tensor(
             [float(local_tokens), 1.0 if self._should_stop() else 0.0],
             dtype=torch.float64,
