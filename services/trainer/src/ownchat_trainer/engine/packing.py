@@ -109,13 +109,24 @@ class PackedBatch:
         return float(self.token_weights.sum())
 
     def to(self, device: torch.device) -> PackedBatch:
-        """The same batch with its tensors on ``device``."""
+        """The same batch with its tensors on ``device``.
+
+        To a GPU the copies go from pinned memory without waiting: a copy from
+        ordinary memory would hold the host until the previous step's kernels
+        are done, when it could be launching this step's forward behind them.
+        """
+
+        def move(tensor: torch.Tensor) -> torch.Tensor:
+            if device.type == "cuda":
+                return tensor.pin_memory().to(device, non_blocking=True)
+            return tensor.to(device)
+
         return PackedBatch(
-            self.input_ids.to(device),
-            self.position_ids.to(device),
-            self.labels.to(device),
-            self.token_weights.to(device),
-            self.cu_seq_lens.to(device),
+            move(self.input_ids),
+            move(self.position_ids),
+            move(self.labels),
+            move(self.token_weights),
+            move(self.cu_seq_lens),
             self.max_seq_len,
             self.placements,
         )
