@@ -33,15 +33,23 @@ def tiny_llama() -> Any:
     return LlamaForCausalLM(config).float()
 
 
+def reference_and_lean() -> tuple[Any, Any]:
+    """The same weights twice: as transformers builds the model, and made lean."""
+    reference = tiny_llama()
+    lean = copy.deepcopy(reference)
+    assert apply_lean_activations(lean)
+    return reference, lean
+
+
 def bf16_autocast() -> AbstractContextManager[Any]:
     return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
 def loss_and_grads(
-    model: Any, autocast: Callable[[], AbstractContextManager[Any]]
+    model: Any, autocast: Callable[[], AbstractContextManager[Any]], device: str = "cpu"
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     torch.manual_seed(1)
-    input_ids = torch.randint(0, 128, (2, TOKENS // 2))
+    input_ids = torch.randint(0, 128, (2, TOKENS // 2)).to(device)
     model.zero_grad(set_to_none=True)
     with autocast():
         logits = model(input_ids=input_ids, use_cache=False).logits
@@ -61,9 +69,7 @@ def loss_and_grads(
 def test_lean_model_computes_the_same_loss_and_gradients(
     autocast: Callable[[], AbstractContextManager[Any]],
 ) -> None:
-    reference = tiny_llama()
-    lean = copy.deepcopy(reference)
-    assert apply_lean_activations(lean)
+    reference, lean = reference_and_lean()
 
     reference_loss, reference_grads = loss_and_grads(reference, autocast)
     lean_loss, lean_grads = loss_and_grads(lean, autocast)
@@ -91,9 +97,7 @@ def saved_bytes(model: Any, autocast: Callable[[], AbstractContextManager[Any]])
 
 
 def test_lean_model_keeps_fewer_bytes_for_the_backward() -> None:
-    reference = tiny_llama()
-    lean = copy.deepcopy(reference)
-    apply_lean_activations(lean)
+    reference, lean = reference_and_lean()
 
     # Under bf16 autocast: q, k, v share one cast of their norm's output instead of
     # three, gate and up one instead of two (3 hidden-size copies fewer); the MLP
@@ -123,9 +127,7 @@ def test_silu_mul_linear_matches_autograd_with_a_bias() -> None:
 def test_an_adapter_on_the_down_projection_still_trains(
     autocast: Callable[[], AbstractContextManager[Any]],
 ) -> None:
-    reference = tiny_llama()
-    lean = copy.deepcopy(reference)
-    apply_lean_activations(lean)
+    reference, lean = reference_and_lean()
     adapted = []
     for model in (reference, lean):
         torch.manual_seed(3)
@@ -169,20 +171,8 @@ def test_on_a_gpu_with_liger_kernel_the_lean_mlp_matches_ligers() -> None:
     assert apply_lean_activations(lean)
     assert fused_kernels.apply_fused_kernels(lean, torch.device("cuda"), swiglu=False)
 
-    def run(model: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        torch.manual_seed(1)
-        input_ids = torch.randint(0, 128, (2, TOKENS // 2), device="cuda")
-        model.zero_grad(set_to_none=True)
-        with cuda_autocast():
-            logits = model(input_ids=input_ids, use_cache=False).logits
-        loss = torch.nn.functional.cross_entropy(
-            logits[:, :-1].float().reshape(-1, logits.shape[-1]), input_ids[:, 1:].reshape(-1)
-        )
-        loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
-
-    reference_loss, reference_grads = run(reference)
-    lean_loss, lean_grads = run(lean)
+    reference_loss, reference_grads = loss_and_grads(reference, cuda_autocast, "cuda")
+    lean_loss, lean_grads = loss_and_grads(lean, cuda_autocast, "cuda")
     torch.testing.assert_close(lean_loss, reference_loss, rtol=1e-4, atol=0)
     for name, grad in reference_grads.items():
         torch.testing.assert_close(lean_grads[name], grad, rtol=2e-2, atol=1e-4, msg=name)
