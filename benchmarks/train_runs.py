@@ -349,7 +349,7 @@ def _run_ours(
     tokens = step_tokens(lengths, samples_per_step, plan.total_steps, SEED)[plan.warmup :]
     overall = sum(tokens) / sum(n / r for n, r in zip(tokens, rates, strict=True))
     rows, positions = packed_shape(
-        lengths, samples_per_step, plan.total_steps, SEED, plan.seq_len, plan.device == "cuda"
+        lengths, samples_per_step, plan.total_steps, SEED, plan.device == "cuda"
     )
     every_step = step_tokens(lengths, samples_per_step, plan.total_steps, SEED)
     # A baseline step holds rows * seq_len tokens: ours of no more are "the same batch".

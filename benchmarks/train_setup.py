@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from ownchat_trainer.batches import EncodedSample, encode_samples
-from ownchat_trainer.engine.packing import first_fit_decreasing
 from ownchat_trainer.worker import batch_order
 
 
@@ -251,21 +250,14 @@ def samples_per_step_for_tokens(lengths: list[int], tokens: int, steps: int, see
 
 
 def packed_shape(
-    lengths: list[int], samples_per_step: int, steps: int, seed: int, seq_len: int, cuda: bool
+    lengths: list[int], samples_per_step: int, steps: int, seed: int, cuda: bool
 ) -> tuple[float, float]:
     """Rows and positions (real tokens and padding) of our worker's packed steps on
-    average, as ``engine.packing.pack_samples`` lays them out: on CUDA (varlen
-    attention) one row end to end, padded to 8; else rows of ``seq_len``."""
+    average, as ``engine.packing.pack_samples`` lays them out for its varlen
+    attention: one row end to end, padded to 8 on CUDA, not at all on a CPU."""
     order = batch_order(len(lengths), samples_per_step, seed)
-    rows = positions = 0
+    multiple = 8 if cuda else 1
+    positions = 0
     for _ in range(steps):
-        step = [lengths[i] for i in next(order)]
-        if cuda:
-            rows += 1
-            positions += -(-sum(step) // 8) * 8
-            continue
-        bins = first_fit_decreasing(step, seq_len)
-        fullest = max(sum(step[i] for i in members) for members in bins)
-        rows += len(bins)
-        positions += len(bins) * min(fullest, seq_len)
-    return rows / steps, positions / steps
+        positions += -(-sum(lengths[i] for i in next(order)) // multiple) * multiple
+    return 1.0, positions / steps

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import torch
-import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ownchat.chat_template import IGNORE_INDEX
@@ -31,17 +30,16 @@ def reference_varlen(
     scale: float | None = None,
     window_size: tuple[int, int] = (-1, -1),
 ) -> torch.Tensor:
-    """torch 2.11's ``varlen_attn`` contract, one sequence at a time through sdpa."""
+    """torch 2.11's ``varlen_attn`` contract (no ``enable_gqa``), checked, then the CPU's
+    kernel (sdpa over each sequence), which the tests compare with sdpa's block mask."""
     assert window_size == (-1, 0), "the worker asks for causal attention"
     assert key.shape[1] == query.shape[1], "without enable_gqa, whole key/value heads"
     bounds = cu_seq_q.tolist()
     assert bounds[0] == 0 and bounds[-1] == query.shape[0]
     assert max_q == max(b - a for a, b in zip(bounds, bounds[1:], strict=False))
-    parts = []
-    for start, end in zip(bounds, bounds[1:], strict=False):
-        q, k, v = (t[start:end].transpose(0, 1) for t in (query, key, value))
-        parts.append(F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale))
-    return torch.cat([p.transpose(0, 1) for p in parts])
+    return varlen_attention.sequence_loop_kernel(
+        query, key, value, cu_seq_q, cu_seq_q, max_q, max_k, scale=scale, window_size=window_size
+    )
 
 
 def reference_varlen_gqa(
@@ -58,11 +56,18 @@ def reference_varlen_gqa(
     enable_gqa: bool = False,
 ) -> torch.Tensor:
     """torch 2.13's signature: grouped key/value heads are expanded by the kernel."""
-    if enable_gqa:
-        repeat = query.shape[1] // key.shape[1]
-        key, value = (t.repeat_interleave(repeat, dim=1) for t in (key, value))
-    return reference_varlen(
-        query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, scale=scale, window_size=window_size
+    assert enable_gqa and key.shape[1] < query.shape[1]
+    return varlen_attention.sequence_loop_kernel(
+        query,
+        key,
+        value,
+        cu_seq_q,
+        cu_seq_q,
+        max_q,
+        max_k,
+        scale=scale,
+        window_size=window_size,
+        enable_gqa=enable_gqa,
     )
 
 
@@ -147,7 +152,14 @@ def test_varlen_attention_refuses_padded_batches(model_root: Path) -> None:
 
 
 def test_worker_attention_choice_on_a_cpu() -> None:
-    # No varlen kernel runs on a CPU: packed rows take sdpa's block-diagonal mask.
-    assert _attention(torch.device("cpu"), packed=True) == "sdpa"
+    # Packed steps attend through sdpa over each sample; padded ones (DPO) through sdpa.
+    assert _attention(torch.device("cpu"), packed=True) == varlen_attention.ATTENTION_NAME
     assert _attention(torch.device("cpu"), packed=False) == "sdpa"
-    assert not varlen_attention.available(torch.device("cpu"))
+    assert varlen_attention.kernel_for(torch.device("cpu")) is varlen_attention.sequence_loop_kernel
+
+
+def test_the_cpu_kernel_is_causal_only() -> None:
+    states = torch.zeros(4, 2, 8)
+    offsets = torch.tensor([0, 4], dtype=torch.int32)
+    with pytest.raises(ValueError, match="only causal"):
+        varlen_attention.sequence_loop_kernel(states, states, states, offsets, offsets, 4, 4)

@@ -36,9 +36,11 @@ How the model must be called (transformers 5.19, Llama-style decoders; read in
   ``cu_seq_lens`` (offsets into the rows laid end to end, the pad runs being
   sequences of their own) and ``max_seq_len`` for any implementation whose
   name contains ``flash``; the varlen kernel then needs no mask at all.
-- ``ownchat_varlen`` (GPU, ``engine.varlen_attention``): PyTorch's own varlen
-  flash kernel, given the same ``cu_seq_lens``; used where ``flash_attn`` is
-  not installed.
+- ``ownchat_varlen`` (``engine.varlen_attention``): on a GPU PyTorch's own
+  varlen flash kernel, given the same ``cu_seq_lens``, used where
+  ``flash_attn`` is not installed; on a CPU sdpa over each sample in turn. The
+  worker's packed steps use it (sdpa's block-diagonal mask remains for
+  callers that pass rows alone).
 
 For the implementations that take ``cu_seq_lens`` (:func:`takes_offsets`),
 rows are only a layout: the offsets alone keep samples apart. So the worker
@@ -46,7 +48,8 @@ packs their steps ``end_to_end``: one row of every sample back to back, padded
 only up to ``pad_to_multiple_of``. Rows of ``max_length`` would leave free
 tails that every layer but attention computes for nothing (5 % of a SmolLM2
 step's positions at sequence length 2048 on the chat-like benchmark data, 12 %
-of a Llama-3.2-1B step's, whose steps have fewer samples to fill rows with).
+of a Llama-3.2-1B step's, whose steps have fewer samples to fill rows with;
+9 % at the CPU benchmark's 512).
 
 The first token of every sample gets label -100: it has no previous token in
 its sample, so it can never be a next-token target (the padded loss drops it by

@@ -287,15 +287,16 @@ def _has_flash_attn() -> bool:
 
 
 def _attention(device: torch.device, packed: bool) -> str:
-    """The attention implementation: a varlen flash kernel for packed steps on a GPU.
+    """The attention implementation: a varlen kernel for packed steps.
 
-    ``flash_attn``'s where installed, else PyTorch's own (``varlen_attention``,
-    packed batches only: it needs the sample offsets); sdpa otherwise, which
-    masks packed rows with a materialised block-diagonal mask.
+    On a GPU ``flash_attn``'s where installed, else PyTorch's own; on a CPU
+    sdpa over each sample (``varlen_attention``, packed batches only: it needs
+    the sample offsets); sdpa otherwise.
     """
     if device.type == "cuda" and _has_flash_attn():
         return "flash_attention_2"
-    if packed and varlen_attention.available(device) and varlen_attention.register():
+    kernel = varlen_attention.kernel_for(device)
+    if packed and kernel is not None and varlen_attention.register(kernel):
         return varlen_attention.ATTENTION_NAME
     return "sdpa"
 

@@ -1,4 +1,5 @@
-"""Packed attention through PyTorch's own variable-length flash kernel.
+"""Packed attention through a variable-length kernel: PyTorch's flash kernel on a GPU,
+sdpa over each sample in turn on a CPU.
 
 A packed row holds several samples that must not attend to each other. With
 ``sdpa`` transformers builds a ``[rows, 1, T, T]`` block-diagonal mask, and an
@@ -16,6 +17,13 @@ by name (:data:`ATTENTION_NAME`), with a mask function that builds no mask.
 The name avoids the word "flash" on purpose: transformers treats such names as
 requests for the ``flash_attn`` package or a hub kernel. ``PackedBatch``
 passes ``cu_seq_lens_q``/``max_length_q`` to it as it does to flash attention.
+
+A CPU has no varlen kernel: :func:`sequence_loop_kernel` takes its place,
+with the same signature, and runs sdpa's causal kernel over each sample's
+slice of the rows. On 2 cores a step of SmolLM2-135M (7 samples, 1006
+tokens) then takes 8 s instead of 10.5 s in two rows under sdpa's
+block-diagonal mask, whose kernel computes every masked block, with the same
+loss.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 ATTENTION_NAME = "ownchat_varlen"
 
@@ -40,9 +49,46 @@ def torch_varlen_kernel() -> VarlenKernel | None:
     return varlen_attn  # type: ignore[return-value]  # returns a tuple only when asked (return_aux)
 
 
+def sequence_loop_kernel(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cu_seq_q: torch.Tensor,
+    cu_seq_k: torch.Tensor,
+    max_q: int,
+    max_k: int,
+    *,
+    scale: float | None = None,
+    window_size: tuple[int, int] = (-1, -1),
+    enable_gqa: bool = False,
+) -> torch.Tensor:
+    """``varlen_attn``'s contract (causal only) through sdpa, one sequence at a time."""
+    if tuple(window_size) != (-1, 0):
+        raise ValueError(f"only causal attention (window_size (-1, 0)), not {window_size}")
+    bounds = cu_seq_q.tolist()
+    parts = []
+    for start, end in zip(bounds, bounds[1:], strict=False):
+        # [length, heads, head_dim] -> sdpa's [heads, length, head_dim], and back.
+        q, k, v = (states[start:end].transpose(0, 1) for states in (query, key, value))
+        attended = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, scale=scale, enable_gqa=enable_gqa
+        )
+        parts.append(attended.transpose(0, 1))
+    return torch.cat(parts)
+
+
+def kernel_for(device: torch.device) -> VarlenKernel | None:
+    """The varlen kernel packed steps on ``device`` use, or None where there is none."""
+    if device.type == "cuda":
+        return torch_varlen_kernel()
+    if device.type == "cpu":
+        return sequence_loop_kernel
+    return None
+
+
 def available(device: torch.device) -> bool:
     """Whether packed steps on ``device`` can use :data:`ATTENTION_NAME`."""
-    return device.type == "cuda" and torch_varlen_kernel() is not None
+    return kernel_for(device) is not None
 
 
 def attention_forward(kernel: VarlenKernel) -> Callable[..., tuple[torch.Tensor, None]]:
