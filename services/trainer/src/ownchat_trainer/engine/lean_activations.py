@@ -18,8 +18,8 @@ keeps, besides what attention and the norms themselves need:
 - **The MLP's product.** SwiGLU keeps gate and up for its own backward, and
   the down projection keeps their product ``silu(gate) * up``, which is one
   elementwise kernel away from them. :class:`SiluMulLinear` recomputes it in
-  the backward instead. I values fewer (2·I without Liger, whose plain
-  ``silu`` and product also keep the activation's output).
+  the backward instead. I values fewer (2·I without Liger's SwiGLU, where
+  the plain ``silu`` and product also keep the activation's output).
 
 For SmolLM2-135M (H 576, I 1536) that is 6.4 KiB of about 22 KiB a token and
 layer. Attention's inputs and output, the norms' fp32 inputs and the gate and
