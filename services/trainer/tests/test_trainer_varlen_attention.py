@@ -42,35 +42,6 @@ def reference_varlen(
     )
 
 
-def reference_varlen_gqa(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    cu_seq_q: torch.Tensor,
-    cu_seq_k: torch.Tensor | None,
-    max_q: int,
-    max_k: int,
-    *,
-    scale: float | None = None,
-    window_size: tuple[int, int] = (-1, -1),
-    enable_gqa: bool = False,
-) -> torch.Tensor:
-    """torch 2.13's signature: grouped key/value heads are expanded by the kernel."""
-    assert enable_gqa and key.shape[1] < query.shape[1]
-    return varlen_attention.sequence_loop_kernel(
-        query,
-        key,
-        value,
-        cu_seq_q,
-        cu_seq_q,
-        max_q,
-        max_k,
-        scale=scale,
-        window_size=window_size,
-        enable_gqa=enable_gqa,
-    )
-
-
 def samples(tokenizer: Any, conversations: list[list[dict[str, str]]]) -> list[EncodedSample]:
     lines = [{"messages": c, "weight": 1.0 + i % 3} for i, c in enumerate(conversations)]
     encoded, _ = encode_samples(tokenizer, lines, 256)
@@ -104,7 +75,7 @@ def assert_same_loss_and_gradient(
     torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-4)
 
 
-@pytest.mark.parametrize("kernel", [reference_varlen, reference_varlen_gqa])
+@pytest.mark.parametrize("kernel", [reference_varlen, varlen_attention.sequence_loop_kernel])
 def test_varlen_attention_matches_sdpa_block_mask(
     model_root: Path, conversations: list[list[dict[str, str]]], kernel: Any
 ) -> None:
@@ -126,7 +97,7 @@ def test_varlen_attention_over_one_end_to_end_row_matches_rows(
     """The worker packs varlen steps into one row, padded to 8 only: the loss and the
     gradients are those of the same samples in rows of max_length under sdpa."""
     model_dir = model_root / "tiny-chat"
-    assert varlen_attention.register(reference_varlen_gqa)
+    assert varlen_attention.register(varlen_attention.sequence_loop_kernel)
     reference, varlen = sdpa_and_varlen(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     step = samples(tokenizer, conversations)
