@@ -173,7 +173,8 @@ class SiluMulLinear(torch.autograd.Function):
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         gate, up, weight = ctx.saved_tensors
         grad_output = grad_output.contiguous()
-        if _liger_swiglu(gate) is None:
+        kernels = _liger_swiglu(gate)
+        if kernels is None:
             # Autograd's own silu and product backward, on the recomputed product.
             with torch.enable_grad():
                 gate_leaf = gate.detach().requires_grad_(True)
@@ -183,7 +184,7 @@ class SiluMulLinear(torch.autograd.Function):
             grad_product = grad_output.matmul(weight)
             grad_gate, grad_up = torch.autograd.grad(product, (gate_leaf, up_leaf), grad_product)
             return grad_gate, grad_up, grad_weight, grad_bias
-        forward_kernel, backward_kernel = _liger_swiglu(gate)  # type: ignore[misc]
+        forward_kernel, backward_kernel = kernels
         grad_weight, grad_bias = _weight_grads(ctx, grad_output, forward_kernel(gate, up)[2])
         grad_product = grad_output.matmul(weight)
         # Liger's backward writes the gradients over gate and up, which are not needed after.
