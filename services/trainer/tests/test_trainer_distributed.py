@@ -112,9 +112,16 @@ def run_training(
             norm = norm.full_tensor()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.value)
+        losses.append(float(loss.value))
         norms.append(float(norm))
-        emit({"event": "metrics", "step": step, "loss": loss.value, "weight": loss.weight})
+        emit(
+            {
+                "event": "metrics",
+                "step": step,
+                "loss": float(loss.value),
+                "weight": float(loss.weight),
+            }
+        )
 
     state = gathered_state_dict(model, context)
     if strategy == "ddp":
@@ -194,10 +201,10 @@ def test_one_process_loss_is_the_weighted_mean() -> None:
     loss = global_loss(loss_sum, weight, context)
     expected = loss_sum / weight
     assert torch.equal(loss.backward, expected)
-    assert loss.value == pytest.approx(float(expected.detach()))
-    assert loss.weight == pytest.approx(2.0 * 2 + 0.5 * 3)
+    assert float(loss.value) == pytest.approx(float(expected.detach()))
+    assert float(loss.weight) == pytest.approx(2.0 * 2 + 0.5 * 3)
     zero = global_loss(loss_sum * 0, weight * 0, context)
-    assert zero.value == 0.0 and zero.weight == 0.0
+    assert float(zero.value) == 0.0 and float(zero.weight) == 0.0
 
 
 def test_idle_sample_adds_nothing(tiny_model: Path) -> None:

@@ -9,10 +9,16 @@ from typing import Any
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ownchat_trainer.batches import EncodedSample, collate, encode_samples, weighted_loss_terms
-from ownchat_trainer.engine.loss import causal_lm_loss_terms, forward_hidden, output_layer
+from ownchat_trainer.engine.loss import (
+    causal_lm_loss_terms,
+    forward_hidden,
+    loss_terms_at,
+    output_layer,
+)
 from ownchat_trainer.engine.packing import pack_samples
 
 PAD = 0
@@ -141,30 +147,83 @@ def test_step_with_no_loss_token_is_zero_and_still_backpropagates(
     assert all(float(g.abs().max()) == 0.0 for g in grads.values())
 
 
-def test_output_layer_never_sees_more_than_a_chunk(
+class WrappedHead(torch.nn.Module):
+    """An output layer that is not a plain ``nn.Linear``, as an adapter makes it."""
+
+    def __init__(self, head: torch.nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.head(hidden)
+        return out
+
+
+def test_wrapped_output_layer_runs_a_chunk_at_a_time_and_recomputes_it(
+    model_dir: Path, samples: list[EncodedSample]
+) -> None:
+    model = load(model_dir)
+    expected = reference_terms(model, samples)
+    (expected[0] / expected[1]).backward()
+    expected_grads = gradients(model)
+
+    head = WrappedHead(output_layer(model))
+    calls: list[tuple[int, ...]] = []
+    head.register_forward_hook(lambda _m, args, _out: calls.append(tuple(args[0].shape)))
+    batch = collate(samples, PAD)
+    hidden = forward_hidden(model, batch)
+    calls.clear()
+    actual = causal_lm_loss_terms(hidden, head, batch.labels, batch.weights, chunk_tokens=8)
+    loss_tokens = int(((batch.labels[:, 1:] != -100) & (batch.weights[:, None] > 0)).sum())
+    forward_calls = list(calls)
+    assert all(len(shape) == 2 and shape[0] <= 8 for shape in forward_calls)
+    assert sum(shape[0] for shape in forward_calls) == loss_tokens
+    calls.clear()
+    assert_same_step(model, expected, expected_grads, actual)
+    # The backward recomputed the same chunks, one at a time.
+    assert sorted(calls) == sorted(forward_calls)
+
+
+class ShapeLog(TorchDispatchMode):
+    """The shapes of every tensor an operation makes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for value in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(value, torch.Tensor):
+                self.shapes.append(tuple(value.shape))
+        return out
+
+
+def test_plain_output_layer_never_makes_more_than_a_chunk_of_logits(
     model_dir: Path, samples: list[EncodedSample]
 ) -> None:
     model = load(model_dir)
     head = output_layer(model)
     calls: list[tuple[int, ...]] = []
     head.register_forward_hook(lambda _m, args, _out: calls.append(tuple(args[0].shape)))
-
     batch = pack_samples(samples, max_length=256, pad_token_id=PAD)
     hidden = forward_hidden(model, batch)
     # The model's own head ran on one position a row (logits_to_keep=1).
     assert calls == [(batch.input_ids.shape[0], 1, hidden.shape[-1])]
     calls.clear()
-    loss_sum, weight = causal_lm_loss_terms(
-        hidden, head, batch.labels, batch.token_weights, chunk_tokens=8
-    )
-    loss_tokens = int((batch.token_weights > 0).sum())
-    forward_calls = list(calls)
-    assert all(len(shape) == 2 and shape[0] <= 8 for shape in forward_calls)
-    assert sum(shape[0] for shape in forward_calls) == loss_tokens
-    calls.clear()
-    (loss_sum / weight).backward()
-    # The backward recomputes the same chunks, one at a time.
-    assert sorted(calls) == sorted(forward_calls)
+
+    vocab = model.config.vocab_size
+    log = ShapeLog()
+    with log:
+        loss_sum, weight = loss_terms_at(hidden, head, batch.loss_positions, chunk_tokens=8)
+        (loss_sum / weight).backward()
+    # The fused pass uses the layer's weight, never the module on all positions,
+    weight_t = (hidden.shape[-1], vocab)
+    logit_shapes = [s for s in log.shapes if s and s[-1] == vocab and s != weight_t]
+    assert calls == [] and logit_shapes
+    # and no tensor over the vocabulary has more than a chunk of rows.
+    assert all(len(shape) == 2 and shape[0] <= 8 for shape in logit_shapes)
+    assert max(shape[0] for shape in logit_shapes) == 8
 
 
 def test_forward_hidden_gives_the_models_last_hidden_states(

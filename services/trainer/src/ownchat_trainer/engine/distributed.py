@@ -160,14 +160,14 @@ def local_share(
 
 @dataclass(frozen=True)
 class GlobalLoss:
-    """A step's loss over all ranks."""
+    """A step's loss over all ranks: device scalars, read only once the step is launched."""
 
     # Call ``.backward()`` on this: world_size * local sum / global weight.
     backward: torch.Tensor
     # The step's loss as one process over the whole batch would report it.
-    value: float
+    value: torch.Tensor
     # The global weight (weighted loss-token count) the loss is normalised by.
-    weight: float
+    weight: torch.Tensor
 
 
 def global_loss(
@@ -178,7 +178,9 @@ def global_loss(
     ``loss_sum`` and ``weight_sum`` are this rank's (``batches.weighted_loss_terms``):
     scalars on its device, ``loss_sum`` with its graph. One all-reduce of the
     pair; with one process this is ``loss_sum / weight_sum`` as before. A step
-    whose samples all weigh 0 has loss 0 and zero gradients.
+    whose samples all weigh 0 has loss 0 and zero gradients. Nothing is read
+    back to the host: that would hold it there until the forward is done,
+    instead of launching the backward behind it.
     """
     terms = torch.stack([loss_sum.detach().float(), weight_sum.detach().float()])
     if context.distributed:
@@ -187,7 +189,7 @@ def global_loss(
     # DDP divides the summed gradients by world_size; multiply it back here.
     # (Dividing by weight / world_size keeps one process bit-identical to S / W.)
     backward = loss_sum / (weight / context.world_size)
-    return GlobalLoss(backward, float(total / weight), float(terms[1]))
+    return GlobalLoss(backward, total / weight, terms[1])
 
 
 def sum_across_ranks(values: torch.Tensor, context: DistributedContext) -> torch.Tensor:

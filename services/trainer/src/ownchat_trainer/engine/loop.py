@@ -67,8 +67,9 @@ class StepResult:
 
     # Call ``.backward()`` on this (outside autocast); see distributed.global_loss.
     backward: torch.Tensor
-    # The step's loss over every rank, as one process would report it.
-    loss: float
+    # The step's loss over every rank, as one process would report it: a
+    # scalar on the device, read once the whole step is launched.
+    loss: torch.Tensor | float
     # This rank's non-padding tokens.
     tokens: int
     # Further per-step metrics, already over every rank (event key -> value).
@@ -156,6 +157,8 @@ class TrainingLoop:
             started = time.perf_counter()
             indices = next(self._order)
             result, learning_rate = self._step(indices)
+            # The step's one wait for the GPU, behind its last kernel.
+            loss = float(result.loss)
             tokens, stop = self._agree_to_stop(result.tokens)
             elapsed = time.perf_counter() - started
             seconds += elapsed
@@ -165,7 +168,7 @@ class TrainingLoop:
             state.batches_consumed += 1
             state.samples_consumed += len(indices)
             state.epoch = state.batches_consumed // settings.batches_per_epoch
-            recent = [*state.metrics.get("recent_losses", []), result.loss]
+            recent = [*state.metrics.get("recent_losses", []), loss]
             state.metrics["recent_losses"] = recent[-TRAIN_LOSS_WINDOW:]
 
             validation, improved = None, False
@@ -181,7 +184,7 @@ class TrainingLoop:
                     "event": "metrics",
                     "step": step,
                     "total_steps": settings.max_steps,
-                    "loss": result.loss,
+                    "loss": loss,
                     "validation_loss": validation,
                     "learning_rate": learning_rate,
                     "tokens_per_second": tokens / elapsed if elapsed > 0 else None,
@@ -193,7 +196,7 @@ class TrainingLoop:
             if stop_early:
                 state.metrics["stopped_early"] = True
             if improved or finished or stop or step % settings.checkpoint_interval_steps == 0:
-                self._save(step, result.loss, best=improved)
+                self._save(step, loss, best=improved)
             if stop_early:
                 self._emit(
                     {

@@ -68,6 +68,7 @@ import torch
 
 from ownchat.chat_template import IGNORE_INDEX
 from ownchat_trainer.batches import EncodedSample
+from ownchat_trainer.engine.loss_positions import LossPositions, move_to
 from ownchat_trainer.engine.varlen_attention import ATTENTION_NAME as VARLEN_ATTENTION
 
 
@@ -90,7 +91,8 @@ class PackedBatch:
     (int32, ``[segments + 1]``) are the start offsets of every sample and every
     pad run in the rows laid end to end, then ``rows * T``; ``max_seq_len`` is
     the longest of those segments. ``placements`` follow the order of the
-    samples given to :func:`pack_samples`.
+    samples given to :func:`pack_samples`. ``loss_positions`` are the
+    positions that carry loss, picked on the host (``engine.loss_positions``).
     """
 
     input_ids: torch.Tensor
@@ -100,6 +102,7 @@ class PackedBatch:
     cu_seq_lens: torch.Tensor
     max_seq_len: int
     placements: tuple[Placement, ...]
+    loss_positions: LossPositions
 
     @property
     def real_tokens(self) -> int:
@@ -112,26 +115,16 @@ class PackedBatch:
         return float(self.token_weights.sum())
 
     def to(self, device: torch.device) -> PackedBatch:
-        """The same batch with its tensors on ``device``.
-
-        To a GPU the copies go from pinned memory without waiting: a copy from
-        ordinary memory would hold the host until the previous step's kernels
-        are done, when it could be launching this step's forward behind them.
-        """
-
-        def move(tensor: torch.Tensor) -> torch.Tensor:
-            if device.type == "cuda":
-                return tensor.pin_memory().to(device, non_blocking=True)
-            return tensor.to(device)
-
+        """The same batch with its tensors on ``device`` (``loss_positions.move_to``)."""
         return PackedBatch(
-            move(self.input_ids),
-            move(self.position_ids),
-            move(self.labels),
-            move(self.token_weights),
-            move(self.cu_seq_lens),
+            move_to(self.input_ids, device),
+            move_to(self.position_ids, device),
+            move_to(self.labels, device),
+            move_to(self.token_weights, device),
+            move_to(self.cu_seq_lens, device),
             self.max_seq_len,
             self.placements,
+            self.loss_positions.to(device),
         )
 
     def model_inputs(self, attn_implementation: str | None) -> dict[str, Any]:
@@ -281,6 +274,7 @@ def pack_samples(
         cu_seq_lens=cu_seq_lens,
         max_seq_len=max_seq_len,
         placements=tuple(p for p in placements if p is not None),
+        loss_positions=LossPositions.of(labels, token_weights),
     )
 
 

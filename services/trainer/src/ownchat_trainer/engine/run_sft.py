@@ -25,7 +25,7 @@ from ownchat_trainer.engine.distributed import (
     unwrap,
 )
 from ownchat_trainer.engine.loop import StepResult
-from ownchat_trainer.engine.loss import causal_lm_loss_terms, forward_hidden, output_layer
+from ownchat_trainer.engine.loss import forward_hidden, loss_terms_at, output_layer
 from ownchat_trainer.engine.packing import pack_samples, takes_offsets
 
 
@@ -87,9 +87,7 @@ class SftObjective:
                 samples, self._max_length, self._pad, self._multiple, end_to_end=self._end_to_end
             ).to(device)
             hidden = forward_hidden(model, packed)
-            loss_sum, weight = causal_lm_loss_terms(
-                hidden, output_layer(model), packed.labels, packed.token_weights
-            )
+            loss_sum, weight = loss_terms_at(hidden, output_layer(model), packed.loss_positions)
             return loss_sum, weight, packed.real_tokens
         batch = collate(samples, self._pad).to(device)
         logits = model(
