@@ -269,3 +269,47 @@ def test_chunk_tokens_must_be_positive(model_dir: Path, samples: list[EncodedSam
         causal_lm_loss_terms(
             hidden, output_layer(model), batch.labels, batch.token_weights, chunk_tokens=0
         )
+
+
+def test_a_step_prepared_ahead_is_the_same_step(
+    model_dir: Path, samples: list[EncodedSample]
+) -> None:
+    """The loop packs the next step while the GPU runs the current one; a step
+    started from that batch is the step packed on the spot, and a batch prepared
+    for other indices is never used."""
+    from ownchat_trainer.engine.distributed import DistributedContext
+    from ownchat_trainer.engine.run_sft import SftObjective
+
+    model = load(model_dir)
+    objective = SftObjective(
+        model,
+        samples,
+        [],
+        DistributedContext(),
+        pad_token_id=PAD,
+        max_length=256,
+        batch_size=3,
+        packing=True,
+    )
+    packs: list[int] = []
+    pack = objective._pack
+    objective._pack = lambda share: packs.append(len(share)) or pack(share)  # type: ignore[method-assign]
+
+    def step(indices: list[int]) -> tuple[float, dict[str, torch.Tensor]]:
+        result = objective.train_step(indices)
+        result.backward.backward()
+        return float(result.loss), gradients(model)
+
+    expected_loss, expected_grads = step([0, 2, 4])
+    assert packs == [3]
+    objective.prepare([0, 2, 4])
+    assert packs == [3, 3]
+    loss, grads = step([0, 2, 4])
+    assert packs == [3, 3]  # started from the prepared batch
+    assert loss == expected_loss
+    assert all(torch.equal(grads[name], grad) for name, grad in expected_grads.items())
+
+    objective.prepare([1, 3])
+    loss, _ = step([0, 2, 4])
+    assert packs == [3, 3, 2, 3]  # the batch for other indices was not used
+    assert loss == expected_loss

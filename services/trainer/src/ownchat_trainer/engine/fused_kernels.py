@@ -5,8 +5,8 @@ matrix products: RMSNorm, rotary embeddings and the SwiGLU gate each run as
 several elementwise kernels and keep their fp32 intermediates for the
 backward. Liger Kernel's versions run as one kernel each and recompute
 instead of storing, which cuts both time and activation memory. The output
-layer's fused cross-entropy is applied by ``engine.loss`` itself, since the
-worker never asks the model for logits.
+layer and its cross-entropy are fused by ``engine.linear_cross_entropy``,
+which ``engine.loss`` calls, since the worker never asks the model for logits.
 
 Liger Kernel is optional (Triton, CUDA): without it, or for an architecture
 it does not know, the model is left as it is.

@@ -83,6 +83,12 @@ class Objective(Protocol):
         """The forward pass of the step whose whole batch is ``indices`` (same on every rank)."""
         ...
 
+    def prepare(self, indices: Sequence[int]) -> None:
+        """Gets the step of ``indices`` ready (packed, on its way to the device) while
+        the step before it runs, if the method has work to do ahead; ``train_step``
+        of the same ``indices`` then starts from it."""
+        ...
+
     def validation_loss(self) -> float | None:
         """The validation loss over every rank (called in eval mode, no grad); None if none."""
         ...
@@ -153,10 +159,16 @@ class TrainingLoop:
         """The steps; False when paused."""
         state, settings = self._state, self._settings
         seconds = 0.0
+        upcoming = next(self._order)
         for step in range(state.step + 1, settings.max_steps + 1):
             started = time.perf_counter()
-            indices = next(self._order)
+            indices = upcoming
             result, learning_rate = self._step(indices)
+            if step < settings.max_steps:
+                # While this step runs on the GPU. A pause or an early stop drops
+                # it: a resume draws the order again from the data position.
+                upcoming = next(self._order)
+                self._objective.prepare(upcoming)
             # The step's one wait for the GPU, behind its last kernel.
             loss = float(result.loss)
             tokens, stop = self._agree_to_stop(result.tokens)

@@ -111,6 +111,9 @@ class DpoObjective:
         self._beta = beta
         self._precomputed = bool(train_pairs) and train_pairs[0].has_reference
 
+    def prepare(self, indices: Sequence[int]) -> None:
+        """Nothing to do ahead: a DPO step pads its pairs as it runs."""
+
     def train_step(self, indices: Sequence[int]) -> StepResult:
         """This rank's pairs of the step; the loss is the mean over the whole step's pairs."""
         context = self._context

@@ -26,7 +26,7 @@ from ownchat_trainer.engine.distributed import (
 )
 from ownchat_trainer.engine.loop import StepResult
 from ownchat_trainer.engine.loss import forward_hidden, loss_terms_at, output_layer
-from ownchat_trainer.engine.packing import pack_samples, takes_offsets
+from ownchat_trainer.engine.packing import PackedBatch, pack_samples, takes_offsets
 
 
 class SftObjective:
@@ -56,11 +56,21 @@ class SftObjective:
         self._multiple = pad_to_multiple_of
         config = getattr(unwrap(model), "config", None)
         self._end_to_end = takes_offsets(getattr(config, "_attn_implementation", None))
+        # The next step's batch, packed and sent ahead, with its indices.
+        self._ready: tuple[list[int], PackedBatch] | None = None
+
+    def prepare(self, indices: Sequence[int]) -> None:
+        """Packs this rank's share of the step and starts its copy to the device."""
+        if self._packing:
+            share = local_share(self._train, indices, self._context, self._pad)
+            self._ready = (list(indices), self._pack(share))
 
     def train_step(self, indices: Sequence[int]) -> StepResult:
         """This rank's share of the step, normalised by the whole step's loss weight."""
         share = local_share(self._train, indices, self._context, self._pad)
-        loss_sum, weight, tokens = self._loss_terms(self._model, share)
+        ready, self._ready = self._ready, None
+        packed = ready[1] if ready is not None and ready[0] == list(indices) else None
+        loss_sum, weight, tokens = self._loss_terms(self._model, share, packed)
         loss = global_loss(loss_sum, weight, self._context)
         return StepResult(loss.backward, loss.value, tokens)
 
@@ -77,19 +87,23 @@ class SftObjective:
 
         return sharded_mean(self._validation, self._batch_size, self._context, terms)
 
+    def _pack(self, samples: Sequence[EncodedSample]) -> PackedBatch:
+        return pack_samples(
+            samples, self._max_length, self._pad, self._multiple, end_to_end=self._end_to_end
+        ).to(self._context.device)
+
     def _loss_terms(
-        self, model: Any, samples: Sequence[EncodedSample]
+        self, model: Any, samples: Sequence[EncodedSample], packed: PackedBatch | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """The weighted loss sum, its weight, and the non-padding tokens of some samples."""
-        device = self._context.device
+        """The weighted loss sum, its weight, and the non-padding tokens of some samples
+        (``packed``: those samples packed already)."""
         if self._packing:
-            packed = pack_samples(
-                samples, self._max_length, self._pad, self._multiple, end_to_end=self._end_to_end
-            ).to(device)
+            if packed is None:
+                packed = self._pack(samples)
             hidden = forward_hidden(model, packed)
             loss_sum, weight = loss_terms_at(hidden, output_layer(model), packed.loss_positions)
             return loss_sum, weight, packed.real_tokens
-        batch = collate(samples, self._pad).to(device)
+        batch = collate(samples, self._pad).to(self._context.device)
         logits = model(
             input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
         ).logits
