@@ -110,6 +110,28 @@ def test_varlen_attention_over_one_end_to_end_row_matches_rows(
     assert_same_loss_and_gradient((reference, rows), (varlen, one_row))
 
 
+def test_a_varlen_forward_builds_no_mask(
+    model_root: Path, conversations: list[list[dict[str, str]]], monkeypatch: Any
+) -> None:
+    """transformers makes no mask for the varlen attention: with a mask function
+    registered it would also scan the position ids for packed sequences at every
+    forward, and its ``.all()`` there makes the host wait for the GPU."""
+    import transformers.masking_utils as masking
+
+    def refuse(*_args: Any, **_kwargs: Any) -> None:
+        raise AssertionError("a mask was built for the varlen attention")
+
+    monkeypatch.setattr(masking, "find_packed_sequence_indices", refuse)
+    assert varlen_attention.register(varlen_attention.sequence_loop_kernel)
+    model_dir = model_root / "tiny-chat"
+    _, varlen = sdpa_and_varlen(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    batch = pack_samples(samples(tokenizer, conversations), 128, 0, 8, end_to_end=True)
+    with torch.no_grad():
+        hidden = forward_hidden(varlen, batch)
+    assert hidden.shape[:2] == batch.input_ids.shape
+
+
 def test_varlen_attention_refuses_padded_batches(model_root: Path) -> None:
     assert varlen_attention.register(reference_varlen)
     model = AutoModelForCausalLM.from_pretrained(

@@ -13,7 +13,8 @@ computes for flash attention (``cu_seq_lens``), so attention costs the sum of
 the squared sample lengths instead of ``rows * T**2``.
 
 :func:`register` makes it an attention implementation transformers can load
-by name (:data:`ATTENTION_NAME`), with a mask function that builds no mask.
+by name (:data:`ATTENTION_NAME`), with no mask function, so transformers
+builds no mask for it (nor looks for packed sequences in the position ids).
 The name avoids the word "flash" on purpose: transformers treats such names as
 requests for the ``flash_attn`` package or a hub kernel. ``PackedBatch``
 passes ``cu_seq_lens_q``/``max_length_q`` to it as it does to flash attention.
@@ -169,9 +170,10 @@ def register(kernel: VarlenKernel | None = None) -> bool:
     if kernel is None:
         return False
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
 
     AttentionInterface.register(ATTENTION_NAME, attention_forward(kernel))
-    # No mask: the offsets carry the sample boundaries, the kernel the causality.
-    AttentionMaskInterface.register(ATTENTION_NAME, flash_attention_mask)
+    # No mask function: the offsets carry the sample boundaries, the kernel the
+    # causality. With one registered, transformers would also look for packed
+    # sequences in the position ids at every forward, and its ``.all()`` there
+    # makes the host wait for the GPU.
     return True
