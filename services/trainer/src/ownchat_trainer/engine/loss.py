@@ -113,8 +113,9 @@ def forward_hidden(model: Any, batch: PackedBatch | Batch) -> torch.Tensor:
     is passed the way its attention implementation needs (see
     ``engine.packing``); a padded ``Batch`` with its attention mask. The
     model's own output layer then runs on the last position only
-    (``logits_to_keep=1``); feed the hidden states and
-    :func:`output_layer` to :func:`causal_lm_loss_terms`.
+    (``logits_to_keep=1``); feed the hidden states and :func:`output_layer`
+    to :func:`loss_terms_at` with a packed batch's ``loss_positions``, or to
+    :func:`causal_lm_loss_terms` with labels.
     """
     config = getattr(_unwrap(model), "config", None)
     if isinstance(batch, PackedBatch):
