@@ -22,6 +22,7 @@ from ownchat.testing import free_port
 from ownchat_trainer.batches import collate, encode_samples, weighted_loss_terms
 from ownchat_trainer.engine.distributed import (
     DistributedContext,
+    OptimizerByName,
     Strategy,
     barrier,
     decoder_layers,
@@ -29,6 +30,7 @@ from ownchat_trainer.engine.distributed import (
     global_loss,
     idle_sample,
     init_from_env,
+    load_optimizer_state,
     local_share,
     main_only,
     shard_indices,
@@ -190,6 +192,49 @@ def test_one_process_context_is_a_no_op() -> None:
     assert torch.equal(sum_across_ranks(values, context), values)
     barrier(context)
     teardown(context)
+
+
+def _same_optimizer_state(ours: dict[str, Any], theirs: dict[str, Any]) -> None:
+    # A checkpoint read with weights_only gives AdamW's betas back as a list.
+    def groups(state: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{**group, "betas": list(group["betas"])} for group in state["param_groups"]]
+
+    assert groups(ours) == groups(theirs)
+    assert ours["state"].keys() == theirs["state"].keys()
+    for index, entry in theirs["state"].items():
+        for key, value in entry.items():
+            assert torch.equal(ours["state"][index][key], value), (index, key)
+
+
+def test_optimizer_state_is_saved_by_name_and_loads_back_exactly(tmp_path: Path) -> None:
+    context = DistributedContext()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(2):
+        model(torch.randn(5, 3)).square().sum().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    by_name = OptimizerByName(model, optimizer, context)
+    with pytest.raises(RuntimeError, match="gather"):
+        by_name.state_dict()
+    by_name.gather()
+    torch.save(by_name.state_dict(), tmp_path / "optimizer.pt")
+    saved = torch.load(tmp_path / "optimizer.pt", weights_only=True)
+    assert set(saved["state"]) == {"0.weight", "0.bias", "1.weight", "1.bias"}
+
+    weights = [p.detach().clone() for p in model.parameters()]
+    fresh = torch.optim.AdamW(model.parameters(), lr=1.0)
+    OptimizerByName(model, fresh, context).load_state_dict(saved)
+    _same_optimizer_state(fresh.state_dict(), optimizer.state_dict())
+    # Loading sets up the optimizer's state with a step that must not move a weight.
+    assert all(torch.equal(p, w) for p, w in zip(model.parameters(), weights, strict=True))
+
+    # Checkpoints written before names were used hold the state by position.
+    old = torch.optim.AdamW(model.parameters(), lr=1.0)
+    load_optimizer_state(model, old, optimizer.state_dict())
+    _same_optimizer_state(old.state_dict(), optimizer.state_dict())
 
 
 def test_one_process_loss_is_the_weighted_mean() -> None:

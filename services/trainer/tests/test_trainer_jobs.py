@@ -21,9 +21,11 @@ from ownchat.artifacts import MANIFEST_NAME, ArtifactStore
 from ownchat.errors import InvalidArgumentError
 from ownchat_trainer.core import JobRequest, TrainerCore
 from ownchat_trainer.hyperparameters import Hyperparameters
+from ownchat_trainer.placement import Gpu, GpuSurvey
 from ownchat_trainer.processes import processes_with_argument
 from ownchat_trainer.records import EventKind, Job, JobEvent, JobState, ModelKind, TrainingMethod
 from ownchat_trainer.runner import INTERRUPTED_BY_RESTART, MAX_RESTARTS, SPEC_NAME
+from ownchat_trainer.sizing import training_bytes
 
 CoreFactory = Callable[..., TrainerCore]
 WaitFor = Callable[[TrainerCore, str, Callable[[Job], bool], float], Job]
@@ -494,6 +496,70 @@ def test_a_dpo_job_trains_an_adapter_on_preference_pairs(
 
 
 @pytest.mark.slow
+class TwoGpus:
+    """A GpuProbe over two made-up GPUs of a size the test sets (none until then).
+
+    The worker ranks then run on the CPU under torchrun: the service believes
+    in the GPUs, the worker's torch sees none."""
+
+    def __init__(self) -> None:
+        self.total_bytes = 0
+
+    def survey(self) -> GpuSurvey:
+        size = self.total_bytes
+        return GpuSurvey(
+            tuple(Gpu(index, "test GPU", f"GPU-{index}", size, size) for index in (0, 1))
+            if size
+            else ()
+        )
+
+
+def test_a_job_no_gpu_could_hold_whole_is_sharded_over_two(
+    make_core: CoreFactory, wait_for: WaitFor, model_root: Path, artifacts: ArtifactStore
+) -> None:
+    gpus = TwoGpus()
+    core = make_core(start=False, gpus_per_job=2, gpu_probe=gpus)
+    job = core.create_job(
+        JobRequest("tiny-chat", "dsv_small", hyperparameters=Hyperparameters(max_steps=3))
+    )
+    h = job.hyperparameters
+
+    def required(shards: int) -> int:
+        return training_bytes(
+            model_root / "tiny-chat",
+            adapter=False,
+            dpo=False,
+            batch_size=h.batch_size,
+            max_seq_length=h.max_seq_length,
+            processes=2,
+            shards=shards,
+        )
+
+    # Too small for a whole copy of the training state, large enough for half of it.
+    assert required(2) < required(1)
+    gpus.total_bytes = (required(1) + required(2)) // 2
+    core.start()
+    done = wait_for(core, job.id, lambda j: j.state.terminal, 240)
+    assert done.state is JobState.SUCCEEDED, done.error
+    running = [e.message for e in _events(core, job.id) if e.kind is EventKind.STATE]
+    assert any(
+        m.startswith("running on cuda:0,1 (2 processes); the training state is sharded")
+        for m in running
+    ), running
+    started = [e.message for e in _events(core, job.id) if "sharded with FSDP" in e.message]
+    assert started, "the worker did not shard the model"
+    spec = json.loads((core._runner.checkpoints_dir(job.id).parent / SPEC_NAME).read_text())
+    assert spec["strategy"] == "fsdp"
+    model = core.get_model(done.model_version)
+    assert model.kind is ModelKind.FULL
+    trained = AutoModelForCausalLM.from_pretrained(
+        artifacts.path(model.artifact.digest), use_safetensors=True
+    )
+    base = AutoModelForCausalLM.from_pretrained(model_root / "tiny-chat", use_safetensors=True)
+    assert trained.state_dict().keys() == base.state_dict().keys()
+    assert not torch.equal(trained.lm_head.weight, base.lm_head.weight)
+
+
 def test_two_cpu_processes_train_one_job_under_torchrun(
     make_core: CoreFactory, wait_for: WaitFor
 ) -> None:

@@ -20,6 +20,7 @@ from ownchat_trainer.placement import (
     NvmlProbe,
     Placement,
     choose_devices,
+    choose_training_devices,
     estimate_training_bytes,
     estimate_training_memory,
     survey_gpus,
@@ -101,6 +102,48 @@ def test_a_job_no_gpu_could_ever_hold_is_too_large_not_queued() -> None:
     assert placement.kind == "too_large"
     assert "80.0 GiB" in placement.reason
     assert choose_devices(30 * GIB, minimum=5, wanted=5, probe=MACHINE).kind == "too_large"
+
+
+def _state_of_60_gib(shards: int) -> int:
+    """A job whose training state is 60 GiB, plus 1 GiB a process that does not shard."""
+    return int((1 + 60 / shards) * GIB)
+
+
+def test_a_job_one_gpu_could_hold_whole_is_replicated() -> None:
+    two_large = TableProbe(gpu(0, 70), gpu(1, 75))
+    placement = choose_training_devices(_state_of_60_gib, 2, probe=two_large)
+    assert (placement.kind, placement.gpu_indices, placement.strategy) == ("gpu", (1, 0), "ddp")
+    # One large GPU is enough for a whole copy: it runs there alone, not sharded.
+    one_large = TableProbe(gpu(0, 80), gpu(1, 40, total_gib=40))
+    placement = choose_training_devices(_state_of_60_gib, 2, probe=one_large)
+    assert (placement.kind, placement.gpu_indices, placement.strategy) == ("gpu", (0,), "ddp")
+
+
+def test_a_job_no_gpu_could_hold_whole_is_sharded_over_all_it_may_take() -> None:
+    small = TableProbe(gpu(0, 40, total_gib=40), gpu(1, 39, total_gib=40), gpu(2, 3, 40))
+    placement = choose_training_devices(_state_of_60_gib, 2, probe=small)
+    assert (placement.kind, placement.gpu_indices, placement.strategy) == ("gpu", (0, 1), "fsdp")
+    assert placement.processes == 2 and placement.device == "cuda:0,1"
+    assert "no GPU holds a whole copy" in placement.reason and "31.0 GiB" in placement.reason
+    # Sharded jobs need every GPU they were given: one with room is not enough.
+    busy = TableProbe(gpu(0, 40, total_gib=40), gpu(1, 10, total_gib=40))
+    waiting = choose_training_devices(_state_of_60_gib, 2, probe=busy)
+    assert (waiting.kind, waiting.strategy) == ("wait", "fsdp")
+    assert "1 have room now" in waiting.reason
+
+
+def test_a_job_too_large_even_sharded_fails_with_both_reasons() -> None:
+    small = TableProbe(gpu(0, 20, total_gib=20), gpu(1, 20, total_gib=20))
+    placement = choose_training_devices(_state_of_60_gib, 2, probe=small)
+    assert placement.kind == "too_large"
+    assert "61.0 GiB" in placement.reason and "sharded over 2 GPUs" in placement.reason
+    assert "31.0 GiB" in placement.reason
+    # One GPU a job: nothing to shard over.
+    alone = choose_training_devices(_state_of_60_gib, 1, probe=small)
+    assert alone.kind == "too_large" and "FSDP" not in alone.reason
+    # No GPU: the CPU, whole.
+    cpu = choose_training_devices(_state_of_60_gib, 2, probe=TableProbe(reason="no driver"))
+    assert (cpu.kind, cpu.strategy) == ("cpu", "ddp")
 
 
 def test_unshared_placement_skips_gpus_running_other_processes() -> None:

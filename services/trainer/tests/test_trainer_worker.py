@@ -10,7 +10,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import torch
 
+from ownchat_trainer.placement import Placement
+from ownchat_trainer.processes import kill_and_wait, process_tree
 from ownchat_trainer.worker import WorkerSpec, train
 
 ZEPHYR = ("What is the price of the Zephyr X2?", "The Zephyr X2 router costs 129 euros.")
@@ -200,11 +202,12 @@ def check_contract(events: Events, spec: WorkerSpec, first_step: int = 1) -> Non
 def test_spec_round_trips_and_new_keys_take_defaults(chat_spec: WorkerSpec) -> None:
     assert WorkerSpec.from_json(chat_spec.to_json()) == chat_spec
     value = json.loads(chat_spec.to_json())
-    for key in ("packing", "keep_checkpoints", "early_stopping_patience", "lora_rank"):
+    for key in ("packing", "keep_checkpoints", "early_stopping_patience", "lora_rank", "strategy"):
         del value[key]
     value["learning_rate"] = 1  # an integral rate is still a rate
     spec = WorkerSpec.from_json(json.dumps(value))
     assert (spec.packing, spec.keep_checkpoints, spec.early_stopping_patience) == (True, 2, 0)
+    assert spec.strategy == "ddp"
     assert spec.learning_rate == 1.0 and isinstance(spec.learning_rate, float)
 
 
@@ -216,6 +219,7 @@ def test_spec_round_trips_and_new_keys_take_defaults(chat_spec: WorkerSpec) -> N
         ({"method": "sft_lora"}, "lora_rank"),
         ({"max_steps": 0, "batch_size": 0}, "max_steps must be at least 1; batch_size"),
         ({"packing": "yes"}, "packing has the wrong type"),
+        ({"strategy": "zero3"}, "strategy must be 'ddp' or 'fsdp', not 'zero3'"),
     ],
 )
 def test_bad_specs_are_refused(chat_spec: WorkerSpec, change: dict[str, Any], message: str) -> None:
@@ -522,34 +526,47 @@ def test_killed_and_paused_worker_resumes_with_identical_losses(
         torch.testing.assert_close(produced[name], value, atol=1e-6, rtol=0, msg=name)
 
 
+@pytest.fixture
+def start_ranks() -> Iterator[Callable[[Path], subprocess.Popen[str]]]:
+    """Starts the worker under torchrun with two ranks, as the service starts a job
+    given two GPUs; whatever still runs at the end is killed."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(spec_path: Path) -> subprocess.Popen[str]:
+        with (spec_path.parent / "worker.log").open("a") as log:
+            process = subprocess.Popen(
+                Placement("gpu", (0, 1)).worker_command("ownchat_trainer.worker", str(spec_path)),
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                env={**worker_env(), "GLOO_SOCKET_IFNAME": "lo"},
+            )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        # torchrun starts each rank in a session of its own: kill by parentage.
+        kill_and_wait(process_tree(process.pid))
+        process.wait()
+
+
 @pytest.mark.slow
-def test_two_gloo_processes_train_as_one(chat_spec: WorkerSpec, restore_torch: None) -> None:
+def test_two_gloo_processes_train_as_one(
+    chat_spec: WorkerSpec,
+    restore_torch: None,
+    start_ranks: Callable[[Path], subprocess.Popen[str]],
+) -> None:
     single = run_in_process(replace(chat_spec, output_dir=chat_spec.output_dir.parent / "one"))
     spec_path = chat_spec.output_dir.parent / "job-spec.json"
     spec_path.write_text(chat_spec.to_json())
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=2",
-        "-m",
-        "ownchat_trainer.worker",
-        str(spec_path),
-    ]
-    done = subprocess.run(
-        command,
-        env={**worker_env(), "GLOO_SOCKET_IFNAME": "lo"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    ranks = start_ranks(spec_path)
+    events = follow(ranks)
+    assert ranks.returncode == 0, log_of(spec_path)
 
     check_contract(events, chat_spec)
     assert len(of(events, "started")) == 1 and len(of(events, "done")) == 1
-    assert "2 processes" in events[0]["message"]
+    assert "2 processes)" in events[0]["message"]
     expected = losses(single)
     for step, loss in losses(events).items():
         assert abs(loss - expected[step]) <= 1e-4, step
@@ -558,3 +575,116 @@ def test_two_gloo_processes_train_as_one(chat_spec: WorkerSpec, restore_torch: N
     assert [c["step"] for c in of(events, "checkpoint")] == [
         c["step"] for c in of(single, "checkpoint")
     ]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)  # ranks out of step would wait for each other for 30 minutes
+def test_sharded_ranks_train_as_one_and_resume_whole_after_kill(
+    chat_spec: WorkerSpec,
+    tmp_path: Path,
+    restore_torch: None,
+    start_ranks: Callable[[Path], subprocess.Popen[str]],
+) -> None:
+    """FSDP over two gloo ranks: the losses, validation and weights of one process; its
+    checkpoints resume sharded or in one process, ending where the whole run does."""
+    from safetensors.torch import load_file
+
+    # Five validation samples in batches of two: rank 0 runs two batches, rank 1
+    # one, so validation hangs unless the ranks keep in step.
+    validation = write_chat_split(
+        tmp_path / "validation-5.jsonl",
+        [(chat(*pair), 1.0) for pair in (ZEPHYR, E42, REFUND, RESTART, HELLO)],
+    )
+    spec = replace(
+        chat_spec, batch_size=2, validation_split=validation, checkpoint_interval_steps=2
+    )
+    single = run_in_process(replace(spec, output_dir=spec.output_dir.parent / "one"))
+
+    whole_spec = replace(spec, strategy="fsdp", output_dir=spec.output_dir.parent / "whole")
+    whole_path = tmp_path / "whole-spec.json"
+    whole_path.write_text(whole_spec.to_json())
+    sharded = follow(start_ranks(whole_path))
+    check_contract(sharded, whole_spec)
+    assert "2 processes, training state sharded with FSDP" in sharded[0]["message"]
+    expected = losses(single)
+    for step, loss in losses(sharded).items():
+        assert abs(loss - expected[step]) <= 1e-4, step
+    for ours, theirs in zip(of(sharded, "metrics"), of(single, "metrics"), strict=True):
+        assert ours["validation_loss"] == pytest.approx(theirs["validation_loss"], abs=1e-4)
+    produced = load_file(Path(sharded[-1]["model_path"]) / "model.safetensors")
+    reference = load_file(Path(single[-1]["model_path"]) / "model.safetensors")
+    assert produced.keys() == reference.keys()
+    for name, value in reference.items():
+        torch.testing.assert_close(produced[name], value, atol=1e-4, rtol=0, msg=name)
+
+    # Killed (every rank) after a checkpoint, resumed sharded, killed again after the
+    # next one, then resumed and finished by one process.
+    spec_path = spec.output_dir.parent / "job-spec.json"
+    spec_path.write_text(replace(spec, strategy="fsdp").to_json())
+    for resumed_from, step in ((None, 2), (2, 4)):
+        ranks = start_ranks(spec_path)
+        assert ranks.stdout is not None
+        killed: Events = []
+        for line in ranks.stdout:
+            killed.append(json.loads(line))
+            if killed[-1]["event"] == "checkpoint":
+                kill_and_wait(process_tree(ranks.pid))
+                break
+        ranks.wait(timeout=60)
+        assert killed[0]["resumed_from_step"] == resumed_from
+        assert killed[-1] == {**killed[-1], "event": "checkpoint", "step": step}
+        for number, loss in losses(killed).items():
+            assert abs(loss - expected[number]) <= 1e-4, number
+
+    finished_process = start_worker(spec_path)
+    finished = follow(finished_process)
+    assert finished_process.returncode == 0, log_of(spec_path)
+    assert finished[0]["resumed_from_step"] == 4
+    check_contract(finished, spec, first_step=5)
+    for step, loss in losses(finished).items():
+        assert abs(loss - expected[step]) <= 1e-4, step
+    assert finished[-1]["validation_loss"] == pytest.approx(single[-1]["validation_loss"], abs=1e-4)
+    assert finished[-1]["model_step"] == single[-1]["model_step"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("variant", ["sft_lora", "dpo_lora", "dpo_full"])
+def test_sharded_adapters_and_dpo_train_as_one(
+    chat_spec: WorkerSpec,
+    dpo_spec: WorkerSpec,
+    tmp_path: Path,
+    restore_torch: None,
+    start_ranks: Callable[[Path], subprocess.Popen[str]],
+    variant: str,
+) -> None:
+    """FSDP with a LoRA adapter over the frozen base, and DPO (adapter or full, whose
+    reference is scored before sharding): the losses and saved weights of one process."""
+    from safetensors.torch import load_file
+
+    spec = {
+        "sft_lora": replace(chat_spec, method="sft_lora", lora_rank=4, learning_rate=2e-2),
+        "dpo_lora": replace(dpo_spec, batch_size=3, max_steps=4),
+        "dpo_full": replace(dpo_spec, batch_size=3, max_steps=4, lora_rank=0, learning_rate=1e-3),
+    }[variant]
+    single = run_in_process(replace(spec, output_dir=spec.output_dir.parent / "one"))
+    sharded_spec = replace(spec, strategy="fsdp")
+    spec_path = spec.output_dir.parent / "job-spec.json"
+    spec_path.write_text(sharded_spec.to_json())
+    ranks = start_ranks(spec_path)
+    sharded = follow(ranks)
+    assert ranks.returncode == 0, log_of(spec_path)
+
+    assert "training state sharded with FSDP" in sharded[0]["message"]
+    expected = losses(single)
+    assert losses(sharded).keys() == expected.keys()
+    for step, loss in losses(sharded).items():
+        assert abs(loss - expected[step]) <= 1e-4, step
+    assert sharded[-1]["validation_loss"] == pytest.approx(single[-1]["validation_loss"], abs=1e-4)
+    assert sharded[-1]["model_kind"] == single[-1]["model_kind"]
+    weights = "model.safetensors" if variant == "dpo_full" else "adapter_model.safetensors"
+    produced = load_file(Path(sharded[-1]["model_path"]) / weights)
+    reference = load_file(Path(single[-1]["model_path"]) / weights)
+    assert produced.keys() == reference.keys()
+    for name, value in reference.items():
+        torch.testing.assert_close(produced[name], value, atol=1e-4, rtol=0, msg=name)

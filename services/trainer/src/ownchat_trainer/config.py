@@ -42,7 +42,8 @@ class TrainerSettings(ServerSettings):
         ge=1,
         description=(
             "GPUs a job trains on when the machine has them: one worker process a GPU, "
-            "data-parallel under torchrun when more than one."
+            "data-parallel under torchrun when more than one, the training state sharded "
+            "over them (FSDP) when no one GPU could hold it."
         ),
     )
     cpu_processes: int = Field(

@@ -7,7 +7,9 @@ process stays small and leaves the devices to the workers.
 A machine without a GPU is normal: no NVML library, no driver or no device all
 mean "train on the CPU", with the reason logged, never an exception. When GPUs
 exist but none has room now, the job waits in the queue; when none could hold
-it even idle, waiting would never end, and the placement says so.
+it even idle, waiting would never end, and the placement says so. A job
+whose training state no single GPU could hold, on a machine whose service gives
+a job several GPUs, is sharded over them with FSDP (``choose_training_devices``).
 
 The NVML access sits behind ``GpuProbe`` so that the decision can be tested
 with a table of made-up devices; ``NvmlProbe`` is the real one.
@@ -19,7 +21,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -52,6 +54,9 @@ CUDA_OVERHEAD_BYTES = 1 * GIB
 """The CUDA context, cuBLAS workspaces and NCCL buffers of one process."""
 
 Method = Literal["full", "lora"]
+Strategy = Literal["ddp", "fsdp"]
+"""How several worker processes share a job: every process holds the whole
+training state (``"ddp"``, the faster), or each holds 1/n of it (``"fsdp"``)."""
 
 
 @dataclass(frozen=True)
@@ -344,12 +349,15 @@ class Placement:
       under torchrun.
     - ``"wait"``: GPUs that could hold the job exist but are busy: keep it queued.
     - ``"too_large"``: no GPU of this machine could hold it even idle; fail the
-      job with ``reason`` (LoRA, or FSDP over several GPUs, may fit).
+      job with ``reason`` (LoRA, or FSDP over more GPUs, may fit).
+
+    ``strategy`` says how the processes share the job's state (``Strategy``).
     """
 
     kind: PlacementKind
     gpu_indices: tuple[int, ...] = ()
     reason: str = ""
+    strategy: Strategy = "ddp"
 
     @property
     def runs_now(self) -> bool:
@@ -473,6 +481,53 @@ def choose_devices(
         gpu_indices=chosen,
         reason=f"needs {need} per GPU; GPU(s) {', '.join(map(str, chosen))} have room",
     )
+
+
+def choose_training_devices(
+    required_bytes: Callable[[int], int],
+    wanted: int = 1,
+    *,
+    probe: GpuProbe | None = None,
+) -> Placement:
+    """Picks GPUs for a training job, sharding its state over them when it must.
+
+    ``required_bytes(shards)`` is what one process needs when the parameter
+    state is split over ``shards`` processes (``sizing.training_bytes``).
+    Whole replicas (DDP) are preferred: they communicate less. Only a job that
+    no GPU of the machine could hold whole, given ``wanted`` > 1 GPUs, is
+    placed sharded over exactly ``wanted`` GPUs (FSDP): it waits until that
+    many have room, and is too large when fewer than that could ever hold a
+    shard.
+    """
+    survey = survey_gpus(probe)
+    fixed = _SurveyProbe(survey)
+    replicated = choose_devices(required_bytes(1), wanted, probe=fixed)
+    if replicated.kind != "too_large" or wanted < 2:
+        return replicated
+    sharded = choose_devices(required_bytes(wanted), wanted, minimum=wanted, probe=fixed)
+    if sharded.kind == "too_large":
+        return Placement(
+            "too_large",
+            reason=f"{replicated.reason}; sharded over {wanted} GPUs with FSDP it "
+            + sharded.reason,
+        )
+    return Placement(
+        sharded.kind,
+        gpu_indices=sharded.gpu_indices,
+        reason=f"no GPU holds a whole copy ({replicated.reason}); sharded over {wanted} "
+        + f"GPUs with FSDP it {sharded.reason}",
+        strategy="fsdp",
+    )
+
+
+class _SurveyProbe:
+    """One survey answered twice: both choices see the same free memory."""
+
+    def __init__(self, survey: GpuSurvey) -> None:
+        self._survey = survey
+
+    def survey(self) -> GpuSurvey:
+        return self._survey
 
 
 def _gib(size: int) -> str:

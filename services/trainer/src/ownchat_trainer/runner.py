@@ -45,7 +45,12 @@ from typing import IO, Any, Literal
 
 from ownchat.artifacts import ArtifactStore
 from ownchat.errors import FailedPreconditionError, OwnchatError
-from ownchat_trainer.placement import GpuProbe, Placement, choose_devices
+from ownchat_trainer.placement import (
+    GpuProbe,
+    Placement,
+    Strategy,
+    choose_training_devices,
+)
 from ownchat_trainer.processes import (
     children_of,
     exit_description,
@@ -94,7 +99,8 @@ class RunnerOptions:
     """How the runner starts workers.
 
     ``gpus_per_job``: GPUs a job takes when the machine has them (one worker
-    process a GPU, under torchrun when more than one). ``cpu_processes``:
+    process a GPU, under torchrun when more than one; sharded with FSDP when
+    no one GPU could hold the job, ``placement.choose_training_devices``). ``cpu_processes``:
     worker processes of a job on a machine without a GPU (more than one runs
     torchrun with gloo). ``stop_grace_seconds``: how long a worker asked to
     pause, or stopped with the service, may take to save its checkpoint before
@@ -353,7 +359,8 @@ class JobRunner:
             if placement is None:
                 return
             spec_path = job_dir / SPEC_NAME
-            spec_path.write_text(self._spec(job, base_dir, output_dir).to_json())
+            spec = self._spec(job, base_dir, output_dir, placement.strategy)
+            spec_path.write_text(spec.to_json())
             command, env, processes = self._launch(placement, spec_path)
             with (job_dir / LOG_NAME).open("a") as log:
                 with self._lock:
@@ -362,6 +369,8 @@ class JobRunner:
                     message = f"running on {placement.device}" + (
                         f" ({processes} processes)" if processes > 1 else ""
                     )
+                    if placement.strategy == "fsdp":
+                        message += f"; the training state is sharded: {placement.reason}"
                     job = self._store.set_state(
                         job.id, JobState.RUNNING, message, device=placement.device
                     )
@@ -394,22 +403,25 @@ class JobRunner:
     def _place(self, job: Job, base_dir: Path) -> Placement | None:
         """Where the job runs now; None when it waits (retried) or cannot run (failed)."""
         h = job.hyperparameters
-        try:
-            required = training_bytes(
+        processes = self._options.gpus_per_job
+
+        def required(shards: int) -> int:
+            return training_bytes(
                 base_dir,
                 adapter=job.trains_adapter,
                 dpo=job.method is TrainingMethod.DPO,
                 batch_size=h.batch_size,
                 max_seq_length=h.max_seq_length,
-                processes=self._options.gpus_per_job,
+                processes=processes,
+                shards=shards,
             )
+
+        try:
+            placement = choose_training_devices(required, processes, probe=self._options.gpu_probe)
         except (OSError, ValueError, KeyError) as error:
             raise FailedPreconditionError(
                 f"the base model's files cannot be read: {error}"
             ) from None
-        placement = choose_devices(
-            required, wanted=self._options.gpus_per_job, probe=self._options.gpu_probe
-        )
         if placement.kind == "too_large":
             reason = f"the job does not fit this machine's GPUs; {placement.reason}"
             self._finish_failed(job, reason)
@@ -423,7 +435,7 @@ class JobRunner:
             return None
         return placement
 
-    def _spec(self, job: Job, base_dir: Path, output_dir: Path) -> WorkerSpec:
+    def _spec(self, job: Job, base_dir: Path, output_dir: Path, strategy: Strategy) -> WorkerSpec:
         h = job.hyperparameters
         return WorkerSpec(
             job_id=job.id,
@@ -445,6 +457,7 @@ class JobRunner:
             dpo_beta=h.dpo_beta if job.method is TrainingMethod.DPO else 0.1,
             deterministic=self._options.deterministic,
             torch_threads=self._options.torch_threads,
+            strategy=strategy,
         )
 
     def _launch(

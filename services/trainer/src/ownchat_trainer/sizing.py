@@ -57,12 +57,14 @@ def training_bytes(
     batch_size: int,
     max_seq_length: int,
     processes: int = 1,
+    shards: int = 1,
 ) -> int:
     """The bytes of GPU memory each of ``processes`` training processes needs.
 
     ``adapter``: a LoRA adapter trains over the frozen base. ``dpo``: a step
     runs a chosen and a rejected sequence per pair, and full DPO keeps a frozen
-    reference copy. The batch's samples are shared out over the processes.
+    reference copy. The batch's samples are shared out over the processes;
+    the parameter state over ``shards`` of them (FSDP; 1 for whole replicas).
     """
     config: dict[str, Any] = {}
     config_path = model_dir / "config.json"
@@ -78,4 +80,5 @@ def training_bytes(
         num_layers=_config_int(config, "num_hidden_layers", "n_layer", "num_layers"),
         vocab_size=_config_int(config, "vocab_size"),
         reference_model=dpo and not adapter,
+        shards=shards,
     )

@@ -31,10 +31,11 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_type_hints
 
 # Re-exported: the step order and schedule are part of what a worker run is.
 from ownchat_trainer.engine.schedule import batch_order, learning_rate_factor
+from ownchat_trainer.placement import Strategy
 
 # One event a call; see engine.loop for the events.
 Emit = Callable[[dict[str, Any]], None]
@@ -83,6 +84,8 @@ class WorkerSpec:
     keep_checkpoints: int = 2
     deterministic: bool = False
     torch_threads: int | None = None
+    # How several processes share the state (placement.Strategy); one process ignores it.
+    strategy: str = "ddp"
 
     def __post_init__(self) -> None:
         problems = []
@@ -108,6 +111,8 @@ class WorkerSpec:
             problems.append("early_stopping_patience must not be negative")
         if self.torch_threads is not None and self.torch_threads < 1:
             problems.append("torch_threads must be at least 1 when set")
+        if self.strategy not in get_args(Strategy):
+            problems.append(f"strategy must be 'ddp' or 'fsdp', not {self.strategy!r}")
         if problems:
             raise ValueError("invalid worker spec: " + "; ".join(problems))
 

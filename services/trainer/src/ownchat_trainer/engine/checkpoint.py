@@ -4,7 +4,9 @@ A checkpoint is the directory ``<checkpoints_dir>/step-<n>/`` holding:
 
 - ``model/``: whatever the caller's ``write_model`` wrote (a full model or a
   peft adapter, with its tokenizer); the caller loads it back itself;
-- ``optimizer.pt`` and ``scheduler.pt``: their ``state_dict()``;
+- ``optimizer.pt`` and ``scheduler.pt``: their ``state_dict()`` (the worker
+  passes its optimizer as ``distributed.OptimizerByName``: keyed by parameter
+  name and whole, whatever the strategy);
 - ``rng_state.pt``: the random generators' states (python ``random``, torch
   CPU, every CUDA device, numpy's global generator if numpy was imported), one
   entry per data-parallel rank;

@@ -16,7 +16,14 @@ AdamW then see the same gradients on every rank and keep the replicas equal.
 Models whose training state does not fit one GPU: ``wrap_model(..., "fsdp")``
 shards parameters, gradients and optimizer state over the ranks with FSDP2
 (``torch.distributed.fsdp.fully_shard``), one unit per decoder layer. The
-arithmetic of the loss is the same.
+arithmetic of the loss is the same. Every forward of a sharded model is a
+collective (each layer gathers its weights from all ranks), so all ranks must
+run the same number of them: validation runs empty batches to keep in step
+(``sharded_mean(..., lockstep=True)``).
+
+Checkpoints hold the whole model and the optimizer's state keyed by parameter
+name (``gathered_state_dict``, ``gathered_optimizer_state``), gathered on rank
+0 whatever the strategy: a job saved sharded resumes whole and the reverse.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -34,8 +41,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ownchat.chat_template import IGNORE_INDEX
 from ownchat_trainer.batches import EncodedSample
+from ownchat_trainer.placement import Strategy as Strategy
 
-Strategy = Literal["ddp", "fsdp"]
 T = TypeVar("T")
 
 
@@ -208,15 +215,23 @@ def sharded_mean(
     batch_size: int,
     context: DistributedContext,
     terms: Callable[[Sequence[T]], tuple[torch.Tensor, torch.Tensor]],
+    *,
+    lockstep: bool = False,
 ) -> float | None:
     """Sum of numerators over sum of denominators of ``terms`` over every batch of
     ``items``, each rank taking every n-th item; None when the denominator is 0.
 
     For validation losses: ``terms`` gives a batch's (weighted loss sum, weight).
+    ``lockstep`` (a sharded model, whose forward is a collective): every rank
+    runs as many batches as rank 0, which has the most; the others' last one
+    is empty, and ``terms`` must run the model on it and return zeros.
     """
     mine = list(items[context.rank :: context.world_size])
+    batches = -(-len(mine) // batch_size)
+    if lockstep:
+        batches = -(-len(items[0 :: context.world_size]) // batch_size)
     totals = torch.zeros(2, dtype=torch.float64, device=context.device)
-    for start in range(0, len(mine), batch_size):
+    for start in range(0, batches * batch_size, batch_size):
         numerator, denominator = terms(mine[start : start + batch_size])
         totals += torch.stack([numerator.detach().double(), denominator.detach().double()])
     totals = sum_across_ranks(totals, context)
@@ -261,6 +276,13 @@ def wrap_model(
     raise ValueError(f"unknown strategy {strategy!r}; use 'ddp' or 'fsdp'")
 
 
+def is_sharded(model: nn.Module) -> bool:
+    """Whether ``wrap_model`` sharded the model (FSDP): its forward is then a collective."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
     """The model's repeated decoder blocks, the unit FSDP gathers at a time.
 
@@ -284,25 +306,109 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def gathered_state_dict(
-    model: nn.Module, context: DistributedContext
+    model: nn.Module, context: DistributedContext, *, trainable_only: bool = False
 ) -> dict[str, torch.Tensor] | None:
     """The whole model's weights on rank 0, None on the others.
 
     Call it on every rank: under FSDP it gathers the shards (a collective, the
     result offloaded to the CPU). Pass it to ``unwrap(model).save_pretrained(
-    target, state_dict=...)`` on rank 0.
+    target, state_dict=...)`` on rank 0. ``trainable_only``: the weights that
+    train (an adapter's), not the frozen ones.
     """
-    if context.distributed and not isinstance(model, DistributedDataParallel):
+    if is_sharded(model):
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             get_model_state_dict,
         )
 
-        state: dict[str, Any] = get_model_state_dict(
-            model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        options = StateDictOptions(
+            full_state_dict=True, cpu_offload=True, ignore_frozen_params=trainable_only
         )
+        state: dict[str, Any] = get_model_state_dict(model, options=options)
         return state if context.is_main else None
-    return unwrap(model).state_dict() if context.is_main else None
+    if not context.is_main:
+        return None
+    inner = unwrap(model)
+    if not trainable_only:
+        return inner.state_dict()
+    trains = {name for name, parameter in inner.named_parameters() if parameter.requires_grad}
+    return {name: value for name, value in inner.state_dict().items() if name in trains}
+
+
+def gathered_optimizer_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, context: DistributedContext
+) -> dict[str, Any] | None:
+    """The optimizer's whole state on rank 0, keyed by parameter name; None on the others.
+
+    Call it on every rank (under FSDP it gathers the shards). Names rather
+    than positions, and whole rather than sharded, so that
+    :func:`load_optimizer_state` puts it back under any strategy.
+    """
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+    )
+
+    state = get_optimizer_state_dict(
+        model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+    return dict(state) if context.is_main else None
+
+
+def load_optimizer_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+) -> None:
+    """Puts back :func:`gathered_optimizer_state`'s state, sharding it as the model is.
+
+    Call it on every rank with the same ``state``, before the first step. A
+    state keyed by position (``optimizer.state_dict()``, checkpoints written
+    before names were used) loads as it is, unsharded only.
+    """
+    saved = state.get("state") or {}
+    if any(isinstance(key, int) for key in saved):
+        if is_sharded(model):
+            raise ValueError("this checkpoint's optimizer state cannot be sharded; resume it whole")
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_optimizer_state_dict,
+    )
+
+    set_optimizer_state_dict(
+        model, optimizer, state, options=StateDictOptions(full_state_dict=True)
+    )
+
+
+class OptimizerByName:
+    """An optimizer as checkpoints hold it (``checkpoint.Stateful``): its state keyed
+    by parameter name and whole, whatever the strategy.
+
+    Saving: call :meth:`gather` on every rank (a collective under FSDP), then
+    rank 0's ``state_dict`` is what was gathered. Loading shards it again.
+    """
+
+    def __init__(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, context: DistributedContext
+    ) -> None:
+        self._model = model
+        self._optimizer = optimizer
+        self._context = context
+        self._gathered: dict[str, Any] | None = None
+
+    def gather(self) -> None:
+        """Takes the state now, on every rank; rank 0 keeps it for ``state_dict``."""
+        self._gathered = gathered_optimizer_state(self._model, self._optimizer, self._context)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The gathered state, on rank 0 after :meth:`gather`."""
+        if self._gathered is None:
+            raise RuntimeError("gather() the optimizer's state first, on every rank")
+        return self._gathered
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Puts a saved state back (every rank, the same state)."""
+        load_optimizer_state(self._model, self._optimizer, state_dict)
 
 
 def main_only(function: Callable[[T], None], context: DistributedContext) -> Callable[[T], None]:

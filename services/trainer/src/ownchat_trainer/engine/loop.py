@@ -46,6 +46,7 @@ from ownchat_trainer.engine.checkpoint import (
 )
 from ownchat_trainer.engine.distributed import (
     DistributedContext,
+    OptimizerByName,
     barrier,
     gathered_state_dict,
     sum_across_ranks,
@@ -278,9 +279,12 @@ class TrainingLoop:
     def _save(self, step: int, loss: float, best: bool) -> None:
         """Saves a checkpoint of this step (every rank must call it), then prunes."""
         trainee, settings, context = self._trainee, self._settings, self._trainee.context
-        weights = (
-            gathered_state_dict(trainee.model, context) if trainee.model_kind == "full" else None
-        )
+        # Collectives first, on every rank: the weights and the optimizer's state
+        # are gathered whole to rank 0 (from FSDP's shards, or its own replica).
+        adapter = trainee.model_kind == "lora_adapter"
+        weights = gathered_state_dict(trainee.model, context, trainable_only=adapter)
+        optimizer = OptimizerByName(trainee.model, trainee.optimizer, context)
+        optimizer.gather()
         rng_states = None
         if context.distributed:
             gathered: list[Any] = [None] * context.world_size
@@ -290,8 +294,8 @@ class TrainingLoop:
 
             def write_model(directory: Path) -> None:
                 model: Any = unwrap(trainee.model)
-                if trainee.model_kind == "lora_adapter":
-                    save_adapter(model, directory)
+                if adapter:
+                    save_adapter(model, directory, state_dict=weights)
                 else:
                     model.save_pretrained(directory, state_dict=weights)
                 trainee.tokenizer.save_pretrained(directory)
@@ -300,7 +304,7 @@ class TrainingLoop:
                 settings.output_dir,
                 step,
                 write_model,
-                trainee.optimizer,
+                optimizer,
                 trainee.scheduler,
                 self._state,
                 rng_states=rng_states,

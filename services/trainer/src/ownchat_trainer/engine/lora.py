@@ -90,15 +90,16 @@ def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def save_adapter(model: Any, target_dir: Path) -> None:
+def save_adapter(model: Any, target_dir: Path, *, state_dict: dict[str, Any] | None = None) -> None:
     """Writes a ``PeftModel``'s adapter (config and safetensors weights) to ``target_dir``.
 
     ``target_dir`` must not exist or be an empty directory. Only the adapter is
     written, not the base weights; the adapter's config names the base model's
-    directory it was created from.
+    directory it was created from. ``state_dict``: the weights to write when
+    the model's own are shards (``distributed.gathered_state_dict``).
     """
     with _atomic_directory(target_dir) as staging:
-        model.save_pretrained(str(staging), safe_serialization=True)
+        model.save_pretrained(str(staging), safe_serialization=True, state_dict=state_dict)
 
 
 def merge_adapter(base_model_dir: Path, adapter_dir: Path, target_dir: Path) -> None:

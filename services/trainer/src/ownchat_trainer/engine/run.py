@@ -40,6 +40,7 @@ from ownchat_trainer.engine.checkpoint import (
 )
 from ownchat_trainer.engine.distributed import (
     DistributedContext,
+    OptimizerByName,
     barrier,
     init_from_env,
     main_only,
@@ -144,7 +145,12 @@ def _run(
             gc.collect()
             if on_cuda:
                 torch.cuda.empty_cache()
-    model = wrap_model(_trainable_model(spec, resume, attention, context, base), context, "ddp")
+    # A sharded model stays on the CPU until ``fully_shard`` moves each rank's
+    # shard to its GPU: no rank ever holds the whole model there.
+    sharded = context.distributed and spec.strategy == "fsdp"
+    place = torch.device("cpu") if sharded and base is None else context.device
+    trainable = _trainable_model(spec, resume, attention, context, base, place)
+    model = wrap_model(trainable, context, "fsdp" if sharded else "ddp")
     objective: Objective
     if spec.method == "dpo":
         objective = DpoObjective(
@@ -181,7 +187,8 @@ def _run(
     state = TrainingState()
     if resume is not None:
         # Last: it also restores the random generators.
-        state = load_checkpoint(resume, optimizer, scheduler, rank=context.rank)
+        named = OptimizerByName(model, optimizer, context)
+        state = load_checkpoint(resume, named, scheduler, rank=context.rank)
         order = skip_batches(order, state.batches_consumed)
 
     settings = LoopSettings(
@@ -220,14 +227,16 @@ def _trainable_model(
     attention: str,
     context: DistributedContext,
     base: Any | None,
+    place: torch.device,
 ) -> Any:
-    """The model to train, on its device, in train mode: as the checkpoint has it, if any.
+    """The model to train, on ``place``, in train mode: as the checkpoint has it, if any.
 
     ``base`` is the base model when already loaded (unchanged).
     """
+    device = context.device
     if spec.uses_lora:
-        model = base if base is not None else _load(spec.base_model_dir, attention, context.device)
-        model.to(context.device)
+        model = base if base is not None else _load(spec.base_model_dir, attention, device)
+        model.to(place)
         if resume is not None:
             from peft import PeftModel
 
@@ -236,10 +245,10 @@ def _trainable_model(
             alpha = spec.lora_alpha or 2.0 * spec.lora_rank
             model = add_lora(model, LoraSettings(rank=spec.lora_rank, alpha=alpha))
     elif resume is not None:
-        model = _load(resume / MODEL_DIR, attention, context.device)
+        model = _load(resume / MODEL_DIR, attention, device)
     else:
-        model = base if base is not None else _load(spec.base_model_dir, attention, context.device)
-    model.to(context.device)
+        model = base if base is not None else _load(spec.base_model_dir, attention, device)
+    model.to(place)
     model.train()
     return model
 
@@ -319,10 +328,13 @@ def _describe(
     spec: WorkerSpec, context: DistributedContext, samples: int, dropped: int, validation: int
 ) -> str:
     unit = "pairs" if spec.method == "dpo" else "samples"
+    sharded = context.distributed and spec.strategy == "fsdp"
     batches = "packed" if spec.packing and spec.method != "dpo" else "padded"
     return (
         f"{spec.method} on {_device_name(context)}"
-        + (f" ({context.world_size} processes)" if context.distributed else "")
+        + (f" ({context.world_size} processes" if context.distributed else "")
+        + (", training state sharded with FSDP" if sharded else "")
+        + (")" if context.distributed else "")
         + f": {samples} {unit}"
         + (f" ({dropped} dropped: nothing to learn within the length)" if dropped else "")
         + f", {validation} validation {unit}, {spec.max_steps} steps of {spec.batch_size} "

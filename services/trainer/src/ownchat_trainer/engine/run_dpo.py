@@ -24,6 +24,7 @@ from ownchat_trainer.batches import EncodedSample
 from ownchat_trainer.engine.distributed import (
     DistributedContext,
     global_loss,
+    is_sharded,
     shard_indices,
     sharded_mean,
     sum_across_ranks,
@@ -136,13 +137,18 @@ class DpoObjective:
         """The mean DPO loss over the validation pairs; each rank takes every n-th pair."""
         if not self._validation:
             return None
-        model = unwrap(self._model)
+        # As SFT's validation: around DDP's wrapper, in lockstep when sharded
+        # (an empty batch scores an idle pair).
+        lockstep = is_sharded(self._model)
+        model = self._model if lockstep else unwrap(self._model)
 
         def terms(pairs: Sequence[EncodedPair]) -> tuple[torch.Tensor, torch.Tensor]:
             loss_sum, count, _, _ = self._terms(model, pairs)
             return loss_sum, count
 
-        return sharded_mean(self._validation, self._batch_size, self._context, terms)
+        return sharded_mean(
+            self._validation, self._batch_size, self._context, terms, lockstep=lockstep
+        )
 
     def _terms(
         self, model: Any, pairs: Sequence[EncodedPair]

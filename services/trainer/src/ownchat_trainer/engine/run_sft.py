@@ -20,6 +20,8 @@ from ownchat_trainer.batches import EncodedSample, collate, weighted_loss_terms
 from ownchat_trainer.engine.distributed import (
     DistributedContext,
     global_loss,
+    idle_sample,
+    is_sharded,
     local_share,
     sharded_mean,
     unwrap,
@@ -78,14 +80,19 @@ class SftObjective:
         """The weighted mean loss over the validation split; each rank takes every n-th sample."""
         if not self._validation:
             return None
-        # Not through the DDP wrapper: ranks may run different numbers of batches.
-        model = unwrap(self._model)
+        # Ranks may run different numbers of batches: not through DDP's wrapper,
+        # whose forward waits for every rank. A sharded model's forward does
+        # too, and has no other: then every rank runs as many (some empty).
+        lockstep = is_sharded(self._model)
+        model = self._model if lockstep else unwrap(self._model)
 
         def terms(batch: Sequence[EncodedSample]) -> tuple[torch.Tensor, torch.Tensor]:
-            loss_sum, weight, _ = self._loss_terms(model, batch)
+            loss_sum, weight, _ = self._loss_terms(model, batch or [idle_sample(self._pad)])
             return loss_sum, weight
 
-        return sharded_mean(self._validation, self._batch_size, self._context, terms)
+        return sharded_mean(
+            self._validation, self._batch_size, self._context, terms, lockstep=lockstep
+        )
 
     def _pack(self, samples: Sequence[EncodedSample]) -> PackedBatch:
         return pack_samples(
