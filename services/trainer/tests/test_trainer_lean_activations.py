@@ -12,7 +12,12 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from ownchat_trainer.engine.lean_activations import apply_lean_activations, silu_mul_linear
+from ownchat_trainer.engine.lean_activations import (
+    _lean_layer_forward,
+    add_norm,
+    apply_lean_activations,
+    silu_mul_linear,
+)
 from ownchat_trainer.engine.lora import LoraSettings, add_lora
 
 HIDDEN, INTERMEDIATE, LAYERS, TOKENS = 64, 160, 3, 96
@@ -102,11 +107,56 @@ def test_lean_model_keeps_fewer_bytes_for_the_backward() -> None:
     # Under bf16 autocast: q, k, v share one cast of their norm's output instead of
     # three, gate and up one instead of two (3 hidden-size copies fewer); the MLP
     # keeps gate and up but neither silu's output nor the product (2 widths fewer).
+    # The second norm's fp32 input and normalised output, and its rsqrt (one
+    # float a token), give way to the attention's bf16 output.
+    add_norm = 2 * HIDDEN * 4 + 4 - HIDDEN * 2
     fewer = saved_bytes(reference, bf16_autocast) - saved_bytes(lean, bf16_autocast)
-    assert fewer == LAYERS * TOKENS * (3 * HIDDEN + 2 * INTERMEDIATE) * 2
-    # In float32 there is no cast to share: only the MLP's two widths.
+    assert fewer == LAYERS * TOKENS * ((3 * HIDDEN + 2 * INTERMEDIATE) * 2 + add_norm)
+    # In float32 there is no cast to share: the MLP's two widths, and the second
+    # norm's two widths and rsqrt against the attention's fp32 output.
     fewer_fp32 = saved_bytes(reference, nullcontext) - saved_bytes(lean, nullcontext)
-    assert fewer_fp32 == LAYERS * TOKENS * 2 * INTERMEDIATE * 4
+    assert fewer_fp32 == LAYERS * TOKENS * (2 * INTERMEDIATE * 4 + HIDDEN * 4 + 4)
+
+
+@pytest.mark.parametrize("autocast", [nullcontext, bf16_autocast], ids=["fp32", "bf16-autocast"])
+@pytest.mark.parametrize("frozen", [(), ("residual",), ("residual", "weight")])
+def test_add_norm_matches_autograd_whatever_is_frozen(
+    autocast: Callable[[], AbstractContextManager[Any]], frozen: tuple[str, ...]
+) -> None:
+    """The add and norm recomputed in the backward against autograd's own, with the
+    layer's input or the norm's weight frozen (an adapter's base)."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    results = []
+    for lean in (False, True):
+        torch.manual_seed(4)
+        norm = LlamaRMSNorm(HIDDEN)
+        with torch.no_grad():
+            norm.weight.normal_(1.0, 0.1)
+        norm.weight.requires_grad_("weight" not in frozen)
+        residual = torch.randn(2, 9, HIDDEN, requires_grad="residual" not in frozen)
+        delta = torch.randn(2, 9, HIDDEN, requires_grad=True)
+        with autocast():
+            # A linear layer's output: bf16 under autocast, as the attention's is.
+            attended = torch.nn.functional.linear(delta, torch.eye(HIDDEN))
+            total, normed = (
+                add_norm(residual, attended, norm) if lean else (residual + attended, None)
+            )
+            if normed is None:
+                normed = norm(total)
+        (total.square().mean() + (normed * normed.detach().sin()).sum()).backward()
+        grads = [t.grad for t in (residual, delta, norm.weight) if t.requires_grad]
+        results.append((total.detach(), normed.detach(), grads))
+    (total_ref, normed_ref, grads_ref), (total_lean, normed_lean, grads_lean) = results
+    assert torch.equal(total_lean, total_ref) and torch.equal(normed_lean, normed_ref)
+    assert len(grads_lean) == len(grads_ref) == 3 - len(frozen)
+    for got, want in zip(grads_lean, grads_ref, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_every_layer_of_a_llama_model_runs_the_lean_forward() -> None:
+    _, lean = reference_and_lean()
+    assert all(layer.forward.__func__ is _lean_layer_forward for layer in lean.model.layers)
 
 
 def test_silu_mul_linear_matches_autograd_with_a_bias() -> None:

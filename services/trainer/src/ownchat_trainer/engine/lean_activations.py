@@ -21,9 +21,17 @@ keeps, besides what attention and the norms themselves need:
   the backward instead. I values fewer (2·I without Liger's SwiGLU, where
   the plain ``silu`` and product also keep the activation's output).
 
-For SmolLM2-135M (H 576, I 1536) that is 6.4 KiB of about 22 KiB a token and
-layer. Attention's inputs and output, the norms' fp32 inputs and the gate and
-up projections stay: recomputing those would cost matrix products.
+- **The sum ahead of the second norm.** The attention's output joins the fp32
+  residual stream, and the second norm keeps that fp32 sum (and, without
+  Liger, its normalised fp32 output). :class:`AddNorm` keeps the attention's
+  bf16 output instead and recomputes the sum and the norm in the backward
+  (two elementwise kernels); the residual it also needs is the layer's input,
+  which the first norm keeps already. 2·H bytes fewer with Liger's RMSNorm,
+  6·H without.
+
+For SmolLM2-135M (H 576, I 1536) that is 7.5 KiB of about 22 KiB a token and
+layer. Attention's inputs, the layer's fp32 input and the gate and up
+projections stay: recomputing those would cost matrix products.
 
 The architectures are those whose decoder layer is Llama's (norm, attention,
 norm, SwiGLU MLP): a norm's output there feeds only linear layers, which is
@@ -33,6 +41,7 @@ what makes the early cast exact. Others are left as they are.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import types
 from typing import Any
 
@@ -71,6 +80,8 @@ def apply_lean_activations(model: Any) -> bool:
             for reader in readers:
                 reader.register_forward_pre_hook(_read_shared_copy)
         mlp.forward = types.MethodType(_lean_mlp_forward, mlp)
+        if _takes_plain_arguments(layer):
+            layer.forward = types.MethodType(_lean_layer_forward, layer)
     return True
 
 
@@ -89,6 +100,120 @@ _QKV = ("q_proj", "k_proj", "v_proj")
 _MLP = ("gate_proj", "up_proj", "down_proj")
 # The attribute of a norm's output that holds its one autocast copy.
 _SHARED_COPY = "_ownchat_autocast_copy"
+
+
+# The arguments of the decoder layers' forward this module reproduces (transformers
+# 5.x: Llama, Mistral, Qwen2 and Qwen3 share it); another forward is left alone.
+_LAYER_ARGUMENTS = (
+    "self",
+    "hidden_states",
+    "attention_mask",
+    "position_ids",
+    "past_key_values",
+    "use_cache",
+    "position_embeddings",
+    "kwargs",
+)
+
+
+def _takes_plain_arguments(layer: nn.Module) -> bool:
+    return tuple(inspect.signature(type(layer).forward).parameters) == _LAYER_ARGUMENTS
+
+
+def _lean_layer_forward(
+    self: Any,
+    hidden_states: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+    past_key_values: Any = None,
+    use_cache: bool | None = False,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """A Llama-style decoder layer's forward (bound to it in place of its own), the
+    attention's residual add and the second norm through :class:`AddNorm`."""
+    residual = hidden_states
+    hidden_states = self.input_layernorm(hidden_states)
+    attended, _ = self.self_attn(
+        hidden_states=hidden_states,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        past_key_values=past_key_values,
+        use_cache=use_cache,
+        position_embeddings=position_embeddings,
+        **kwargs,
+    )
+    residual, hidden_states = add_norm(residual, attended, self.post_attention_layernorm)
+    hidden_states = self.mlp(hidden_states)
+    result: torch.Tensor = residual + hidden_states
+    return result
+
+
+def add_norm(
+    residual: torch.Tensor, delta: torch.Tensor, norm: nn.Module
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``total = residual + delta`` and ``norm(total)``, keeping ``residual`` and ``delta``
+    for the backward instead of what the sum and the norm would keep.
+
+    ``norm`` runs as its module is called, hooks included (the shared autocast
+    copy of its output), and its weight gets its gradient.
+    """
+    weight = getattr(norm, "weight", None)
+    if not isinstance(weight, torch.Tensor) or not torch.is_grad_enabled():
+        total = residual + delta
+        return total, norm(total)
+    total, normed = AddNorm.apply(residual, delta, weight, norm)
+    _attach_autocast_copy(norm, (total,), normed)
+    return total, normed
+
+
+class AddNorm(torch.autograd.Function):
+    """The residual add and the norm after it, recomputed in the backward."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        residual: torch.Tensor,
+        delta: torch.Tensor,
+        weight: torch.Tensor,
+        norm: nn.Module,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx.save_for_backward(residual, delta)
+        ctx.norm = norm
+        device_type = residual.device.type
+        ctx.autocast = (
+            device_type,
+            torch.is_autocast_enabled(device_type),
+            torch.get_autocast_dtype(device_type),
+        )
+        total = residual + delta
+        return total, norm.forward(total)
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad_total: torch.Tensor, grad_normed: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, None]:
+        residual, delta = ctx.saved_tensors
+        norm = ctx.norm
+        device_type, enabled, dtype = ctx.autocast
+        with torch.enable_grad(), torch.autocast(device_type, dtype=dtype, enabled=enabled):
+            residual_leaf = residual.detach().requires_grad_(ctx.needs_input_grad[0])
+            delta_leaf = delta.detach().requires_grad_(ctx.needs_input_grad[1])
+            total = residual_leaf + delta_leaf
+            normed = norm.forward(total)
+        wanted = [
+            (index, tensor)
+            for index, tensor in enumerate((residual_leaf, delta_leaf, norm.weight))
+            if ctx.needs_input_grad[index]
+        ]
+        grads: list[torch.Tensor | None] = [None, None, None]
+        if wanted:
+            found = torch.autograd.grad(
+                (total, normed), [tensor for _, tensor in wanted], (grad_total, grad_normed)
+            )
+            for (index, _), grad in zip(wanted, found, strict=True):
+                grads[index] = grad
+        return grads[0], grads[1], grads[2], None
 
 
 def _attach_autocast_copy(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
