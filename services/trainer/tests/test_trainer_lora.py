@@ -12,6 +12,7 @@ from ownchat_trainer.batches import collate, encode_samples, weighted_loss_terms
 from ownchat_trainer.engine.lora import (
     LoraSettings,
     add_lora,
+    hold_frozen_linear_weights_in,
     merge_adapter,
     save_adapter,
     trainable_parameters,
@@ -128,6 +129,44 @@ def test_training_moves_the_outputs_but_not_the_base_weights(base_dir: Path) -> 
         if name in base_before:
             assert torch.equal(p, base_before[name]), name
     assert not torch.allclose(logits_of(model, batch), logits_before, atol=1e-3)
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["own-output-layer", "tied-embeddings"])
+def test_frozen_weights_held_in_bf16_change_nothing_under_bf16_autocast(
+    base_dir: Path, tied: bool
+) -> None:
+    """The base's linear weights cast once to bf16: the loss and the adapter's gradients
+    are those of float32 weights cast by autocast at every forward. An output layer
+    tied to the embeddings (SmolLM2's) stays float32 with them."""
+    batch = batch_of(base_dir)
+    results = []
+    for cast in (False, True):
+        torch.manual_seed(0)
+        base = load(base_dir)
+        if tied:
+            base.lm_head.weight = base.get_input_embeddings().weight
+        model = add_lora(base, LoraSettings(rank=4, alpha=8.0))
+        # peft starts B at zero: move it so the adapters change the output.
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.data.normal_(0, 0.1)
+        if cast:
+            layers = hold_frozen_linear_weights_in(model, torch.bfloat16)
+            # Seven adapted projections a layer, and the output layer unless tied.
+            assert layers == 7 * model.config.num_hidden_layers + (0 if tied else 1)
+            assert all(p.dtype == torch.float32 for p in trainable_parameters(model))
+            assert model.get_input_embeddings().weight.dtype == torch.float32
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            loss_sum, weight = weighted_loss_terms(logits, batch.labels, batch.weights)
+        (loss_sum / weight).backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+        results.append((float((loss_sum / weight).detach()), grads))
+    (loss, grads), (cast_loss, cast_grads) = results
+    assert cast_loss == loss
+    assert cast_grads.keys() == grads.keys()
+    for name, grad in grads.items():
+        assert torch.equal(cast_grads[name], grad), name
 
 
 def test_save_and_merge_round_trip(base_dir: Path, tmp_path: Path) -> None:

@@ -34,7 +34,9 @@ FULL_BYTES_PER_PARAMETER = 16
 """Full fine-tuning with AdamW: fp32 weights (4, also the master copy bf16
 autocast reads from), fp32 gradients (4), and AdamW's two fp32 moments (4 + 4)."""
 FROZEN_BYTES_PER_PARAMETER = 2
-"""A frozen weight held in bf16: LoRA's base model, DPO's reference model."""
+"""A frozen weight held in bf16: LoRA's base model (its linear layers, cast once on
+a GPU by ``lora.hold_frozen_linear_weights_in``; the embeddings and norms, a small
+share, stay float32), DPO's reference model."""
 DEFAULT_LORA_TRAINABLE_SHARE = 0.02
 """LoRA of rank 16 on every linear layer trains about 0.5-4 % of a 0.1-10 B
 model's parameters; used when the caller does not count them."""

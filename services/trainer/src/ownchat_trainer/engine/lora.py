@@ -85,6 +85,31 @@ def add_lora(model: Any, settings: LoraSettings) -> Any:
     return get_peft_model(model, config)
 
 
+def hold_frozen_linear_weights_in(model: torch.nn.Module, dtype: torch.dtype) -> int:
+    """Casts the weights (and biases) of every frozen linear layer to ``dtype``, in
+    place; returns how many layers it cast.
+
+    For an adapter trained under autocast to ``dtype``: autocast casts a linear
+    layer's weight to that dtype at every forward anyway, with the same
+    rounding, so the numbers do not change; the frozen base then takes half
+    the memory of float32, and the per-step casts go. Embeddings and norms
+    stay as they are (their outputs feed the float32 residual stream), and so
+    does an output layer that shares its weight with the embeddings.
+    """
+    linear = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    others = [m for m in model.modules() if type(m) is not torch.nn.Linear]
+    shared = {id(p) for module in others for p in module.parameters(recurse=False)}
+    cast = 0
+    for module in linear:
+        if module.weight.requires_grad or id(module.weight) in shared:
+            continue
+        if module.bias is not None and module.bias.requires_grad:
+            continue
+        module.to(dtype)
+        cast += 1
+    return cast
+
+
 def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     """The parameters that require grad: what the optimizer should be given."""
     return [p for p in model.parameters() if p.requires_grad]

@@ -49,7 +49,12 @@ from ownchat_trainer.engine.distributed import (
 )
 from ownchat_trainer.engine.dpo import encode_preferences
 from ownchat_trainer.engine.loop import Emit, LoopSettings, Objective, Trainee, TrainingLoop
-from ownchat_trainer.engine.lora import LoraSettings, add_lora, trainable_parameters
+from ownchat_trainer.engine.lora import (
+    LoraSettings,
+    add_lora,
+    hold_frozen_linear_weights_in,
+    trainable_parameters,
+)
 from ownchat_trainer.engine.run_dpo import DpoObjective, with_reference
 from ownchat_trainer.engine.run_sft import SftObjective
 from ownchat_trainer.engine.schedule import batch_order, learning_rate_factor
@@ -114,6 +119,8 @@ def _run(
     on_cuda = context.device.type == "cuda"
     autocast = _autocast(context.device)
     attention = _attention(context.device, spec.packing and spec.method != "dpo")
+    # Under bf16 autocast an adapter's frozen base computes the same in bf16.
+    hold_frozen_in_bf16 = spec.uses_lora and autocast is not nullcontext
     resumed_from = None
     if resume is not None:
         resumed_from = TrainingState.from_json((resume / STATE_FILE).read_text("utf-8")).step
@@ -126,6 +133,7 @@ def _run(
             + f", attention {attention}"
             + (", Liger Kernel layers" if fused_kernels.available(context.device) else "")
             + (", bf16 autocast" if autocast is not nullcontext else "")
+            + (", frozen base weights in bf16" if hold_frozen_in_bf16 else "")
             + (f"; resuming from step {resumed_from}" if resume is not None else ""),
             "resumed_from_step": resumed_from,
         }
@@ -150,6 +158,8 @@ def _run(
     sharded = context.distributed and spec.strategy == "fsdp"
     place = torch.device("cpu") if sharded and base is None else context.device
     trainable = _trainable_model(spec, resume, attention, context, base, place)
+    if hold_frozen_in_bf16:
+        hold_frozen_linear_weights_in(trainable, torch.bfloat16)
     model = wrap_model(trainable, context, "fsdp" if sharded else "ddp")
     objective: Objective
     if spec.method == "dpo":
