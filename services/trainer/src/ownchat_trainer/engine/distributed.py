@@ -344,6 +344,8 @@ def gathered_optimizer_state(
     than positions, and whole rather than sharded, so that
     :func:`load_optimizer_state` puts it back under any strategy.
     """
+    if not context.is_main and not is_sharded(model):
+        return None  # a replica's state is rank 0's: nothing to take part in
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         get_optimizer_state_dict,

@@ -155,8 +155,9 @@ def add_norm(
     """``total = residual + delta`` and ``norm(total)``, keeping ``residual`` and ``delta``
     for the backward instead of what the sum and the norm would keep.
 
-    ``norm`` runs as its module is called, hooks included (the shared autocast
-    copy of its output), and its weight gets its gradient.
+    ``norm``'s forward runs without its module hooks; the shared autocast copy
+    of its output, which a hook would attach, is attached here. Its weight
+    gets its gradient.
     """
     weight = getattr(norm, "weight", None)
     if not isinstance(weight, torch.Tensor) or not torch.is_grad_enabled():

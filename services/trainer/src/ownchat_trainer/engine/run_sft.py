@@ -81,8 +81,8 @@ class SftObjective:
         if not self._validation:
             return None
         # Ranks may run different numbers of batches: not through DDP's wrapper,
-        # whose forward waits for every rank. A sharded model's forward does
-        # too, and has no other: then every rank runs as many (some empty).
+        # whose forward waits for every rank. A sharded model has no forward
+        # but its own, which waits too: then every rank runs as many (some empty).
         lockstep = is_sharded(self._model)
         model = self._model if lockstep else unwrap(self._model)
 
