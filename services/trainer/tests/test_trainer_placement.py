@@ -201,13 +201,36 @@ def test_lora_costs_the_frozen_bf16_base_plus_the_adapter() -> None:
     ) == estimate_training_memory(billion, "lora")
 
 
+def test_lora_counts_the_float32_embedding_and_fsdp_its_gathered_units() -> None:
+    shape = {"hidden_size": 2048, "num_layers": 16, "vocab_size": 128256}
+    embedding = 128256 * 2048
+    plain = estimate_training_memory(1_235_814_400, "lora", trainable_parameters=0)
+    shaped = estimate_training_memory(1_235_814_400, "lora", trainable_parameters=0, **shape)
+    assert shaped.weights - plain.weights == 2 * embedding
+    # Without the layers' size from the weight files, the embedding is the root and
+    # the rest shared evenly over the layers.
+    layer = (1_235_814_400 - embedding) // 16
+    sharded = estimate_training_memory(
+        1_235_814_400, "lora", trainable_parameters=0, shards=2, **shape
+    )
+    assert sharded.weights == shaped.weights // 2 + 2 * (embedding + 2 * layer) + 2 * embedding
+    # Knowing nothing of the layers, the whole model counts as gathered whole.
+    blind = estimate_training_memory(1000, "full", shards=2)
+    assert (blind.weights, blind.gradients) == (2000 + 4 * 1000, 2000 + 4 * 1000)
+
+
 def test_activations_from_the_shapes_and_fsdp_shards() -> None:
     shaped = estimate_training_memory(
         1000, "full", tokens_per_step=2048, hidden_size=576, num_layers=30, vocab_size=49152
     )
     assert shaped.activations == 34 * 2048 * 30 * 576 + 10 * 2048 * 49152
-    sharded = estimate_training_memory(1000, "full", shards=4)
-    assert (sharded.weights, sharded.optimizer) == (1000, 2000)
+    sharded = estimate_training_memory(1000, "full", shards=4, num_layers=10, layer_parameters=90)
+    assert sharded.optimizer == 2000
+    # A quarter of the weights, and whole while a step runs: the root unit's 100
+    # and two layers' 90 each; the gradients of the root and one layer before
+    # they are reduce-scattered.
+    assert sharded.weights == 1000 + 4 * (100 + 2 * 90)
+    assert sharded.gradients == 1000 + 4 * (100 + 90)
     with pytest.raises(ValueError):
         estimate_training_bytes(1000, "qlora")  # type: ignore[arg-type]
     with pytest.raises(ValueError):

@@ -8,13 +8,15 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from ownchat_trainer.placement import estimate_training_bytes
-from ownchat_trainer.sizing import count_parameters, training_bytes
+from ownchat_trainer.sizing import count_parameters, parameter_counts, training_bytes
 
 
 def test_parameters_are_counted_from_the_safetensors_headers(model_root: Path) -> None:
     directory = model_root / "tiny-chat"
     model = AutoModelForCausalLM.from_pretrained(directory, use_safetensors=True)
     assert count_parameters(directory) == sum(p.numel() for p in model.parameters())
+    layers = [sum(p.numel() for p in layer.parameters()) for layer in model.model.layers]
+    assert parameter_counts(directory).largest_layer == max(layers)
 
 
 def test_the_estimate_follows_the_method_and_the_batch(model_root: Path) -> None:

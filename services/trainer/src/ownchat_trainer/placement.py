@@ -35,8 +35,9 @@ FULL_BYTES_PER_PARAMETER = 16
 autocast reads from), fp32 gradients (4), and AdamW's two fp32 moments (4 + 4)."""
 FROZEN_BYTES_PER_PARAMETER = 2
 """A frozen weight held in bf16: LoRA's base model (its linear layers, cast once on
-a GPU by ``lora.hold_frozen_linear_weights_in``; the embeddings and norms, a small
-share, stay float32), DPO's reference model."""
+a GPU by ``lora.hold_frozen_linear_weights_in``; the norms and the input
+embedding stay float32, and the estimate counts the embedding's 2 bytes more),
+DPO's reference model."""
 DEFAULT_LORA_TRAINABLE_SHARE = 0.02
 """LoRA of rank 16 on every linear layer trains about 0.5-4 % of a 0.1-10 B
 model's parameters; used when the caller does not count them."""
@@ -100,12 +101,17 @@ def estimate_training_memory(
     vocab_size: int | None = None,
     reference_model: bool = False,
     shards: int = 1,
+    layer_parameters: int | None = None,
 ) -> MemoryEstimate:
     """The GPU memory one training process needs, by kind; see ``estimate_training_bytes``."""
     if parameters < 0:
         raise ValueError(f"parameters must be >= 0, got {parameters}")
     if shards < 1:
         raise ValueError(f"shards must be >= 1, got {shards}")
+    # The input embedding's table stays float32 even where the rest of a frozen
+    # base is held in bf16 (``lora.hold_frozen_linear_weights_in`` casts linear
+    # layers only).
+    embedding = min(vocab_size * hidden_size, parameters) if vocab_size and hidden_size else 0
     if method == "full":
         weights = 4 * parameters
         gradients = 4 * parameters
@@ -113,6 +119,7 @@ def estimate_training_memory(
         # A full DPO run keeps the starting model, frozen, as its reference.
         if reference_model:
             weights += FROZEN_BYTES_PER_PARAMETER * parameters
+        weight_bytes, trainable_share = 4, 1.0
     elif method == "lora":
         trainable = (
             math.ceil(parameters * DEFAULT_LORA_TRAINABLE_SHARE)
@@ -121,15 +128,25 @@ def estimate_training_memory(
         )
         # The adapter trains like a full model; the base is frozen in bf16, and
         # DPO's reference is that base with the adapter switched off: no copy.
-        weights = FROZEN_BYTES_PER_PARAMETER * parameters + 4 * trainable
+        weights = FROZEN_BYTES_PER_PARAMETER * parameters + 2 * embedding + 4 * trainable
         gradients = 4 * trainable
         optimizer = 8 * trainable
+        weight_bytes = FROZEN_BYTES_PER_PARAMETER
+        trainable_share = trainable / parameters if parameters else 0.0
     else:
         raise ValueError(f"unknown training method {method!r}; use 'full' or 'lora'")
     # FSDP splits the parameter state evenly over the ranks; activations are per rank.
     weights, gradients, optimizer = (
         math.ceil(size / shards) for size in (weights, gradients, optimizer)
     )
+    if shards > 1:
+        root, unit = _fsdp_units(parameters, num_layers, layer_parameters, embedding)
+        # Gathered whole while a step runs: the root's parameters all along (FSDP
+        # does not reshard the root after the forward), the layer computing and
+        # the next one prefetched; and the gradients of the root and of one
+        # layer before they are reduce-scattered.
+        weights += weight_bytes * (root + 2 * unit) + (2 * embedding if method == "lora" else 0)
+        gradients += math.ceil(4 * trainable_share * (root + unit))
     state = weights + gradients + optimizer
     if tokens_per_step and hidden_size and num_layers:
         activations = (
@@ -143,6 +160,19 @@ def estimate_training_memory(
     return MemoryEstimate(weights, gradients, optimizer, activations, overhead)
 
 
+def _fsdp_units(
+    parameters: int, num_layers: int | None, layer_parameters: int | None, embedding: int
+) -> tuple[int, int]:
+    """The parameters of FSDP's root unit (embeddings, final norm, output layer)
+    and of its largest layer unit, from what is known of the model."""
+    if num_layers and layer_parameters:
+        return max(parameters - num_layers * layer_parameters, 0), layer_parameters
+    if num_layers:
+        return embedding, math.ceil(max(parameters - embedding, 0) / num_layers)
+    # Nothing says how the model divides: as if it were all root, gathered whole.
+    return parameters, 0
+
+
 def estimate_training_bytes(
     parameters: int,
     method: Method,
@@ -154,15 +184,18 @@ def estimate_training_bytes(
     vocab_size: int | None = None,
     reference_model: bool = False,
     shards: int = 1,
+    layer_parameters: int | None = None,
 ) -> int:
     """The bytes of GPU memory one training process needs, as a conservative estimate.
 
     - ``"full"``: 16 bytes a parameter (fp32 weights, fp32 gradients, AdamW's
       two fp32 moments); ``reference_model=True`` (full DPO) adds a frozen bf16
       copy, 2 bytes a parameter.
-    - ``"lora"``: 2 bytes a parameter (the frozen base in bf16) plus 16 bytes a
-      trainable adapter parameter (``trainable_parameters``; 2 % of
-      ``parameters`` when not given). DPO's reference is the base itself.
+    - ``"lora"``: 2 bytes a parameter (the frozen base in bf16) and 2 more for
+      each of the input embedding's (``vocab_size`` x ``hidden_size``, which
+      stays float32), plus 16 bytes a trainable adapter parameter
+      (``trainable_parameters``; 2 % of ``parameters`` when not given). DPO's
+      reference is the base itself.
     - Activations: with ``tokens_per_step`` (the tokens of one process's step,
       padding included; for DPO, chosen plus rejected), ``hidden_size`` and
       ``num_layers``, 34 bytes a token, layer and hidden unit (bf16 autocast,
@@ -173,6 +206,11 @@ def estimate_training_bytes(
 
     ``shards`` is the number of FSDP ranks the parameter state is split over
     (1 for one GPU or for DDP, which copies the whole state to every rank).
+    A sharded process also holds, while a step runs, the root unit's weights
+    (everything outside the decoder layers) and two layers' whole, and the
+    gradients of the root and one layer before they are reduce-scattered:
+    ``layer_parameters`` is the largest layer's (from the weight files), else
+    an even share of what the embedding leaves.
     The result is per process, to compare with each chosen GPU's free memory.
     """
     return estimate_training_memory(
@@ -185,6 +223,7 @@ def estimate_training_bytes(
         vocab_size=vocab_size,
         reference_model=reference_model,
         shards=shards,
+        layer_parameters=layer_parameters,
     ).total
 
 

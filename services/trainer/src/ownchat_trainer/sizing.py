@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,22 +23,54 @@ _HEADER_LENGTH = struct.Struct("<Q")
 _MAX_HEADER_BYTES = 100_000_000
 
 
+# The index in a decoder layer's tensor names: Llama's "model.layers.3.mlp...",
+# GPT-2's "transformer.h.3.attn...", and the like.
+_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks)\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class ParameterCounts:
+    """A model's parameters as its safetensors files list them."""
+
+    total: int
+    # The largest decoder layer's, which FSDP gathers whole one or two at a time;
+    # None when no tensor name says which layer it belongs to.
+    largest_layer: int | None
+
+
 def count_parameters(model_dir: Path) -> int:
     """The parameters of every tensor in the directory's ``*.safetensors`` files."""
+    return parameter_counts(model_dir).total
+
+
+def parameter_counts(model_dir: Path) -> ParameterCounts:
+    """Every tensor's parameters in the directory's ``*.safetensors`` files, and the
+    largest decoder layer's."""
     total = 0
+    by_layer: dict[str, int] = {}
     for path in sorted(model_dir.glob("*.safetensors")):
-        with path.open("rb") as handle:
-            prefix = handle.read(_HEADER_LENGTH.size)
-            if len(prefix) < _HEADER_LENGTH.size:
-                raise ValueError(f"{path.name} is not a safetensors file")
-            (length,) = _HEADER_LENGTH.unpack(prefix)
-            if length > _MAX_HEADER_BYTES:
-                raise ValueError(f"{path.name} is not a safetensors file")
-            header: dict[str, Any] = json.loads(handle.read(length))
-        for name, entry in header.items():
-            if name != "__metadata__":
-                total += math.prod(entry["shape"])
-    return total
+        for name, size in _tensor_sizes(path):
+            total += size
+            match = _LAYER_INDEX.search(name)
+            if match is not None:
+                by_layer[match.group(1)] = by_layer.get(match.group(1), 0) + size
+    return ParameterCounts(total, max(by_layer.values()) if by_layer else None)
+
+
+def _tensor_sizes(path: Path) -> list[tuple[str, int]]:
+    with path.open("rb") as handle:
+        prefix = handle.read(_HEADER_LENGTH.size)
+        if len(prefix) < _HEADER_LENGTH.size:
+            raise ValueError(f"{path.name} is not a safetensors file")
+        (length,) = _HEADER_LENGTH.unpack(prefix)
+        if length > _MAX_HEADER_BYTES:
+            raise ValueError(f"{path.name} is not a safetensors file")
+        header: dict[str, Any] = json.loads(handle.read(length))
+    return [
+        (name, math.prod(entry["shape"]))
+        for name, entry in header.items()
+        if name != "__metadata__"
+    ]
 
 
 def _config_int(config: dict[str, Any], *keys: str) -> int | None:
@@ -72,9 +106,11 @@ def training_bytes(
         config = json.loads(config_path.read_text())
     sequences = math.ceil(batch_size / max(processes, 1)) * (2 if dpo else 1)
     method: Method = "lora" if adapter else "full"
+    counts = parameter_counts(model_dir)
     return estimate_training_bytes(
-        count_parameters(model_dir),
+        counts.total,
         method,
+        layer_parameters=counts.largest_layer,
         tokens_per_step=sequences * max_seq_length,
         hidden_size=_config_int(config, "hidden_size", "n_embd", "d_model"),
         num_layers=_config_int(config, "num_hidden_layers", "n_layer", "num_layers"),
