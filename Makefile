@@ -106,6 +106,15 @@ bench-train: setup
 		$(PIP) install -q -r requirements/bench-train-gpu.txt; fi
 	$(PY) benchmarks/train.py
 
+# Where our training step spends its time (a profile, not a benchmark), into PROFILE_DIR.
+PROFILE_DIR ?= benchmarks/profiles
+.PHONY: profile-train
+profile-train: setup
+	$(PIP) install -q -c requirements/constraints.txt -r requirements/bench-train.txt
+	if $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
+		$(PIP) install -q -r requirements/bench-train-gpu.txt; fi
+	$(PY) benchmarks/train_profile.py --output-dir $(PROFILE_DIR)
+
 # The serving benchmark (issue 5): vLLM's offline engine, our gRPC and the gateway's REST.
 .PHONY: bench-serving
 bench-serving: setup

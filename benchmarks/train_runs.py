@@ -279,12 +279,21 @@ def worker_spec_fields() -> set[str]:
 
 
 def run_ours(
-    plan: RunPlan, data: BenchData, samples_per_step: int, packing: bool, output_dir: Path
+    plan: RunPlan,
+    data: BenchData,
+    samples_per_step: int,
+    packing: bool,
+    output_dir: Path,
+    on_step: Callable[[], None] | None = None,
 ) -> RunResult:
-    """Our worker in this process; tokens/s from its "metrics" events of the timed steps."""
+    """Our worker in this process; tokens/s from its "metrics" events of the timed steps.
+
+    ``on_step`` is called after each step's event (a profiler's ``step``).
+    """
     name = "ours" if packing else "ours-unpacked"
     return _guarded(
-        name, lambda: _run_ours(name, plan, data, samples_per_step, packing, output_dir)
+        name,
+        lambda: _run_ours(name, plan, data, samples_per_step, packing, output_dir, on_step),
     )
 
 
@@ -295,6 +304,7 @@ def _run_ours(
     samples_per_step: int,
     packing: bool,
     output_dir: Path,
+    on_step: Callable[[], None] | None = None,
 ) -> RunResult:
     from ownchat_trainer.worker import WorkerSpec, train
 
@@ -332,6 +342,8 @@ def _run_ours(
         events.append(event)
         if event.get("event") == "metrics":
             step_peaks.append(memory.next_step())
+            if on_step is not None:
+                on_step()
 
     with PeakMemory(plan.device) as memory:
         started = time.perf_counter()
