@@ -10,8 +10,16 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
+from ownchat_trainer.engine import lean_activations
 from ownchat_trainer.engine.lean_activations import (
     _lean_layer_forward,
     add_norm,
@@ -38,9 +46,29 @@ def tiny_llama() -> Any:
     return LlamaForCausalLM(config).float()
 
 
-def reference_and_lean() -> tuple[Any, Any]:
+def tiny_qwen2() -> Any:
+    """Qwen2's q, k and v projections have biases."""
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=128,
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        attn_implementation="sdpa",
+    )
+    model = Qwen2ForCausalLM(config).float()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.bias.normal_(0, 0.1)
+    return model
+
+
+def reference_and_lean(build: Callable[[], Any] = tiny_llama) -> tuple[Any, Any]:
     """The same weights twice: as transformers builds the model, and made lean."""
-    reference = tiny_llama()
+    reference = build()
     lean = copy.deepcopy(reference)
     assert apply_lean_activations(lean)
     return reference, lean
@@ -70,11 +98,12 @@ def loss_and_grads(
     return loss.detach(), grads
 
 
+@pytest.mark.parametrize("build", [tiny_llama, tiny_qwen2], ids=["llama", "qwen2-biases"])
 @pytest.mark.parametrize("autocast", [nullcontext, bf16_autocast], ids=["fp32", "bf16-autocast"])
 def test_lean_model_computes_the_same_loss_and_gradients(
-    autocast: Callable[[], AbstractContextManager[Any]],
+    autocast: Callable[[], AbstractContextManager[Any]], build: Callable[[], Any]
 ) -> None:
-    reference, lean = reference_and_lean()
+    reference, lean = reference_and_lean(build)
 
     reference_loss, reference_grads = loss_and_grads(reference, autocast)
     lean_loss, lean_grads = loss_and_grads(lean, autocast)
@@ -104,18 +133,46 @@ def saved_bytes(model: Any, autocast: Callable[[], AbstractContextManager[Any]])
 def test_lean_model_keeps_fewer_bytes_for_the_backward() -> None:
     reference, lean = reference_and_lean()
 
-    # Under bf16 autocast: q, k, v share one cast of their norm's output instead of
-    # three, gate and up one instead of two (3 hidden-size copies fewer); the MLP
-    # keeps gate and up but neither silu's output nor the product (2 widths fewer).
-    # The second norm's fp32 input and normalised output, and its rsqrt (one
-    # float a token), give way to the attention's bf16 output.
+    # Under bf16 autocast: q, k, v keep no cast of their norm's output, gate and up
+    # none of theirs (5 hidden-size copies fewer: made again from the norm's input in
+    # the backward); the MLP keeps gate and up but neither silu's output nor the
+    # product (2 widths fewer). The second norm's fp32 input and normalised output,
+    # and its rsqrt (one float a token), give way to the attention's bf16 output.
     add_norm = 2 * HIDDEN * 4 + 4 - HIDDEN * 2
     fewer = saved_bytes(reference, bf16_autocast) - saved_bytes(lean, bf16_autocast)
-    assert fewer == LAYERS * TOKENS * ((3 * HIDDEN + 2 * INTERMEDIATE) * 2 + add_norm)
-    # In float32 there is no cast to share: the MLP's two widths, and the second
-    # norm's two widths and rsqrt against the attention's fp32 output.
+    assert fewer == LAYERS * TOKENS * ((5 * HIDDEN + 2 * INTERMEDIATE) * 2 + add_norm)
+    # In float32 there is no cast: the two norms' outputs the projections read, the
+    # MLP's two widths, and the second norm's two widths and rsqrt against the
+    # attention's fp32 output.
     fewer_fp32 = saved_bytes(reference, nullcontext) - saved_bytes(lean, nullcontext)
-    assert fewer_fp32 == LAYERS * TOKENS * (2 * INTERMEDIATE * 4 + HIDDEN * 4 + 4)
+    assert fewer_fp32 == LAYERS * TOKENS * (2 * HIDDEN * 4 + 2 * INTERMEDIATE * 4 + HIDDEN * 4 + 4)
+
+
+def test_a_recomputed_norm_output_is_dropped_after_its_last_reader(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    recipes: list[Any] = []
+    original = lean_activations._NormRecipe.__init__
+
+    def record(self: Any, *args: Any) -> None:
+        original(self, *args)
+        recipes.append(self)
+
+    made = []
+    recompute = lean_activations._NormRecipe.recompute
+
+    def count(self: Any, inputs: Any) -> Any:
+        made.append(self._recomputed is None)
+        return recompute(self, inputs)
+
+    monkeypatch.setattr(lean_activations._NormRecipe, "__init__", record)
+    monkeypatch.setattr(lean_activations._NormRecipe, "recompute", count)
+    _, lean = reference_and_lean()
+    loss_and_grads(lean, bf16_autocast)
+    # Two norms a layer, each read by its projections (3 and 2) and made again once.
+    assert len(recipes) == 2 * LAYERS
+    assert len(made) == 5 * LAYERS and sum(made) == 2 * LAYERS
+    assert all(r.pending == 0 and r._recomputed is None for r in recipes)
 
 
 @pytest.mark.parametrize("autocast", [nullcontext, bf16_autocast], ids=["fp32", "bf16-autocast"])

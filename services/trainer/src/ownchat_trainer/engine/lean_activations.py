@@ -9,18 +9,19 @@ keeps, besides what attention and the norms themselves need:
 - **Five bf16 copies of two norms' outputs.** Each RMSNorm returns the
   residual stream's dtype (fp32), and autocast casts that separately for every
   projection that reads it: q, k and v each keep their own bf16 copy of the
-  same values, gate and up theirs. Here the norm's output is cast once, where
-  it is made, and each projection is handed an alias of that one copy
-  (:class:`SharedCast`): they compute with the very values autocast would have
-  given them, and keep one copy between them. Each alias passes its gradient
-  back in fp32, so the projections' gradients still add up in fp32 (a plain
-  shared bf16 tensor would add them in bf16). 3·H values fewer.
+  same values for their weight's gradient, gate and up theirs. Here the
+  norm's output is cast once, where it is made, for all its readers, and none
+  of them keeps it (:class:`NormFedLinear`): they keep the norm's input, which
+  the norm (or :class:`AddNorm`) keeps anyway, and the backward makes the
+  output again from it, once for all its readers (one norm kernel). Each
+  reader passes its gradient back in fp32, so the projections' gradients
+  still add up in fp32. 5·H values fewer (2·H fp32 values in float32, where
+  the readers kept the outputs themselves).
 - **The MLP's product.** SwiGLU keeps gate and up for its own backward, and
   the down projection keeps their product ``silu(gate) * up``, which is one
   elementwise kernel away from them. :class:`SiluMulLinear` recomputes it in
   the backward instead. I values fewer (2·I without Liger's SwiGLU, where
   the plain ``silu`` and product also keep the activation's output).
-
 - **The sum ahead of the second norm.** The attention's output joins the fp32
   residual stream, and the second norm keeps that fp32 sum (and, without
   Liger, its normalised fp32 output). :class:`AddNorm` keeps the attention's
@@ -29,7 +30,7 @@ keeps, besides what attention and the norms themselves need:
   which the first norm keeps already. 2·H bytes fewer with Liger's RMSNorm,
   6·H without.
 
-For SmolLM2-135M (H 576, I 1536) that is 7.5 KiB of about 22 KiB a token and
+For SmolLM2-135M (H 576, I 1536) that is 9.75 KiB of about 22 KiB a token and
 layer. Attention's inputs, the layer's fp32 input and the gate and up
 projections stay: recomputing those would cost matrix products.
 
@@ -76,9 +77,9 @@ def apply_lean_activations(model: Any) -> bool:
             (layer.input_layernorm, (attention.q_proj, attention.k_proj, attention.v_proj)),
             (layer.post_attention_layernorm, (mlp.gate_proj, mlp.up_proj)),
         ):
-            norm.register_forward_hook(_attach_autocast_copy)
+            norm.register_forward_hook(_attach_recipe_hook)
             for reader in readers:
-                reader.register_forward_pre_hook(_read_shared_copy)
+                reader.forward = types.MethodType(_norm_fed_linear_forward, reader)
         mlp.forward = types.MethodType(_lean_mlp_forward, mlp)
         if _takes_plain_arguments(layer):
             layer.forward = types.MethodType(_lean_layer_forward, layer)
@@ -98,8 +99,12 @@ def _llama_shaped(layer: nn.Module) -> bool:
 
 _QKV = ("q_proj", "k_proj", "v_proj")
 _MLP = ("gate_proj", "up_proj", "down_proj")
-# The attribute of a norm's output that holds its one autocast copy.
-_SHARED_COPY = "_ownchat_autocast_copy"
+# Attributes of a norm's output: what its linear readers read (its one autocast
+# copy, or None for the output itself), the tensors it is made from, and how
+# their backward makes it again.
+_NORM_READ = "_ownchat_norm_read"
+_NORM_INPUTS = "_ownchat_norm_inputs"
+_NORM_RECIPE = "_ownchat_norm_recipe"
 
 
 # The arguments of the decoder layers' forward this module reproduces (transformers
@@ -164,7 +169,7 @@ def add_norm(
         total = residual + delta
         return total, norm(total)
     total, normed = AddNorm.apply(residual, delta, weight, norm)
-    _attach_autocast_copy(norm, (total,), normed)
+    _attach_recipe(norm, normed, (residual, delta))
     return total, normed
 
 
@@ -217,38 +222,125 @@ class AddNorm(torch.autograd.Function):
         return grads[0], grads[1], grads[2], None
 
 
-def _attach_autocast_copy(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-    """Under autocast, casts a norm's fp32 output once and keeps the copy on the output."""
-    if not isinstance(output, torch.Tensor) or output.dtype != torch.float32:
+def _attach_recipe_hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+    if args and isinstance(args[0], torch.Tensor):
+        _attach_recipe(module, output, (args[0],))
+
+
+def _attach_recipe(norm: nn.Module, output: Any, inputs: tuple[torch.Tensor, ...]) -> None:
+    """Tells a norm's output how its readers read it and how to make it again.
+
+    ``inputs`` are the norm's input, or the two terms whose sum it is (``add_norm``).
+    Under autocast an fp32 output is cast once, here, for all its readers.
+    """
+    if not isinstance(output, torch.Tensor) or not output.is_floating_point():
         return
     device_type = output.device.type
-    if torch.is_autocast_enabled(device_type):
-        copy = output.detach().to(torch.get_autocast_dtype(device_type))
-        setattr(output, _SHARED_COPY, copy)
+    enabled = torch.is_autocast_enabled(device_type)
+    dtype = torch.get_autocast_dtype(device_type)
+    cast = enabled and output.dtype == torch.float32
+    setattr(output, _NORM_READ, output.detach().to(dtype) if cast else None)
+    setattr(output, _NORM_INPUTS, inputs)
+    setattr(output, _NORM_RECIPE, _NormRecipe(norm, (device_type, enabled, dtype), cast))
 
 
-def _read_shared_copy(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-    """A projection's input swapped for an alias of its norm's autocast copy, if it has one."""
-    if not args or getattr(args[0], _SHARED_COPY, None) is None:
-        return None
-    source = args[0]
-    return (SharedCast.apply(source, getattr(source, _SHARED_COPY)), *args[1:])
+class _NormRecipe:
+    """How the backward makes a norm's output again, as its readers read it.
+
+    The readers' backward recomputes it once for all of them from the norm's
+    input, with the forward's autocast state: the same kernels on the same
+    values give the same bits. ``pending`` counts the readers whose backward
+    has not run yet; the last one drops the recomputed tensor.
+    """
+
+    def __init__(self, norm: nn.Module, autocast: tuple[str, bool, torch.dtype], cast: bool):
+        self.norm = norm
+        self.autocast = autocast
+        self.cast = cast
+        self.pending = 0
+        self._recomputed: torch.Tensor | None = None
+
+    def recompute(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        if self._recomputed is None:
+            device_type, enabled, dtype = self.autocast
+            with torch.no_grad(), torch.autocast(device_type, dtype=dtype, enabled=enabled):
+                total = inputs[0] if len(inputs) == 1 else inputs[0] + inputs[1]
+                normed = self.norm.forward(total)
+            self._recomputed = normed.to(dtype) if self.cast else normed
+        return self._recomputed
+
+    def release(self) -> None:
+        self.pending -= 1
+        if self.pending <= 0:
+            self._recomputed = None
 
 
-class SharedCast(torch.autograd.Function):
-    """``source.to(copy.dtype)`` answered by a view of ``copy``, the cast made once.
+def _norm_fed_linear_forward(self: Any, source: torch.Tensor) -> torch.Tensor:
+    """The forward of a linear layer that reads a norm's output (bound to it in place
+    of its own): through :class:`NormFedLinear` when the norm's output says how to
+    make it again, else as ``nn.Linear`` computes."""
+    recipe: _NormRecipe | None = getattr(source, _NORM_RECIPE, None)
+    weight, bias = self.weight, self.bias
+    if recipe is None:
+        return F.linear(source, weight, bias)
+    read = getattr(source, _NORM_READ, None)
+    read = source if read is None else read
+    wants_grad = source.requires_grad or weight.requires_grad
+    if not torch.is_grad_enabled() or not wants_grad:
+        return F.linear(read, weight, bias)
+    if weight.dtype != read.dtype:
+        # Cast in the graph, as autocast casts a linear layer's weight: the
+        # gradient reaches the fp32 weight in fp32.
+        weight = weight.to(read.dtype)
+        bias = None if bias is None else bias.to(read.dtype)
+    inputs = tuple(t.detach() for t in getattr(source, _NORM_INPUTS))
+    result: torch.Tensor = NormFedLinear.apply(source, weight, bias, read, recipe, *inputs)
+    return result
 
-    The gradient goes back to ``source`` in its own dtype, as the cast's would.
+
+class NormFedLinear(torch.autograd.Function):
+    """A linear layer over a norm's output that keeps the norm's input, not its output.
+
+    The weight's gradient needs what the layer read; the norm's input is kept
+    anyway (by the norm, or by :class:`AddNorm`), so the backward makes the
+    output again from it (:class:`_NormRecipe`) instead of keeping a copy
+    per norm: H values a token for each norm. ``source`` is the norm's output
+    (its gradient goes back in its own dtype, so q, k and v add theirs in
+    fp32), ``read`` what the layer computes with (``source`` or its autocast
+    copy), ``inputs`` what the recipe makes it from.
     """
 
     @staticmethod
-    def forward(ctx: Any, source: torch.Tensor, copy: torch.Tensor) -> torch.Tensor:
+    def forward(
+        ctx: Any,
+        source: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        read: torch.Tensor,
+        recipe: _NormRecipe,
+        *inputs: torch.Tensor,
+    ) -> torch.Tensor:
+        ctx.save_for_backward(weight, *inputs)
+        ctx.recipe = recipe
         ctx.source_dtype = source.dtype
-        return copy.view_as(copy)
+        ctx.has_bias = bias is not None
+        recipe.pending += 1
+        return F.linear(read, weight, bias)
 
     @staticmethod
-    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return grad_output.to(ctx.source_dtype), None
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        weight, *inputs = ctx.saved_tensors
+        recipe: _NormRecipe = ctx.recipe
+        grad_output = grad_output.contiguous()
+        grad_source = None
+        if ctx.needs_input_grad[0]:
+            grad_source = grad_output.matmul(weight).to(ctx.source_dtype)
+        want_weight = ctx.needs_input_grad[1]
+        want_bias = ctx.has_bias and ctx.needs_input_grad[2]
+        read = recipe.recompute(tuple(inputs)) if want_weight else None
+        grad_weight, grad_bias = _weight_grads(grad_output, read, want_bias)
+        recipe.release()
+        return grad_source, grad_weight, grad_bias, None, None, *(None for _ in inputs)
 
 
 def _lean_mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
@@ -306,26 +398,34 @@ class SiluMulLinear(torch.autograd.Function):
                 gate_leaf = gate.detach().requires_grad_(True)
                 up_leaf = up.detach().requires_grad_(True)
                 product = F.silu(gate_leaf) * up_leaf
-            grad_weight, grad_bias = _weight_grads(ctx, grad_output, product.detach())
+            grad_weight, grad_bias = _weight_grads(
+                grad_output, product.detach() if ctx.needs_input_grad[2] else None, _bias(ctx)
+            )
             grad_product = grad_output.matmul(weight)
             grad_gate, grad_up = torch.autograd.grad(product, (gate_leaf, up_leaf), grad_product)
             return grad_gate, grad_up, grad_weight, grad_bias
         forward_kernel, backward_kernel = kernels
-        grad_weight, grad_bias = _weight_grads(ctx, grad_output, forward_kernel(gate, up)[2])
+        product = forward_kernel(gate, up)[2] if ctx.needs_input_grad[2] else None
+        grad_weight, grad_bias = _weight_grads(grad_output, product, _bias(ctx))
         grad_product = grad_output.matmul(weight)
         # Liger's backward writes the gradients over gate and up, which are not needed after.
         grad_gate, grad_up = backward_kernel(gate, up, grad_product)
         return grad_gate, grad_up, grad_weight, grad_bias
 
 
+def _bias(ctx: Any) -> bool:
+    return bool(ctx.has_bias and ctx.needs_input_grad[3])
+
+
 def _weight_grads(
-    ctx: Any, grad_output: torch.Tensor, product: torch.Tensor
+    grad_output: torch.Tensor, read: torch.Tensor | None, want_bias: bool
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """A linear layer's weight gradient (when given what it read) and bias gradient."""
     flat_grad = grad_output.reshape(-1, grad_output.shape[-1])
     grad_weight = grad_bias = None
-    if ctx.needs_input_grad[2]:
-        grad_weight = flat_grad.t().mm(product.reshape(-1, product.shape[-1]))
-    if ctx.has_bias and ctx.needs_input_grad[3]:
+    if read is not None:
+        grad_weight = flat_grad.t().mm(read.reshape(-1, read.shape[-1]))
+    if want_bias:
         grad_bias = flat_grad.sum(0)
     return grad_weight, grad_bias
 
