@@ -30,6 +30,12 @@ keeps, besides what attention and the norms themselves need:
   which the first norm keeps already. 2·H bytes fewer with Liger's RMSNorm,
   6·H without.
 
+Per step, not per token, the bf16 casts of the weights of those six
+projections (q, k, v, gate, up, down) are not kept either: autocast keeps
+its cast of every weight from the forward until that weight's backward, 2
+bytes a parameter at the forward's peak (1.7 GiB for a 1B Llama); here each
+is cast where it is used and again in the backward.
+
 For SmolLM2-135M (H 576, I 1536) that is 9.75 KiB of about 22 KiB a token and
 layer. Attention's inputs, the layer's fp32 input and the gate and up
 projections stay: recomputing those would cost matrix products.
@@ -288,11 +294,6 @@ def _norm_fed_linear_forward(self: Any, source: torch.Tensor) -> torch.Tensor:
     wants_grad = source.requires_grad or weight.requires_grad
     if not torch.is_grad_enabled() or not wants_grad:
         return F.linear(read, weight, bias)
-    if weight.dtype != read.dtype:
-        # Cast in the graph, as autocast casts a linear layer's weight: the
-        # gradient reaches the fp32 weight in fp32.
-        weight = weight.to(read.dtype)
-        bias = None if bias is None else bias.to(read.dtype)
     inputs = tuple(t.detach() for t in getattr(source, _NORM_INPUTS))
     result: torch.Tensor = NormFedLinear.apply(source, weight, bias, read, recipe, *inputs)
     return result
@@ -307,7 +308,9 @@ class NormFedLinear(torch.autograd.Function):
     per norm: H values a token for each norm. ``source`` is the norm's output
     (its gradient goes back in its own dtype, so q, k and v add theirs in
     fp32), ``read`` what the layer computes with (``source`` or its autocast
-    copy), ``inputs`` what the recipe makes it from.
+    copy), ``inputs`` what the recipe makes it from. The weight is cast to
+    ``read``'s dtype as autocast would, and again in the backward
+    (:func:`_cast`).
     """
 
     @staticmethod
@@ -323,9 +326,10 @@ class NormFedLinear(torch.autograd.Function):
         ctx.save_for_backward(weight, *inputs)
         ctx.recipe = recipe
         ctx.source_dtype = source.dtype
-        ctx.has_bias = bias is not None
+        ctx.compute_dtype = read.dtype
+        ctx.bias_dtype = None if bias is None else bias.dtype
         recipe.pending += 1
-        return F.linear(read, weight, bias)
+        return F.linear(read, _cast(weight, read.dtype), _cast(bias, read.dtype))
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -334,13 +338,30 @@ class NormFedLinear(torch.autograd.Function):
         grad_output = grad_output.contiguous()
         grad_source = None
         if ctx.needs_input_grad[0]:
-            grad_source = grad_output.matmul(weight).to(ctx.source_dtype)
+            grad_source = grad_output.matmul(_cast(weight, ctx.compute_dtype))
+            grad_source = grad_source.to(ctx.source_dtype)
         want_weight = ctx.needs_input_grad[1]
-        want_bias = ctx.has_bias and ctx.needs_input_grad[2]
+        want_bias = ctx.bias_dtype is not None and ctx.needs_input_grad[2]
         read = recipe.recompute(tuple(inputs)) if want_weight else None
         grad_weight, grad_bias = _weight_grads(grad_output, read, want_bias)
         recipe.release()
-        return grad_source, grad_weight, grad_bias, None, None, *(None for _ in inputs)
+        return (
+            grad_source,
+            _cast(grad_weight, weight.dtype),
+            _cast(grad_bias, ctx.bias_dtype),
+            None,
+            None,
+            *(None for _ in inputs),
+        )
+
+
+def _cast(tensor: torch.Tensor | None, dtype: torch.dtype | None) -> Any:
+    """``tensor`` in ``dtype``: a weight cast where it is used and dropped after, not
+    kept for the backward (2 bytes a parameter under bf16 autocast, which keeps
+    its casts of the weights until their backward), or its gradient cast back."""
+    if tensor is None or dtype is None or tensor.dtype == dtype:
+        return tensor
+    return tensor.to(dtype)
 
 
 def _lean_mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
@@ -361,12 +382,9 @@ def silu_mul_linear(
     """``F.linear(F.silu(gate) * up, weight, bias)``, keeping gate and up only.
 
     Under autocast ``gate`` and ``up`` are already in autocast's dtype; the
-    weight is cast to it here, in the graph, as autocast casts a linear
-    layer's weight, so its gradient reaches the fp32 weight the same way.
+    weight is cast to it as autocast casts a linear layer's, and its gradient
+    back to the weight's dtype, but the cast is not kept (:func:`_cast`).
     """
-    if weight.dtype != gate.dtype:
-        weight = weight.to(gate.dtype)
-        bias = None if bias is None else bias.to(gate.dtype)
     result: torch.Tensor = SiluMulLinear.apply(gate, up, weight, bias)
     return result
 
@@ -384,13 +402,15 @@ class SiluMulLinear(torch.autograd.Function):
     ) -> torch.Tensor:
         product = _silu_mul(gate, up)
         ctx.save_for_backward(gate, up, weight)
-        ctx.has_bias = bias is not None
-        return F.linear(product, weight, bias)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return F.linear(product, _cast(weight, gate.dtype), _cast(bias, gate.dtype))
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         gate, up, weight = ctx.saved_tensors
         grad_output = grad_output.contiguous()
+        want_bias = ctx.bias_dtype is not None and ctx.needs_input_grad[3]
+        matrix = _cast(weight, gate.dtype)
         kernels = _liger_swiglu(gate)
         if kernels is None:
             # Autograd's own silu and product backward, on the recomputed product.
@@ -399,22 +419,23 @@ class SiluMulLinear(torch.autograd.Function):
                 up_leaf = up.detach().requires_grad_(True)
                 product = F.silu(gate_leaf) * up_leaf
             grad_weight, grad_bias = _weight_grads(
-                grad_output, product.detach() if ctx.needs_input_grad[2] else None, _bias(ctx)
+                grad_output, product.detach() if ctx.needs_input_grad[2] else None, want_bias
             )
-            grad_product = grad_output.matmul(weight)
+            grad_product = grad_output.matmul(matrix)
             grad_gate, grad_up = torch.autograd.grad(product, (gate_leaf, up_leaf), grad_product)
-            return grad_gate, grad_up, grad_weight, grad_bias
-        forward_kernel, backward_kernel = kernels
-        product = forward_kernel(gate, up)[2] if ctx.needs_input_grad[2] else None
-        grad_weight, grad_bias = _weight_grads(grad_output, product, _bias(ctx))
-        grad_product = grad_output.matmul(weight)
-        # Liger's backward writes the gradients over gate and up, which are not needed after.
-        grad_gate, grad_up = backward_kernel(gate, up, grad_product)
-        return grad_gate, grad_up, grad_weight, grad_bias
-
-
-def _bias(ctx: Any) -> bool:
-    return bool(ctx.has_bias and ctx.needs_input_grad[3])
+        else:
+            forward_kernel, backward_kernel = kernels
+            product = forward_kernel(gate, up)[2] if ctx.needs_input_grad[2] else None
+            grad_weight, grad_bias = _weight_grads(grad_output, product, want_bias)
+            grad_product = grad_output.matmul(matrix)
+            # Liger's backward writes the gradients over gate and up, not needed after.
+            grad_gate, grad_up = backward_kernel(gate, up, grad_product)
+        return (
+            grad_gate,
+            grad_up,
+            _cast(grad_weight, weight.dtype),
+            _cast(grad_bias, ctx.bias_dtype),
+        )
 
 
 def _weight_grads(
