@@ -15,6 +15,7 @@ from google.protobuf import json_format
 from ownchat import database
 from ownchat.evaluator.v1 import evaluator_pb2
 from ownchat.gateway.v1 import gateway_pb2
+from ownchat.postgres import store_file_bytes
 from ownchat_gateway.admin import create_admin_app
 from ownchat_gateway.context import GatewayContext
 from ownchat_gateway.feedback.loop import FeedbackLoop
@@ -98,15 +99,16 @@ def test_gateway_erase_deletes_exactly_what_holds_a_value(store: CaptureStore) -
     assert store.erase(VALUES) == ErasedCaptures((), 0, ())
 
 
-def test_gateway_erase_leaves_nothing_in_the_sqlite_files(tmp_path: Path) -> None:
+def test_gateway_erase_leaves_nothing_in_the_store_files(store_location: Path | str) -> None:
     """While the gateway runs (its store open), the erased chats are neither in the
-    database file's free pages nor in the write-ahead log's older frames."""
-    store = CaptureStore(tmp_path / "captured.db")
+    SQLite file's free pages nor in its log's older frames, nor in PostgreSQL's
+    tables' and indexes' pages."""
+    store = CaptureStore(store_location)
     try:
         _fill(store)
 
         def stored() -> bytes:
-            return b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.is_file()).lower()
+            return store_file_bytes(store_location).lower()
 
         # Messages are stored as JSON, which escapes the É: its ASCII neighbours are found.
         assert b"i am jos" in stored() and b"ann.smith@example.org" in stored()

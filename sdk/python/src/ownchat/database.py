@@ -28,6 +28,7 @@ import sqlalchemy
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from psycopg import sql as psycopg_sql
 
 # Alembic's environment (env.py) and revision template, shared by every store.
 _SCRIPT_LOCATION = Path(__file__).with_name("migrations")
@@ -318,15 +319,30 @@ class Database:
                 return connection.execute(_to_psycopg(sql), tuple(parameters)).fetchall()
             return self._sqlite.execute(sql, parameters).fetchall()
 
-    def empty_write_ahead_log(self) -> bool:
-        """After an erasure: on SQLite, copies the zeroed pages into the file and empties
-        the write-ahead log, whose older frames still hold deleted rows as they were.
+    def scrub_erased(self, tables: Sequence[str]) -> bool:
+        """After an erasure, leaves nothing of the deleted rows in the store's files.
 
-        False when a reader kept the log from being emptied (its frames then wait to
-        be overwritten). On PostgreSQL a no-op (True): old row versions stay in the
-        tables' free space, out of every query's reach, until vacuumed and reused.
+        SQLite zeroes what a delete frees (``secure_delete``); the write-ahead
+        log's older frames still hold the rows as they were, so it is emptied.
+        False when a reader kept it from being emptied (its frames then wait to
+        be overwritten).
+
+        PostgreSQL keeps a deleted row's old version in its table's and indexes'
+        pages, a plain VACUUM included (it frees the space, it does not clear
+        it): ``VACUUM FULL`` rewrites each of ``tables``, its TOAST table and
+        indexes into new files. It holds an exclusive lock on each table while
+        it runs, so that table's readers and writers wait (seconds for tables of
+        some hundred MB). The server's own write-ahead log keeps the rows until it
+        recycles its segments after checkpoints; WAL archives and backups are the
+        operator's (docs/operations.md).
         """
         if self.dialect == "postgresql":
+            with self._lock:
+                connection = self._postgres_connection()
+                for table in dict.fromkeys(tables):
+                    connection.execute(
+                        psycopg_sql.SQL("VACUUM (FULL) {}").format(psycopg_sql.Identifier(table))
+                    )
             return True
         with self._lock:
             busy, _, _ = self._sqlite.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()

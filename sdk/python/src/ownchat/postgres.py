@@ -103,3 +103,30 @@ class PostgresServer:
             self._run("pg_ctl", "-D", str(self._data), "-m", "immediate", "-w", "stop")
         finally:
             shutil.rmtree(self._directory, ignore_errors=True)
+
+
+def database_file_bytes(url: str) -> bytes:
+    """Every byte of the files of the database at ``url`` (tables, indexes, TOAST),
+    once a checkpoint has written its pages out: what is left on disk of its rows.
+
+    The server must run on this machine and ``url``'s user be a superuser (the
+    servers here: ``ownchat``). The write-ahead log is not read.
+    """
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute("CHECKPOINT")
+        row = connection.execute(
+            "SELECT current_setting('data_directory'), oid FROM pg_database "
+            "WHERE datname = current_database()"
+        ).fetchone()
+    assert row is not None
+    folder = Path(row[0]) / "base" / str(row[1])
+    return b"".join(path.read_bytes() for path in sorted(folder.iterdir()) if path.is_file())
+
+
+def store_file_bytes(location: Path | str) -> bytes:
+    """Every byte a store keeps on disk: its SQLite file with its log, or its
+    PostgreSQL database's files (:func:`database_file_bytes`)."""
+    if isinstance(location, str):
+        return database_file_bytes(location)
+    files = sorted(location.parent.glob(location.name + "*"))
+    return b"".join(path.read_bytes() for path in files if path.is_file())

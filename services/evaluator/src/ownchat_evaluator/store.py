@@ -317,8 +317,9 @@ class EvalStore:
         rule), and the same sample of every other run of that dataset version, so
         that runs compared pair by pair keep the same samples. One transaction.
 
-        On SQLite nothing of the deleted rows is left in the file, nor in its log
-        once no other connection is reading (see ``ownchat.database``).
+        Nothing of the deleted rows is left in the store's files after
+        (``Database.scrub_erased``), nor in SQLite's log once no other
+        connection is reading.
         """
         if too_short(values):
             raise ValueError(f"each value to erase needs {MIN_VALUE_CHARS} characters or more")
@@ -345,7 +346,8 @@ class EvalStore:
                 if gone:
                     touched.append(run["id"])
                     deleted += gone
-        self._db.empty_write_ahead_log()
+        if deleted:
+            self._db.scrub_erased(("eval_samples",))
         return ErasedEvalSamples(tuple(touched), deleted)
 
     def close(self) -> None:

@@ -164,6 +164,16 @@ def _delete_reviews(
         )
 
 
+# What an erasure deletes from, or updates (a review's count on its item).
+_ERASED_TABLES = (
+    "review_exports",
+    "reviews",
+    "review_items",
+    "review_leases",
+    "review_skips",
+)
+
+
 def _delete_items(connection: Connection, item_ids: Sequence[str]) -> None:
     """Deletes items and their leases and skips; their reviews must be gone already."""
     for table in ("review_leases", "review_skips"):
@@ -573,10 +583,9 @@ class ReviewStore:
         review ``holds`` is true of; and the leases and skips of reviewers whose name
         it is true of.
 
-        On SQLite nothing of the deleted rows is left in the file, nor in its log
-        once no other connection is reading. On PostgreSQL their old versions stay
-        in the tables' free space, out of every query's reach, until vacuumed and
-        overwritten.
+        Nothing of the deleted rows is left in the store's files after
+        (``Database.scrub_erased``), nor in SQLite's log once no other
+        connection is reading.
         """
         with self._db.transaction() as connection:
             items = [
@@ -600,7 +609,8 @@ class ReviewStore:
             _delete_reviews(connection, reviews, erased)
             _delete_items(connection, items)
             _forget_reviewers(connection, reviewers)
-        self._db.empty_write_ahead_log()
+        if items or reviews or reviewers:
+            self._db.scrub_erased(_ERASED_TABLES)
         return ErasedReviewData(tuple(items), len(reviews))
 
     def live_leases(self, now: float) -> list[tuple[str, str]]:

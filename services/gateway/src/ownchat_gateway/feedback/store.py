@@ -165,10 +165,9 @@ class CaptureStore:
         SQL: ``LOWER`` folds case differently from ``casefold`` and differently on
         each engine. One transaction, so no chat goes while its feedback stays.
 
-        On SQLite nothing of the deleted rows is left in the file, nor in its log
-        once no other connection is reading. On PostgreSQL their old versions stay
-        in the tables' free space, out of every query's reach, until vacuumed and
-        overwritten.
+        Nothing of the deleted rows is left in the store's files after
+        (``Database.scrub_erased``), nor in SQLite's log once no other
+        connection is reading.
         """
         if too_short(values):
             # "" would hold in every text: refused here too, not only by the callers.
@@ -192,9 +191,8 @@ class CaptureStore:
                 if holds_any([row["comment"]], folded)
             ]
             by_comment = delete_in(connection, "feedback", "id", commented, "review_item_id")
-        # The deleted rows' pages are zeroed (see ownchat.database); the log's older
-        # frames still hold them until emptied.
-        self._database.empty_write_ahead_log()
+        if response_ids or commented:
+            self._database.scrub_erased(("captured_chats", "feedback"))
         return ErasedCaptures(
             response_ids=tuple(response_ids),
             feedback=len(on_chats) + len(by_comment),
