@@ -64,7 +64,7 @@ from typing import Any
 
 import results_file
 import torch
-from results_file import RESULTS_DIR, merge_results
+from results_file import RESULTS_DIR, merge_results, torch_device
 
 from ownchat.chat_template import IGNORE_INDEX, tokenize_chat
 from ownchat_evaluator.naive_perplexity import naive_nll
@@ -104,10 +104,7 @@ def _arguments() -> argparse.Namespace:
     )
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
-    if args.device is None:
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is visible")
+    args.device = torch_device(parser, args.device)
     cuda = args.device == "cuda"
     args.sharegpt = args.sharegpt if args.sharegpt is not None else (500 if cuda else 200)
     args.clip_chars = args.clip_chars if args.clip_chars is not None else (0 if cuda else 500)

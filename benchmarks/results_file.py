@@ -3,6 +3,7 @@ in the format of the project's benchmark results (one file per benchmark)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from datetime import date
@@ -43,3 +44,14 @@ def merge_results(
     temporary.write_text(json.dumps(result, indent=2) + "\n")
     os.replace(temporary, path)
     return result
+
+
+def torch_device(parser: argparse.ArgumentParser, requested: str | None) -> str:
+    """``requested`` ("cpu" or "cuda"), else "cuda" when torch sees a GPU; the
+    parser's error when CUDA is asked for and none is visible."""
+    import torch
+
+    device = requested or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible")
+    return device

@@ -36,7 +36,7 @@ from typing import Any
 
 import results_file
 import torch
-from results_file import RESULTS_DIR, merge_results
+from results_file import RESULTS_DIR, merge_results, torch_device
 from train_measure import flops_per_token
 from train_runs import (
     SAME_BATCH,
@@ -81,11 +81,8 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--peak-tflops", type=float, default=PEAK_TFLOPS)
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
-    if args.device is None:
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.device = torch_device(parser, args.device)
     cuda = args.device == "cuda"
-    if cuda and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is visible")
     args.models = (args.models or ("smollm2-135m,llama-1b" if cuda else "smollm2-135m")).split(",")
     for name in args.models:
         if name not in MODELS:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from results_file import torch_device
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, schedule
 from train import CUDA_ROWS, device_name
@@ -66,10 +67,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=None, help="steps before recording")
     parser.add_argument("--steps", type=int, default=None, help="steps recorded")
     args = parser.parse_args()
-    if args.device is None:
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is visible")
+    args.device = torch_device(parser, args.device)
     cuda = args.device == "cuda"
     args.seq_len = args.seq_len or (2048 if cuda else 512)
     args.batch_size = args.batch_size or (CUDA_ROWS[args.model] if cuda else 2)

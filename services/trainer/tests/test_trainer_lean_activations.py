@@ -31,35 +31,28 @@ from ownchat_trainer.engine.lora import LoraSettings, add_lora
 HIDDEN, INTERMEDIATE, LAYERS, TOKENS = 64, 160, 3, 96
 
 
+# k and v are 2 heads of 16 wide.
+TINY_SHAPE: dict[str, Any] = {
+    "vocab_size": 128,
+    "hidden_size": HIDDEN,
+    "intermediate_size": INTERMEDIATE,
+    "num_hidden_layers": LAYERS,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 256,
+    "attn_implementation": "sdpa",
+}
+
+
 def tiny_llama() -> Any:
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=128,
-        hidden_size=HIDDEN,
-        intermediate_size=INTERMEDIATE,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        attn_implementation="sdpa",
-    )
-    return LlamaForCausalLM(config).float()
+    return LlamaForCausalLM(LlamaConfig(**TINY_SHAPE)).float()
 
 
 def tiny_qwen2() -> Any:
     """Qwen2's q, k and v projections have biases."""
     torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=128,
-        hidden_size=HIDDEN,
-        intermediate_size=INTERMEDIATE,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        attn_implementation="sdpa",
-    )
-    model = Qwen2ForCausalLM(config).float()
+    model = Qwen2ForCausalLM(Qwen2Config(**TINY_SHAPE)).float()
     with torch.no_grad():
         for layer in model.model.layers:
             layer.self_attn.q_proj.bias.normal_(0, 0.1)
