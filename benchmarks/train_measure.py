@@ -6,8 +6,9 @@ peak statistics reset first, the previous run's memory freed). On a CPU there is
 no allocator statistic to reset: a thread samples the process's resident set
 every 20 ms and the peak's growth over the resident set at the run's start is
 reported, after handing memory freed by earlier runs back to the system. Our
-worker's runs also read the peak of each step (``PeakMemory.next_step``), so
-that a step can be compared with a baseline step of as many tokens.
+worker's runs also read the peak of each step (``PeakMemory.next_step``, which
+on a CPU hands back what the step freed), so that a step can be compared with
+a baseline step of as many tokens.
 """
 
 from __future__ import annotations
@@ -41,10 +42,15 @@ def free_memory(device: str) -> None:
     if device == "cuda":
         torch.cuda.empty_cache()
     else:
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass  # not glibc: the growth may read low after an earlier run
+        _trim()
+
+
+def _trim() -> None:
+    """Hands memory glibc keeps for reuse back to the system (a CPU's resident set)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: the growth may read low after an earlier run
 
 
 class PeakMemory:
@@ -78,11 +84,16 @@ class PeakMemory:
 
     def next_step(self) -> float:
         """The peak growth since the start or the previous call, in GiB; the peak
-        then starts again from what is allocated now (one step's peak a call)."""
+        then starts again from what is allocated now (one step's peak a call).
+
+        On a CPU the memory a larger step freed is handed back first: kept by
+        glibc, it would count in the resident set of every later step.
+        """
         peak = self.snapshot()
         if self.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         else:
+            _trim()
             self._peak = psutil.Process().memory_info().rss
         return peak
 
