@@ -91,6 +91,62 @@ def test_varlen_attention_matches_sdpa_block_mask(
     assert_same_loss_and_gradient((reference, batch), (varlen, batch))
 
 
+def flash_attn_contract(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    dropout_p: float = 0.0,
+    softmax_scale: float | None = None,
+    causal: bool = False,
+) -> torch.Tensor:
+    """``flash_attn.flash_attn_varlen_func``'s signature and contract (int32 offsets,
+    fewer key/value heads taken as they come), computed by sdpa over each sequence."""
+    assert causal and dropout_p == 0.0
+    assert cu_seqlens_q.dtype == torch.int32 and torch.equal(cu_seqlens_q, cu_seqlens_k)
+    assert q.shape[1] % k.shape[1] == 0
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    return varlen_attention.sequence_loop_kernel(
+        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+        scale=softmax_scale, window_size=(-1, 0),
+    )  # fmt: skip
+
+
+def test_flash_attn_runs_behind_the_varlen_name_with_the_offsets(
+    model_root: Path, conversations: list[list[dict[str, str]]], monkeypatch: Any
+) -> None:
+    """Where the flash_attn package is installed its varlen kernel takes the packed
+    batch's offsets through our attention name (not transformers' flash_attention_2,
+    whose scan of the position ids makes the host wait)."""
+    import sys
+    import types
+
+    package = types.ModuleType("flash_attn")
+    package.flash_attn_varlen_func = flash_attn_contract  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "flash_attn", package)
+    try:
+        # The worker's choice on a GPU (nothing here touches CUDA).
+        assert _attention(torch.device("cuda"), packed=True) == varlen_attention.ATTENTION_NAME
+        chosen = varlen_attention.kernel_for(torch.device("cuda"))
+        assert chosen is not None and chosen.__qualname__.startswith("flash_attn_kernel.")
+        kernel = varlen_attention.flash_attn_kernel()
+        assert kernel is not None
+        assert varlen_attention.register(kernel)
+        reference, varlen = sdpa_and_varlen(model_root / "tiny-chat")
+        step = samples(AutoTokenizer.from_pretrained(model_root / "tiny-chat"), conversations)
+        rows = pack_samples(step, 128, 0, 8)
+        one_row = pack_samples(step, 128, 0, 8, end_to_end=True)
+
+        assert_same_loss_and_gradient((reference, rows), (varlen, one_row))
+    finally:
+        # Later tests load the name without registering: give it this machine's kernel back.
+        varlen_attention.register(varlen_attention.sequence_loop_kernel)
+
+
 def test_varlen_attention_over_one_end_to_end_row_matches_rows(
     model_root: Path, conversations: list[list[dict[str, str]]]
 ) -> None:

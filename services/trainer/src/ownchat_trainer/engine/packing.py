@@ -36,9 +36,9 @@ How the model must be called (transformers 5.19, Llama-style decoders; read in
   ``cu_seq_lens`` (offsets into the rows laid end to end, the pad runs being
   sequences of their own) and ``max_seq_len`` for any implementation whose
   name contains ``flash``; the varlen kernel then needs no mask at all.
-- ``ownchat_varlen`` (``engine.varlen_attention``): on a GPU PyTorch's own
-  varlen flash kernel, given the same ``cu_seq_lens``, used where
-  ``flash_attn`` is not installed; on a CPU sdpa over each sample in turn. The
+- ``ownchat_varlen`` (``engine.varlen_attention``): on a GPU the
+  ``flash_attn`` package's varlen kernel where installed, else PyTorch's own,
+  given the same ``cu_seq_lens``; on a CPU sdpa over each sample in turn. The
   worker's packed steps use it (sdpa's block-diagonal mask remains for
   callers that pass rows alone).
 

@@ -15,7 +15,6 @@ chunked cross-entropy, the fused optimizer) already run in fused kernels.
 from __future__ import annotations
 
 import gc
-import importlib.util
 import logging
 import math
 import os
@@ -301,10 +300,6 @@ def _load(directory: Path, attention: str, device: torch.device) -> Any:
     raise AssertionError("unreachable")
 
 
-def _has_flash_attn() -> bool:
-    return importlib.util.find_spec("flash_attn") is not None
-
-
 def _attention(device: torch.device, packed: bool) -> str:
     """The attention implementation: a varlen kernel for packed steps.
 
@@ -312,8 +307,6 @@ def _attention(device: torch.device, packed: bool) -> str:
     sdpa over each sample (``varlen_attention``, packed batches only: it needs
     the sample offsets); sdpa otherwise.
     """
-    if device.type == "cuda" and _has_flash_attn():
-        return "flash_attention_2"
     kernel = varlen_attention.kernel_for(device)
     if packed and kernel is not None and varlen_attention.register(kernel):
         return varlen_attention.ATTENTION_NAME

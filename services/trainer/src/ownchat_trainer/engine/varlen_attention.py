@@ -1,5 +1,6 @@
-"""Packed attention through a variable-length kernel: PyTorch's flash kernel on a GPU,
-sdpa over each sample in turn on a CPU.
+"""Packed attention through a variable-length kernel: on a GPU the ``flash_attn``
+package's where installed, else PyTorch's flash kernel; sdpa over each sample in
+turn on a CPU.
 
 A packed row holds several samples that must not attend to each other. With
 ``sdpa`` transformers builds a ``[rows, 1, T, T]`` block-diagonal mask, and an
@@ -15,6 +16,9 @@ the squared sample lengths instead of ``rows * T**2``.
 :func:`register` makes it an attention implementation transformers can load
 by name (:data:`ATTENTION_NAME`), with no mask function, so transformers
 builds no mask for it (nor looks for packed sequences in the position ids).
+Where ``flash_attn`` is installed its kernel runs behind the same name
+(:func:`flash_attn_kernel`) rather than as transformers' ``flash_attention_2``,
+for the same reason.
 The name avoids the word "flash" on purpose: transformers treats such names as
 requests for the ``flash_attn`` package or a hub kernel. ``PackedBatch``
 passes ``cu_seq_lens_q``/``max_length_q`` to it as it does to flash attention.
@@ -50,6 +54,53 @@ def torch_varlen_kernel() -> VarlenKernel | None:
     return varlen_attn  # type: ignore[return-value]  # returns a tuple only when asked (return_aux)
 
 
+def flash_attn_kernel() -> VarlenKernel | None:
+    """The ``flash_attn`` package's varlen kernel behind ``varlen_attn``'s signature,
+    or None where it is not installed.
+
+    Through :func:`attention_forward` it gets the sample offsets from the packed
+    batch: transformers' own ``flash_attention_2`` path, given position ids
+    instead, scans them for packed sequences at every forward, and that scan
+    makes the host wait for the GPU.
+    """
+    try:
+        from flash_attn import flash_attn_varlen_func  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+
+    def kernel(
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        cu_seq_q: torch.Tensor,
+        cu_seq_k: torch.Tensor,
+        max_q: int,
+        max_k: int,
+        *,
+        scale: float | None = None,
+        window_size: tuple[int, int] = (-1, -1),
+        enable_gqa: bool = False,
+    ) -> torch.Tensor:
+        # flash_attn takes fewer key/value heads as they come (enable_gqa's case).
+        causal = tuple(window_size) == (-1, 0)
+        if not causal and tuple(window_size) != (-1, -1):
+            raise ValueError(f"only full or causal attention, not window_size {window_size}")
+        output: torch.Tensor = flash_attn_varlen_func(
+            query,
+            key,
+            value,
+            cu_seq_q,
+            cu_seq_k,
+            max_q,
+            max_k,
+            softmax_scale=scale,
+            causal=causal,
+        )
+        return output
+
+    return kernel
+
+
 def sequence_loop_kernel(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -79,9 +130,10 @@ def sequence_loop_kernel(
 
 
 def kernel_for(device: torch.device) -> VarlenKernel | None:
-    """The varlen kernel packed steps on ``device`` use, or None where there is none."""
+    """The varlen kernel packed steps on ``device`` use, or None where there is none:
+    on a GPU ``flash_attn``'s where installed, else PyTorch's."""
     if device.type == "cuda":
-        return torch_varlen_kernel()
+        return flash_attn_kernel() or torch_varlen_kernel()
     if device.type == "cpu":
         return sequence_loop_kernel
     return None
