@@ -186,3 +186,42 @@ def wait_for() -> Callable[[TrainerCore, str, Callable[[Job], bool], float], Job
 def conversations() -> list[list[dict[str, str]]]:
     """The tiny data set's conversations."""
     return [list(c) for c in CONVERSATIONS]
+
+
+# The output layer and its loss on a CPU under bf16 autocast, for the
+# cross-entropy kernel's tests (in-process and under Triton's interpreter).
+
+
+@pytest.fixture
+def output_layer_values() -> dict[str, Any]:
+    """Hidden states, an output layer of 300 words, targets and per-token weights."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    return {
+        "hidden": torch.randn(37, 16, generator=generator, requires_grad=True),
+        "weight": torch.randn(300, 16, generator=generator, requires_grad=True),
+        "bias": None,
+        "targets": torch.randint(0, 300, (37,), generator=generator),
+        "token_weights": torch.rand(37, generator=generator) + 0.5,
+    }
+
+
+@pytest.fixture
+def output_layer_loss() -> Callable[[dict[str, Any]], tuple[Any, dict[str, Any]]]:
+    """The fused output layer's loss under bf16 autocast, in chunks of 8, and the
+    gradients of the hidden states and the weight (cleared after)."""
+    import torch
+
+    from ownchat_trainer.engine.linear_cross_entropy import linear_cross_entropy_sum
+
+    def run(values: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = linear_cross_entropy_sum(**values, chunk_tokens=8)
+        (loss / 3.0).backward()
+        found = {name: values[name].grad for name in ("hidden", "weight")}
+        for name in found:
+            values[name].grad = None
+        return loss.detach(), found
+
+    return run

@@ -33,7 +33,7 @@ def apply_fused_kernels(model: Any, device: torch.device, *, swiglu: bool = True
 
     Call on the plain transformers model, before any adapter wraps it. Pass
     ``swiglu=False`` where ``lean_activations`` runs the MLP already (with
-    Liger's SwiGLU kernels inside).
+    SwiGLU kernels of its own, over the gate and up projections' one product).
     """
     if not available(device):
         return False

@@ -11,11 +11,10 @@ keeps, besides what attention and the norms themselves need:
   projection that reads it: q, k and v each keep their own bf16 copy of the
   same values for their weight's gradient, gate and up theirs. Here the
   norm's output is cast once, where it is made, for all its readers, and none
-  of them keeps it (:class:`NormFedLinear`): they keep the norm's input, which
+  of them keeps it (:class:`NormFedLinears`): they keep the norm's input, which
   the norm (or :class:`AddNorm`) keeps anyway, and the backward makes the
-  output again from it, once for all its readers (one norm kernel). Each
-  reader passes its gradient back in fp32, so the projections' gradients
-  still add up in fp32. 5·H values fewer (2·H fp32 values in float32, where
+  output again from it, once for all its readers (one norm kernel). The
+  readers' gradient goes back in fp32. 5·H values fewer (2·H fp32 values in float32, where
   the readers kept the outputs themselves).
 - **The MLP's product.** SwiGLU keeps gate and up for its own backward, and
   the down projection keeps their product ``silu(gate) * up``, which is one
@@ -36,6 +35,16 @@ its cast of every weight from the forward until that weight's backward, 2
 bytes a parameter at the forward's peak (1.7 GiB for a 1B Llama); here each
 is cast where it is used and again in the backward.
 
+The readers of one norm also run as one matrix product over their stacked
+weights (:class:`ReaderGroup`): gate and up always, their product's two
+halves read in place by the SwiGLU kernels (``swiglu_kernel``); q, k and v
+under the varlen attention, which copies them (another attention might keep
+v, a view of the product, and with it q and k). The norm's output is read
+once instead of once a layer, and its gradient comes from one product instead
+of one a layer summed in fp32: on a GPU fourteen kernels fewer a layer, and
+larger products. The numbers are the same in fp32; under bf16 the projections'
+gradient sums are rounded once instead of once a layer.
+
 For SmolLM2-135M (H 576, I 1536) that is 9.75 KiB of about 22 KiB a token and
 layer. Attention's inputs, the layer's fp32 input and the gate and up
 projections stay: recomputing those would cost matrix products.
@@ -47,7 +56,6 @@ what makes the early cast exact. Others are left as they are.
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import types
 from typing import Any
@@ -55,6 +63,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ownchat_trainer.engine import swiglu_kernel
+from ownchat_trainer.engine.varlen_attention import ATTENTION_NAME as VARLEN_ATTENTION
 
 # Decoder layers shaped as Llama's: input_layernorm -> self_attn (q/k/v
 # projections first) -> post_attention_layernorm -> mlp (gate, up, down).
@@ -84,6 +95,11 @@ def apply_lean_activations(model: Any) -> bool:
             (layer.post_attention_layernorm, (mlp.gate_proj, mlp.up_proj)),
         ):
             norm.register_forward_hook(_attach_recipe_hook)
+            # q, k and v share one product only under the varlen attention, which
+            # copies them: another might keep v, a view of the product, and with
+            # it q and k.
+            only_under = attention if norm is layer.input_layernorm else None
+            setattr(norm, _READERS, ReaderGroup(readers, only_under=only_under))
             for reader in readers:
                 reader.forward = types.MethodType(_norm_fed_linear_forward, reader)
         mlp.forward = types.MethodType(_lean_mlp_forward, mlp)
@@ -111,6 +127,8 @@ _MLP = ("gate_proj", "up_proj", "down_proj")
 _NORM_READ = "_ownchat_norm_read"
 _NORM_INPUTS = "_ownchat_norm_inputs"
 _NORM_RECIPE = "_ownchat_norm_recipe"
+# A norm module's attribute: the linear layers that read its output.
+_READERS = "_ownchat_readers"
 
 
 # The arguments of the decoder layers' forward this module reproduces (transformers
@@ -255,8 +273,8 @@ class _NormRecipe:
 
     The readers' backward recomputes it once for all of them from the norm's
     input, with the forward's autocast state: the same kernels on the same
-    values give the same bits. ``pending`` counts the readers whose backward
-    has not run yet; the last one drops the recomputed tensor.
+    values give the same bits. ``pending`` counts the readers' products whose
+    backward has not run yet; the last one drops the recomputed tensor.
     """
 
     def __init__(self, norm: nn.Module, autocast: tuple[str, bool, torch.dtype], cast: bool):
@@ -265,6 +283,9 @@ class _NormRecipe:
         self.cast = cast
         self.pending = 0
         self._recomputed: torch.Tensor | None = None
+        self.readers: ReaderGroup | None = getattr(norm, _READERS, None)
+        # Outputs of the readers' one product, kept for the readers still to ask.
+        self.waiting: dict[int, torch.Tensor] = {}
 
     def recompute(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         if self._recomputed is None:
@@ -283,76 +304,181 @@ class _NormRecipe:
 
 def _norm_fed_linear_forward(self: Any, source: torch.Tensor) -> torch.Tensor:
     """The forward of a linear layer that reads a norm's output (bound to it in place
-    of its own): through :class:`NormFedLinear` when the norm's output says how to
-    make it again, else as ``nn.Linear`` computes."""
+    of its own): with the norm's other readers as one product (:class:`ReaderGroup`,
+    :class:`NormFedLinears`) when the norm's output says how to make it again,
+    else as ``nn.Linear`` computes."""
     recipe: _NormRecipe | None = getattr(source, _NORM_RECIPE, None)
     weight, bias = self.weight, self.bias
     if recipe is None:
         return F.linear(source, weight, bias)
+    waiting = recipe.waiting.pop(id(self), None)
+    if waiting is not None:
+        return waiting
     read = getattr(source, _NORM_READ, None)
     read = source if read is None else read
-    wants_grad = source.requires_grad or weight.requires_grad
-    if not torch.is_grad_enabled() or not wants_grad:
+    if not torch.is_grad_enabled():
         return F.linear(read, weight, bias)
-    inputs = tuple(t.detach() for t in getattr(source, _NORM_INPUTS))
-    result: torch.Tensor = NormFedLinear.apply(source, weight, bias, read, recipe, *inputs)
-    return result
+    group = recipe.readers
+    if group is None or not group.fusable() or group.position(self) is None:
+        group = ReaderGroup((self,))
+    if not group.wants_grad(source):
+        return F.linear(read, weight, bias)
+    outputs = group.project(source, recipe).split(group.widths, dim=-1)
+    for reader, output in zip(group.readers, outputs, strict=True):
+        if reader is not self:
+            recipe.waiting[id(reader)] = output
+    return outputs[group.position(self) or 0]
 
 
-class NormFedLinear(torch.autograd.Function):
-    """A linear layer over a norm's output that keeps the norm's input, not its output.
+class ReaderGroup:
+    """The linear layers that read one norm's output (q, k and v; gate and up),
+    run as one matrix product over their stacked weights.
 
-    The weight's gradient needs what the layer read; the norm's input is kept
+    One product reads the norm's output once instead of once a layer, and its
+    backward makes one gradient for that output instead of one a layer summed
+    in fp32: on a GPU, nine kernels fewer for q, k and v and five for gate and
+    up (products, casts, sums), and larger products. Each layer keeps its own
+    weight: checkpoints, adapters and sharding see the model's own parameters.
+    """
+
+    def __init__(self, readers: tuple[nn.Linear, ...], only_under: nn.Module | None = None):
+        self.readers = readers
+        # The attention module whose implementation must be the varlen one, if any.
+        self.only_under = only_under
+
+    @property
+    def widths(self) -> list[int]:
+        return [int(reader.weight.shape[0]) for reader in self.readers]
+
+    def position(self, reader: nn.Module) -> int | None:
+        return next((i for i, r in enumerate(self.readers) if r is reader), None)
+
+    def fusable(self) -> bool:
+        """Whether the readers' weights (and biases, all or none) stack into one product."""
+        if self.only_under is not None:
+            config = getattr(self.only_under, "config", None)
+            if getattr(config, "_attn_implementation", None) != VARLEN_ATTENTION:
+                return False
+        weights = [reader.weight for reader in self.readers]
+        biases = [reader.bias for reader in self.readers]
+        return len({(w.dtype, w.device) for w in weights}) == 1 and (
+            all(b is None for b in biases) or all(b is not None for b in biases)
+        )
+
+    def wants_grad(self, source: torch.Tensor) -> bool:
+        return source.requires_grad or any(r.weight.requires_grad for r in self.readers)
+
+    def project(self, source: torch.Tensor, recipe: _NormRecipe) -> torch.Tensor:
+        """The readers' outputs side by side, ``[..., sum(widths)]``."""
+        read = getattr(source, _NORM_READ, None)
+        read = source if read is None else read
+        inputs = tuple(t.detach() for t in getattr(source, _NORM_INPUTS))
+        weights = [reader.weight for reader in self.readers]
+        biases = [reader.bias for reader in self.readers if reader.bias is not None]
+        result: torch.Tensor = NormFedLinears.apply(
+            source, read, recipe, len(weights), len(biases), *weights, *biases, *inputs
+        )
+        return result
+
+
+class NormFedLinears(torch.autograd.Function):
+    """Linear layers over a norm's output as one product, keeping the norm's input,
+    not its output.
+
+    Their weights' gradients need what they read; the norm's input is kept
     anyway (by the norm, or by :class:`AddNorm`), so the backward makes the
     output again from it (:class:`_NormRecipe`) instead of keeping a copy
     per norm: H values a token for each norm. ``source`` is the norm's output
-    (its gradient goes back in its own dtype, so q, k and v add theirs in
-    fp32), ``read`` what the layer computes with (``source`` or its autocast
-    copy), ``inputs`` what the recipe makes it from. The weight is cast to
-    ``read``'s dtype as autocast would, and again in the backward
-    (:func:`_cast`).
+    (its gradient goes back in its own dtype), ``read`` what the layers compute
+    with (``source`` or its autocast copy), ``inputs`` what the recipe makes it
+    from. The weights are cast to ``read``'s dtype as autocast would, stacked,
+    and again in the backward (:func:`_stacked`): no cast is kept.
     """
 
     @staticmethod
     def forward(
         ctx: Any,
         source: torch.Tensor,
-        weight: torch.Tensor,
-        bias: torch.Tensor | None,
         read: torch.Tensor,
         recipe: _NormRecipe,
-        *inputs: torch.Tensor,
+        count: int,
+        bias_count: int,
+        *tensors: torch.Tensor,
     ) -> torch.Tensor:
-        ctx.save_for_backward(weight, *inputs)
+        weights = tensors[:count]
+        biases = tensors[count : count + bias_count]
+        inputs = tensors[count + bias_count :]
+        ctx.save_for_backward(*weights, *inputs)
         ctx.recipe = recipe
+        ctx.count, ctx.bias_count = count, bias_count
         ctx.source_dtype = source.dtype
         ctx.compute_dtype = read.dtype
-        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.bias_dtypes = [bias.dtype for bias in biases]
         recipe.pending += 1
-        return F.linear(read, _cast(weight, read.dtype), _cast(bias, read.dtype))
+        offset = _stacked(biases, read.dtype) if biases else None
+        return F.linear(read, _stacked(weights, read.dtype), offset)
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        weight, *inputs = ctx.saved_tensors
+        count, bias_count = ctx.count, ctx.bias_count
+        weights = ctx.saved_tensors[:count]
+        inputs = ctx.saved_tensors[count:]
         recipe: _NormRecipe = ctx.recipe
         grad_output = grad_output.contiguous()
         grad_source = None
         if ctx.needs_input_grad[0]:
-            grad_source = grad_output.matmul(_cast(weight, ctx.compute_dtype))
+            grad_source = grad_output.matmul(_stacked(weights, ctx.compute_dtype))
             grad_source = grad_source.to(ctx.source_dtype)
-        want_weight = ctx.needs_input_grad[1]
-        want_bias = ctx.bias_dtype is not None and ctx.needs_input_grad[2]
-        read = recipe.recompute(tuple(inputs)) if want_weight else None
-        grad_weight, grad_bias = _weight_grads(grad_output, read, want_bias)
+        first = 5  # forward's arguments before the weights
+        want_weights = [ctx.needs_input_grad[first + i] for i in range(count)]
+        want_biases = [ctx.needs_input_grad[first + count + i] for i in range(bias_count)]
+        read = recipe.recompute(tuple(inputs)) if any(want_weights) else None
+        grad_weight, grad_bias = _weight_grads(grad_output, read, any(want_biases))
         recipe.release()
+        widths = [int(weight.shape[0]) for weight in weights]
+        grad_weights = _unstacked(grad_weight, widths, [w.dtype for w in weights], want_weights)
+        grad_biases = _unstacked(grad_bias, widths, ctx.bias_dtypes, want_biases)
         return (
             grad_source,
-            _cast(grad_weight, weight.dtype),
-            _cast(grad_bias, ctx.bias_dtype),
             None,
             None,
+            None,
+            None,
+            *grad_weights,
+            *grad_biases,
             *(None for _ in inputs),
         )
+
+
+def _stacked(tensors: tuple[torch.Tensor, ...] | list[torch.Tensor], dtype: torch.dtype) -> Any:
+    """The tensors in ``dtype``, stacked along their first dimension: one copy
+    each (the cast on the way), dropped after use (:func:`_cast`)."""
+    if len(tensors) == 1:
+        return _cast(tensors[0], dtype)
+    stacked = tensors[0].new_empty(
+        (sum(t.shape[0] for t in tensors), *tensors[0].shape[1:]), dtype=dtype
+    )
+    offset = 0
+    for tensor in tensors:
+        stacked[offset : offset + tensor.shape[0]].copy_(tensor)
+        offset += tensor.shape[0]
+    return stacked
+
+
+def _unstacked(
+    stacked: torch.Tensor | None,
+    widths: list[int],
+    dtypes: list[torch.dtype],
+    wanted: list[bool],
+) -> list[torch.Tensor | None]:
+    """``stacked``'s parts (those ``wanted``), each in its dtype."""
+    if stacked is None:
+        return [None for _ in wanted]
+    parts = stacked.split(widths)
+    return [
+        _cast(part, dtype) if want else None
+        for part, dtype, want in zip(parts, dtypes, wanted, strict=True)
+    ]
 
 
 def _cast(tensor: torch.Tensor | None, dtype: torch.dtype | None) -> Any:
@@ -366,76 +492,79 @@ def _cast(tensor: torch.Tensor | None, dtype: torch.dtype | None) -> Any:
 
 def _lean_mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     """The forward of a Llama-style MLP (bound to it in place of its own)."""
+    down = self.down_proj
+    recipe: _NormRecipe | None = getattr(x, _NORM_RECIPE, None)
+    group = None if recipe is None else recipe.readers
+    if (
+        group is not None
+        and recipe is not None
+        and type(down) is nn.Linear
+        and group.readers == (self.gate_proj, self.up_proj)
+        and all(type(reader) is nn.Linear for reader in group.readers)
+        and group.fusable()
+        and torch.is_grad_enabled()
+        and group.wants_grad(x)
+    ):
+        # Gate and up as one product, its two halves read in place.
+        return silu_mul_linear(group.project(x, recipe), down.weight, down.bias)
     gate = self.gate_proj(x)
     up = self.up_proj(x)
-    down = self.down_proj
     if type(down) is not nn.Linear:
         # An adapter's layer: it must see its input, so the product is kept.
         result: torch.Tensor = down(self.act_fn(gate) * up)
         return result
-    return silu_mul_linear(gate, up, down.weight, down.bias)
+    return silu_mul_linear(torch.cat((gate, up), dim=-1), down.weight, down.bias)
 
 
 def silu_mul_linear(
-    gate: torch.Tensor, up: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+    gate_up: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """``F.linear(F.silu(gate) * up, weight, bias)``, keeping gate and up only.
+    """``F.linear(F.silu(gate) * up, weight, bias)`` for ``gate_up = [gate | up]``
+    (``[..., 2 * width]``), keeping ``gate_up`` only.
 
-    Under autocast ``gate`` and ``up`` are already in autocast's dtype; the
-    weight is cast to it as autocast casts a linear layer's, and its gradient
-    back to the weight's dtype, but the cast is not kept (:func:`_cast`).
+    Under autocast ``gate_up`` is already in autocast's dtype; the weight is
+    cast to it as autocast casts a linear layer's, and its gradient back to the
+    weight's dtype, but the cast is not kept (:func:`_cast`).
     """
-    result: torch.Tensor = SiluMulLinear.apply(gate, up, weight, bias)
+    result: torch.Tensor = SiluMulLinear.apply(gate_up, weight, bias)
     return result
 
 
 class SiluMulLinear(torch.autograd.Function):
-    """The SwiGLU product and the down projection, recomputing the product in the backward."""
+    """The SwiGLU product and the down projection, recomputing the product in the backward.
+
+    Gate and up come as the two halves of one tensor (the gate and up
+    projections' one product), and their gradient goes back as one
+    (``swiglu_kernel``).
+    """
 
     @staticmethod
     def forward(
         ctx: Any,
-        gate: torch.Tensor,
-        up: torch.Tensor,
+        gate_up: torch.Tensor,
         weight: torch.Tensor,
         bias: torch.Tensor | None,
     ) -> torch.Tensor:
-        product = _silu_mul(gate, up)
-        ctx.save_for_backward(gate, up, weight)
+        width = gate_up.shape[-1] // 2
+        product = swiglu_kernel.swiglu(gate_up[..., :width], gate_up[..., width:])
+        ctx.save_for_backward(gate_up, weight)
         ctx.bias_dtype = None if bias is None else bias.dtype
-        return F.linear(product, _cast(weight, gate.dtype), _cast(bias, gate.dtype))
+        return F.linear(product, _cast(weight, gate_up.dtype), _cast(bias, gate_up.dtype))
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        gate, up, weight = ctx.saved_tensors
+        gate_up, weight = ctx.saved_tensors
+        width = gate_up.shape[-1] // 2
         grad_output = grad_output.contiguous()
-        want_bias = ctx.bias_dtype is not None and ctx.needs_input_grad[3]
-        matrix = _cast(weight, gate.dtype)
-        kernels = _liger_swiglu(gate)
-        if kernels is None:
-            # Autograd's own silu and product backward, on the recomputed product.
-            with torch.enable_grad():
-                gate_leaf = gate.detach().requires_grad_(True)
-                up_leaf = up.detach().requires_grad_(True)
-                product = F.silu(gate_leaf) * up_leaf
-            grad_weight, grad_bias = _weight_grads(
-                grad_output, product.detach() if ctx.needs_input_grad[2] else None, want_bias
-            )
-            grad_product = grad_output.matmul(matrix)
-            grad_gate, grad_up = torch.autograd.grad(product, (gate_leaf, up_leaf), grad_product)
-        else:
-            forward_kernel, backward_kernel = kernels
-            product = forward_kernel(gate, up)[2] if ctx.needs_input_grad[2] else None
-            grad_weight, grad_bias = _weight_grads(grad_output, product, want_bias)
-            grad_product = grad_output.matmul(matrix)
-            # Liger's backward writes the gradients over gate and up, not needed after.
-            grad_gate, grad_up = backward_kernel(gate, up, grad_product)
-        return (
-            grad_gate,
-            grad_up,
-            _cast(grad_weight, weight.dtype),
-            _cast(grad_bias, ctx.bias_dtype),
-        )
+        want_bias = ctx.bias_dtype is not None and ctx.needs_input_grad[2]
+        product = None
+        if ctx.needs_input_grad[1]:
+            product = swiglu_kernel.swiglu(gate_up[..., :width], gate_up[..., width:])
+        grad_weight, grad_bias = _weight_grads(grad_output, product, want_bias)
+        del product
+        grad_product = grad_output.matmul(_cast(weight, gate_up.dtype))
+        grad_gate_up = swiglu_kernel.swiglu_backward_(gate_up, grad_product)
+        return grad_gate_up, _cast(grad_weight, weight.dtype), _cast(grad_bias, ctx.bias_dtype)
 
 
 def _weight_grads(
@@ -449,26 +578,3 @@ def _weight_grads(
     if want_bias:
         grad_bias = flat_grad.sum(0)
     return grad_weight, grad_bias
-
-
-def _silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    kernels = _liger_swiglu(gate)
-    if kernels is None:
-        return F.silu(gate) * up
-    product: torch.Tensor = kernels[0](gate, up)[2]
-    return product
-
-
-def _liger_swiglu(tensor: torch.Tensor) -> tuple[Any, Any] | None:
-    """Liger Kernel's one-kernel SwiGLU forward and backward for a CUDA tensor, or None."""
-    if not tensor.is_cuda or not _HAS_LIGER:
-        return None
-    from liger_kernel.ops.swiglu import (  # type: ignore[import-not-found]
-        swiglu_backward,
-        swiglu_forward,
-    )
-
-    return swiglu_forward, swiglu_backward
-
-
-_HAS_LIGER = importlib.util.find_spec("liger_kernel") is not None
