@@ -106,7 +106,8 @@ bench-train: setup
 		$(PIP) install -q -r requirements/bench-train-gpu.txt; fi
 	$(PY) benchmarks/train.py
 
-# Where our training step spends its time (a profile, not a benchmark), into PROFILE_DIR.
+# Where our training step spends its time and what each of its parts buys (a profile and
+# an ablation, not benchmarks), into PROFILE_DIR.
 PROFILE_DIR ?= benchmarks/profiles
 .PHONY: profile-train
 profile-train: setup
@@ -114,6 +115,7 @@ profile-train: setup
 	if $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
 		$(PIP) install -q -r requirements/bench-train-gpu.txt; fi
 	$(PY) benchmarks/train_profile.py --output-dir $(PROFILE_DIR)
+	$(PY) benchmarks/train_ablation.py --output-dir $(PROFILE_DIR)
 
 # The serving benchmark (issue 5): vLLM's offline engine, our gRPC and the gateway's REST.
 .PHONY: bench-serving

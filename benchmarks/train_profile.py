@@ -33,6 +33,7 @@ import json
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,13 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, schedule
 from train import CUDA_ROWS, device_name
 from train_runs import RunPlan, run_ours
-from train_setup import MODELS, build_model_dir, samples_per_step_for_tokens, write_bench_data
+from train_setup import (
+    MODELS,
+    BenchData,
+    build_model_dir,
+    samples_per_step_for_tokens,
+    write_bench_data,
+)
 
 # Calls with which the host waits for the GPU.
 WAITS = frozenset(
@@ -57,9 +64,15 @@ WAITS = frozenset(
 STEP_PREFIX = "ProfilerStep"  # "ProfilerStep#N", or "ProfilerStep*" in newer torch
 
 
-def _arguments() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def arguments(
+    description: str, extra: Callable[[argparse.ArgumentParser], None] | None = None
+) -> argparse.Namespace:
+    """The options of a diagnostic run of our worker (this profile, the ablation),
+    and any ``extra`` adds."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--output-dir", type=Path, required=True)
+    if extra is not None:
+        extra(parser)
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None)
     parser.add_argument("--model", choices=sorted(MODELS), default="smollm2-135m")
     parser.add_argument("--seq-len", type=int, default=None)
@@ -129,8 +142,24 @@ def _union(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
+def prepare(args: argparse.Namespace, scratch: Path) -> tuple[RunPlan, BenchData, int]:
+    """The benchmark's model (random weights) and data, the run's plan, and our
+    worker's samples a step (as many real tokens as ``--batch-size`` rows)."""
+    model_dir, _ = build_model_dir(MODELS[args.model], scratch / "model")
+    total = args.warmup + args.steps
+    plan = RunPlan(args.device, model_dir, args.seq_len, args.batch_size, args.warmup, args.steps)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    needed = int(1.3 * total * args.batch_size * args.seq_len) + 50 * args.seq_len
+    data = write_bench_data(tokenizer, scratch / "data", args.seq_len, needed, seed=1)
+    lengths = [len(s.input_ids) for s in data.samples]
+    per_step = samples_per_step_for_tokens(lengths, args.batch_size * args.seq_len, total, seed=0)
+    return plan, data, per_step
+
+
 def main() -> None:
-    args = _arguments()
+    args = arguments(__doc__.split("\n\n")[0])
     cuda = args.device == "cuda"
     device = device_name(args.device)
     args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -139,20 +168,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ownchat-profile-train-") as scratch_name:
         scratch = Path(scratch_name)
         shape = MODELS[args.model]
-        model_dir, _ = build_model_dir(shape, scratch / "model")
-        total = args.warmup + args.steps
-        plan = RunPlan(
-            args.device, model_dir, args.seq_len, args.batch_size, args.warmup, args.steps
-        )
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        needed = int(1.3 * total * args.batch_size * args.seq_len) + 50 * args.seq_len
-        data = write_bench_data(tokenizer, scratch / "data", args.seq_len, needed, seed=1)
-        lengths = [len(s.input_ids) for s in data.samples]
-        per_step = samples_per_step_for_tokens(
-            lengths, args.batch_size * args.seq_len, total, seed=0
-        )
+        plan, data, per_step = prepare(args, scratch)
         # The worker's first step event comes after its first step: the schedule
         # waits out the warm-up, then records.
         recording = schedule(wait=max(args.warmup - 1, 0), warmup=1, active=args.steps, repeat=1)
