@@ -42,6 +42,30 @@ def reference_varlen(
     )
 
 
+def grouped_heads_varlen(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cu_seq_q: torch.Tensor,
+    cu_seq_k: torch.Tensor | None,
+    max_q: int,
+    max_k: int,
+    *,
+    scale: float | None = None,
+    window_size: tuple[int, int] = (-1, -1),
+) -> torch.Tensor:
+    """torch 2.11's ``varlen_attn`` signature (no ``enable_gqa``) over a kernel that
+    attends grouped heads itself, as flash attention's does; records the heads given."""
+    GIVEN_HEADS.append((query.shape[1], key.shape[1]))
+    return varlen_attention.sequence_loop_kernel(
+        query, key, value, cu_seq_q, cu_seq_q, max_q, max_k, scale=scale,
+        window_size=window_size, enable_gqa=key.shape[1] != query.shape[1],
+    )  # fmt: skip
+
+
+GIVEN_HEADS: list[tuple[int, int]] = []
+
+
 def samples(tokenizer: Any, conversations: list[list[dict[str, str]]]) -> list[EncodedSample]:
     lines = [{"messages": c, "weight": 1.0 + i % 3} for i, c in enumerate(conversations)]
     encoded, _ = encode_samples(tokenizer, lines, 256)
@@ -89,6 +113,43 @@ def test_varlen_attention_matches_sdpa_block_mask(
     assert batch.input_ids.shape[0] > 1, "several rows, each with several samples"
 
     assert_same_loss_and_gradient((reference, batch), (varlen, batch))
+
+
+def test_grouped_heads_go_to_a_kernel_that_attends_them_as_they_are(
+    model_root: Path, conversations: list[list[dict[str, str]]]
+) -> None:
+    """Without ``enable_gqa`` the heads are repeated only for a kernel that cannot take
+    them grouped (tried once): flash attention can, and the copies cost memory."""
+    model_dir = model_root / "tiny-chat"
+    assert varlen_attention.register(grouped_heads_varlen)
+    reference, varlen = sdpa_and_varlen(model_dir)
+    heads, kv_heads = varlen.config.num_attention_heads, varlen.config.num_key_value_heads
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    batch = pack_samples(samples(tokenizer, conversations), 128, 0, 8, end_to_end=True)
+    GIVEN_HEADS.clear()
+
+    assert_same_loss_and_gradient((reference, batch), (varlen, batch))
+
+    assert GIVEN_HEADS and set(GIVEN_HEADS[2:]) == {(heads, kv_heads)}
+    varlen_attention.register(varlen_attention.sequence_loop_kernel)
+
+
+def test_the_grouped_heads_trial_accepts_only_a_kernel_that_gets_them_right() -> None:
+    causal = {"window_size": (-1, 0)}
+    cpu, dtype = torch.device("cpu"), torch.float32
+    assert varlen_attention.takes_grouped_heads(grouped_heads_varlen, causal, cpu, dtype)
+    # Refuses them: torch 2.11's contract as the reference checks it.
+    assert not varlen_attention.takes_grouped_heads(reference_varlen, causal, cpu, dtype)
+
+    def tiles_heads(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *args: Any,
+                    **kwargs: Any) -> torch.Tensor:  # fmt: skip
+        # Takes them, but pairs query head h with key head h % 2, not h // 2.
+        groups = query.shape[1] // key.shape[1]
+        return reference_varlen(
+            query, key.repeat(1, groups, 1), value.repeat(1, groups, 1), *args, **kwargs
+        )
+
+    assert not varlen_attention.takes_grouped_heads(tiles_heads, causal, cpu, dtype)
 
 
 def flash_attn_contract(
