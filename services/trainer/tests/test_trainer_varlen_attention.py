@@ -18,52 +18,42 @@ from ownchat_trainer.engine.packing import PackedBatch, pack_samples
 from ownchat_trainer.engine.run import _attention
 
 
-def reference_varlen(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    cu_seq_q: torch.Tensor,
-    cu_seq_k: torch.Tensor | None,
-    max_q: int,
-    max_k: int,
-    *,
-    scale: float | None = None,
-    window_size: tuple[int, int] = (-1, -1),
-) -> torch.Tensor:
+def torch_2_11_varlen(takes_grouped_heads: bool) -> varlen_attention.VarlenKernel:
     """torch 2.11's ``varlen_attn`` contract (no ``enable_gqa``), checked, then the CPU's
-    kernel (sdpa over each sequence), which the tests compare with sdpa's block mask."""
-    assert window_size == (-1, 0), "the worker asks for causal attention"
-    assert key.shape[1] == query.shape[1], "without enable_gqa, whole key/value heads"
-    bounds = cu_seq_q.tolist()
-    assert bounds[0] == 0 and bounds[-1] == query.shape[0]
-    assert max_q == max(b - a for a, b in zip(bounds, bounds[1:], strict=False))
-    return varlen_attention.sequence_loop_kernel(
-        query, key, value, cu_seq_q, cu_seq_q, max_q, max_k, scale=scale, window_size=window_size
-    )
+    kernel (sdpa over each sequence), which the tests compare with sdpa's block mask.
+    With ``takes_grouped_heads`` it attends fewer key/value heads as they come, as
+    flash attention's kernel does; without, it refuses them. Records the heads given."""
 
+    def kernel(
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        cu_seq_q: torch.Tensor,
+        cu_seq_k: torch.Tensor | None,
+        max_q: int,
+        max_k: int,
+        *,
+        scale: float | None = None,
+        window_size: tuple[int, int] = (-1, -1),
+    ) -> torch.Tensor:
+        GIVEN_HEADS.append((query.shape[1], key.shape[1]))
+        assert window_size == (-1, 0), "the worker asks for causal attention"
+        grouped = key.shape[1] != query.shape[1]
+        assert takes_grouped_heads or not grouped, "without enable_gqa, whole key/value heads"
+        bounds = cu_seq_q.tolist()
+        assert bounds[0] == 0 and bounds[-1] == query.shape[0]
+        assert max_q == max(b - a for a, b in zip(bounds, bounds[1:], strict=False))
+        return varlen_attention.sequence_loop_kernel(
+            query, key, value, cu_seq_q, cu_seq_q, max_q, max_k, scale=scale,
+            window_size=window_size, enable_gqa=grouped,
+        )  # fmt: skip
 
-def grouped_heads_varlen(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    cu_seq_q: torch.Tensor,
-    cu_seq_k: torch.Tensor | None,
-    max_q: int,
-    max_k: int,
-    *,
-    scale: float | None = None,
-    window_size: tuple[int, int] = (-1, -1),
-) -> torch.Tensor:
-    """torch 2.11's ``varlen_attn`` signature (no ``enable_gqa``) over a kernel that
-    attends grouped heads itself, as flash attention's does; records the heads given."""
-    GIVEN_HEADS.append((query.shape[1], key.shape[1]))
-    return varlen_attention.sequence_loop_kernel(
-        query, key, value, cu_seq_q, cu_seq_q, max_q, max_k, scale=scale,
-        window_size=window_size, enable_gqa=key.shape[1] != query.shape[1],
-    )  # fmt: skip
+    return kernel
 
 
 GIVEN_HEADS: list[tuple[int, int]] = []
+reference_varlen = torch_2_11_varlen(takes_grouped_heads=False)
+grouped_heads_varlen = torch_2_11_varlen(takes_grouped_heads=True)
 
 
 def samples(tokenizer: Any, conversations: list[list[dict[str, str]]]) -> list[EncodedSample]:
