@@ -125,6 +125,21 @@ BUILDS = [tiny_llama, tiny_qwen2, tiny_llama_varlen, tiny_qwen2_varlen]
 BUILD_IDS = ["llama", "qwen2-biases", "llama-varlen", "qwen2-biases-varlen"]
 
 
+@pytest.mark.parametrize("build", BUILDS, ids=BUILD_IDS)
+@pytest.mark.parametrize("autocast", [nullcontext, bf16_autocast], ids=["fp32", "bf16-autocast"])
+def test_without_grad_the_lean_model_gives_the_same_logits(
+    autocast: Callable[[], AbstractContextManager[Any]], build: Callable[[], Any]
+) -> None:
+    """Evaluation: each projection on its own, SwiGLU without a Function."""
+    reference, lean = reference_and_lean(build)
+    input_ids = torch.randint(0, 128, (2, TOKENS // 2), generator=torch.Generator().manual_seed(5))
+    logits = []
+    for model in (reference, lean):
+        with torch.no_grad(), autocast():
+            logits.append(model(**model_inputs(model, input_ids)).logits)
+    assert torch.equal(logits[1], logits[0])
+
+
 def assert_as_close_to_exact_as(
     grads: dict[str, torch.Tensor],
     reference_grads: dict[str, torch.Tensor],

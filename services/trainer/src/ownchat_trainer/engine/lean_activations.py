@@ -509,11 +509,15 @@ def _lean_mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
         return silu_mul_linear(group.project(x, recipe), down.weight, down.bias)
     gate = self.gate_proj(x)
     up = self.up_proj(x)
+    result: torch.Tensor
     if type(down) is not nn.Linear:
         # An adapter's layer: it must see its input, so the product is kept.
-        result: torch.Tensor = down(self.act_fn(gate) * up)
-        return result
-    return silu_mul_linear(torch.cat((gate, up), dim=-1), down.weight, down.bias)
+        result = down(self.act_fn(gate) * up)
+    elif not torch.is_grad_enabled():
+        result = down(swiglu_kernel.swiglu(gate, up))
+    else:
+        result = silu_mul_linear(torch.cat((gate, up), dim=-1), down.weight, down.bias)
+    return result
 
 
 def silu_mul_linear(
