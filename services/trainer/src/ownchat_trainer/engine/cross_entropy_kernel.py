@@ -5,8 +5,8 @@ loss and its gradient. Written with torch operations that is about a dozen
 kernels a chunk (the fp32 log-softmax, the gather, the exponential, the
 target's correction, the weighting, the cast back), which read and write
 about 34 bytes a logit in all: for SmolLM2's 49k-word vocabulary at 32k
-loss positions a step, some 50 GB of memory traffic, more than the output layer's
-matrix products themselves move. This kernel reads each row of logits twice
+loss positions a step, some 50 GB of memory traffic, more than the output
+layer's matrix products themselves move. This kernel reads each row of logits twice
 (its log-sum-exp online, then the gradient) and writes the gradient over
 the logits: 6 bytes a logit, and one launch a chunk. Liger Kernel's
 cross-entropy works the same way; this one weighs each row by its own
@@ -19,9 +19,9 @@ logits' dtype once, as the torch path rounds its fp32 gradient.
 
 The trainer runs it on a GPU only, once a first launch on a one-row chunk
 has built it (``triton_build``); where Triton cannot build it the torch path
-runs. Under Triton's interpreter
-(``TRITON_INTERPRET=1`` before Triton is imported) it runs on CPU tensors,
-which is how the tests check it without a GPU.
+runs. Under Triton's interpreter (``TRITON_INTERPRET=1`` before Triton is
+imported) it runs on CPU tensors, which is how the tests check it without a
+GPU.
 """
 
 from __future__ import annotations

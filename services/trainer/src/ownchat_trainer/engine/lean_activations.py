@@ -14,8 +14,8 @@ keeps, besides what attention and the norms themselves need:
   of them keeps it (:class:`NormFedLinears`): they keep the norm's input, which
   the norm (or :class:`AddNorm`) keeps anyway, and the backward makes the
   output again from it, once for all its readers (one norm kernel). The
-  readers' gradient goes back in fp32. 5·H values fewer (2·H fp32 values in float32, where
-  the readers kept the outputs themselves).
+  readers' gradient goes back in fp32. 5·H values fewer (2·H fp32 values in
+  float32, where the readers kept the outputs themselves).
 - **The MLP's product.** SwiGLU keeps gate and up for its own backward, and
   the down projection keeps their product ``silu(gate) * up``, which is one
   elementwise kernel away from them. :class:`SiluMulLinear` recomputes it in
